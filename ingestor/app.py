@@ -1,0 +1,162 @@
+"""What the CLI commands do, as library functions the tests call directly."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import httpx
+
+from ingestor.batcher import batches
+from ingestor.config import ApiKey, Settings
+from ingestor.errors import LayoutError, ParseError
+from ingestor.kinds import CUSTOM_OBJECTS, ImportKind
+from ingestor.klaviyo import KlaviyoClient
+from ingestor.layout import (
+    ImportFolder,
+    Placement,
+    data_format,
+    list_folder,
+    load_folder_config,
+    locate_import_folder,
+    place,
+)
+from ingestor.ledger import SqliteLedger
+from ingestor.parsers import ParseLimits, parse_file
+from ingestor.pipeline import FolderResult, Pipeline, ProgressFn
+from ingestor.ratelimit import AccountLimiter
+from ingestor.records import Record, Reject
+
+LEDGER_NAME = "ledger.sqlite3"
+
+
+def ingest_folder_once(
+    path: Path,
+    key: ApiKey,
+    settings: Settings,
+    *,
+    company: str | None = None,
+    progress: ProgressFn | None = None,
+    stop: threading.Event | None = None,
+    transport: httpx.BaseTransport | None = None,
+    limiter: AccountLimiter | None = None,
+) -> FolderResult:
+    """``ingestor ingest``: process one import folder once, resuming any interrupted file.
+
+    Pass the account's ``limiter`` when ingesting several folders of one account in turn.
+    """
+    folder = locate_import_folder(path, company)
+    ledger = SqliteLedger(settings.state_dir / LEDGER_NAME)
+    try:
+        with KlaviyoClient(settings.api, key, transport) as client:
+            limiter = limiter or AccountLimiter(settings.api.rate_limit)
+            pipeline = Pipeline(settings, ledger, client, limiter, stop, progress)
+            return pipeline.ingest_folder(folder)
+    finally:
+        ledger.close()
+
+
+@dataclass
+class FileValidation:
+    path: Path
+    records: int = 0
+    batches: int = 0
+    body_bytes: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+    preview: list[bytes] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class Validation:
+    target: Path
+    folder_error: str = ""
+    data_source_id: str = ""
+    files: list[FileValidation] = field(default_factory=list)
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.folder_error and not any(f.error for f in self.files)
+
+
+def validate_file(path: Path, kind: ImportKind = CUSTOM_OBJECTS, preview: int = 3) -> FileValidation:
+    """Parse and batch a file exactly as ingestion would, without sending anything."""
+    result = FileValidation(path)
+    fmt = data_format(path.name)
+    if fmt is None:
+        result.error = "not a .csv or .jsonl file"
+        return result
+    limits = ParseLimits(max_record_bytes=kind.limits.max_record_bytes)
+    envelope = kind.envelope("0" * 26)
+    try:
+        for item in batches(parse_file(path, fmt, limits), envelope, kind.limits):
+            if isinstance(item, Reject):
+                result.rejects.append(item)
+            elif item.records:
+                result.batches += 1
+                result.records += len(item.records)
+                result.body_bytes += item.body_size
+                result.preview += [r.json for r in _take(item.records, preview - len(result.preview))]
+    except (ParseError, OSError) as exc:
+        result.error = str(exc)
+    return result
+
+
+def _take(records: tuple[Record, ...], count: int) -> Iterator[Record]:
+    yield from records[: max(0, count)]
+
+
+def validate_path(target: Path) -> Validation:
+    """``ingestor validate``: a data file, or an import folder (config.json included)."""
+    if target.is_file():
+        return Validation(target, files=[validate_file(target)])
+    result = Validation(target)
+    try:
+        folder = locate_import_folder(target)
+        result.data_source_id = load_folder_config(folder.path, folder.kind).target_id
+    except LayoutError as exc:
+        result.folder_error = str(exc)
+    if target.is_dir():
+        listing = list_folder(target)
+        result.ignored = listing.ignored
+        result.files = [validate_file(p) for p in listing.data_files]
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class DropScan:
+    folders: list[ImportFolder]
+    strays: list[Path]
+
+
+def scan_drop(drop_root: Path) -> DropScan:
+    """Every import folder and every stray file under a drop root (symlinks not followed)."""
+    folders: list[ImportFolder] = []
+    strays: list[Path] = []
+    for company_dir in sorted(p for p in drop_root.iterdir() if p.is_dir() and not p.is_symlink()):
+        for kind_dir in sorted((company_dir / "imports").glob("*")):
+            if kind_dir.is_symlink() or not kind_dir.is_dir():
+                continue
+            for entry in sorted(kind_dir.iterdir()):
+                placed = place(PurePosixPath(entry.relative_to(drop_root).as_posix()))
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir() and kind_dir.name == CUSTOM_OBJECTS.folder:
+                    folders.append(ImportFolder(entry, company_dir.name, CUSTOM_OBJECTS,
+                                                entry.name))
+                elif placed.placement is Placement.STRAY:
+                    strays.append(entry)
+    return DropScan(folders, strays)
+
+
+def reset_demo_state(state_dir: Path) -> None:
+    """The demo's simulator starts empty, so its ledger must too (only a demo dir is wiped)."""
+    marker = state_dir / ".ingestor-demo"
+    if state_dir.exists() and marker.exists():
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    marker.touch()

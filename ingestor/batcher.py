@@ -1,0 +1,64 @@
+"""Pack records into request bodies as full as the limits allow.
+
+Sizes are exact, not estimated: an Envelope knows its fixed bytes, so the body's length is
+known before it is built. Rejects pass straight through, in file order, so the caller can
+write them as they come; a Batch's end position covers everything yielded before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from ingestor.kinds import BatchLimits, Envelope
+from ingestor.records import Batch, Record, Reject
+
+# With no records pending, emit a progress marker after this many rejects so a file of
+# mostly bad lines still checkpoints.
+REJECTS_PER_MARKER = 10_000
+
+
+def oversize_reason(size: int, limit: int) -> str:
+    return f"record is {size:,} bytes serialized, over the API's {limit:,}-byte per-record limit"
+
+
+def batches(
+    items: Iterable[Record | Reject], envelope: Envelope, limits: BatchLimits
+) -> Iterator[Batch | Reject]:
+    """Yield Rejects as met and a Batch whenever the next record would overflow a limit.
+
+    The last Batch (possibly without records) ends where the input ended.
+    """
+    pending: list[Record] = []
+    body_size = envelope.fixed_size
+    item_overhead = len(envelope.item_prefix) + len(envelope.item_suffix)
+    max_body, max_records, max_record = (
+        limits.max_body_bytes, limits.max_records, limits.max_record_bytes)
+    end_offset = end_line = 0
+    rejects_since_batch = 0
+    for item in items:
+        if type(item) is Reject:
+            yield item
+            end_offset, end_line = item.end_offset, item.end_line
+            rejects_since_batch += 1
+            if not pending and rejects_since_batch >= REJECTS_PER_MARKER:
+                yield Batch((), end_offset, end_line, 0)
+                rejects_since_batch = 0
+            continue
+        assert type(item) is Record
+        size = len(item.json)
+        item_size = size + item_overhead
+        if size > max_record or envelope.fixed_size + item_size > max_body:
+            yield Reject(item.line, item.end_line, item.end_offset, oversize_reason(size, max_record),
+                         item.json[:200].decode("utf-8", "replace"))
+            end_offset, end_line = item.end_offset, item.end_line
+            continue
+        added = item_size + (1 if pending else 0)
+        if pending and (len(pending) == max_records or body_size + added > max_body):
+            yield Batch(tuple(pending), end_offset, end_line, body_size)
+            pending, body_size, added = [], envelope.fixed_size, item_size
+            rejects_since_batch = 0
+        pending.append(item)
+        body_size += added
+        end_offset, end_line = item.end_offset, item.end_line
+    if pending or end_offset:
+        yield Batch(tuple(pending), end_offset, end_line, body_size if pending else 0)

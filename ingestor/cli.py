@@ -1,0 +1,324 @@
+"""``ingestor`` on the command line: thin wrappers over library functions in ``app``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ingestor import __version__
+from ingestor.app import (
+    LEDGER_NAME,
+    Validation,
+    ingest_folder_once,
+    reset_demo_state,
+    scan_drop,
+    validate_path,
+)
+from ingestor.config import ApiKey, ApiSettings, RateLimitSettings, Settings
+from ingestor.errors import AuthError, ConfigError, IngestorError, Interrupted, LayoutError
+from ingestor.layout import load_folder_config
+from ingestor.ledger import FileRun, SqliteLedger
+from ingestor.logs import configure_logging
+from ingestor.pipeline import FileResult, FolderResult
+from ingestor.ratelimit import AccountLimiter
+from ingestor.records import FileCounts
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+# Tables stay readable when piped (rich would otherwise assume 80 columns).
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ingestor"
+
+
+def _api_settings(args: argparse.Namespace, base_url: str | None = None) -> ApiSettings:
+    limits = RateLimitSettings(burst=args.burst, steady=args.steady,
+                               steady_window=args.steady_window)
+    return ApiSettings(base_url=base_url or args.base_url, revision=args.revision,
+                       rate_limit=limits)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        err.print(f"[yellow]{signal.Signals(signum).name}: finishing the request in flight, "
+                  "then stopping; progress is kept[/]")
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+class _ProgressView:
+    """A rich progress bar per file: bytes for the bar and ETA, records and rate as text."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[int, tuple[Any, float, int]] = {}
+
+    def __call__(self, run: FileRun, offset: int, counts: FileCounts) -> None:
+        if run.id not in self._tasks:
+            task = self._progress.add_task(run.identity.name, total=run.identity.size or 1,
+                                           sent=0, rate=0.0)
+            self._tasks[run.id] = (task, time.monotonic(), counts.sent)
+        task, began, sent_before = self._tasks[run.id]
+        elapsed = max(1e-6, time.monotonic() - began)
+        self._progress.update(task, completed=offset, sent=counts.sent,
+                              rate=(counts.sent - sent_before) / elapsed)
+
+
+def _summary_table(results: Sequence[FolderResult], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("company", "folder", "file", "state", "read", "sent", "skipped", "report / reason"):
+        table.add_column(column, justify="right" if column in ("read", "sent", "skipped")
+                         else "left", overflow="fold")
+    for folder in results:
+        rows: list[FileResult] = folder.files
+        if not rows and folder.error:
+            table.add_row(folder.folder.company, folder.folder.name, "—", "[red]rejected[/]",
+                          "", "", "", folder.error)
+        for result in rows:
+            run = result.run
+            state = "unchanged" if result.unchanged else run.state.value
+            colour = {"done": "green", "unchanged": "cyan"}.get(state, "red")
+            c = run.counts
+            report = Path(result.report.path if result.report else run.report_path).name
+            table.add_row(folder.folder.company, folder.folder.name, run.identity.name,
+                          f"[{colour}]{state}[/]", f"{c.read:,}", f"{c.sent:,}", f"{c.skipped:,}",
+                          f"{report}\n[dim]{run.reason}[/]" if run.reason else report)
+    return table
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    key = ApiKey.from_env(args.api_key_env)
+    configure_logging(args.log_format, args.log_level, secrets=[key.value])
+    settings = Settings(state_dir=Path(args.state_dir), api=_api_settings(args))
+    stop = _stop_on_signals()
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.fields[sent]:,} sent · {task.fields[rate]:,.0f} rec/s"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, disable=not err.is_terminal) as progress:
+        result = ingest_folder_once(Path(args.folder), key, settings, company=args.company,
+                                    progress=_ProgressView(progress), stop=stop)
+    out.print(_summary_table([result], f"ingest {args.folder}"))
+    if result.error:
+        err.print(f"[red]not processed:[/] {result.error}")
+        return EXIT_INCOMPLETE
+    failed = [f.run for f in result.files if f.run.state.value != "done"]
+    if failed:
+        err.print(f"[red]{failed[0].identity.name}: {failed[0].state.value}:[/] {failed[0].reason}")
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def _print_validation(result: Validation) -> None:
+    if result.data_source_id:
+        out.print(f"config.json: data source [bold]{result.data_source_id}[/]")
+    if result.folder_error:
+        out.print(f"[red]folder would not be processed:[/] {result.folder_error}")
+    for file in result.files:
+        if file.error:
+            out.print(f"[red]{file.path.name}: rejected:[/] {file.error}")
+            continue
+        out.print(f"[bold]{file.path.name}[/]: {file.records:,} records would be sent in "
+                  f"{file.batches:,} requests ({file.body_bytes:,} bytes); "
+                  f"{len(file.rejects):,} rows would be skipped")
+        for sample in file.preview:
+            out.print("  e.g. " + sample.decode("utf-8", "replace")[:200], markup=False)
+        for reject in file.rejects:
+            out.print(f"  line {reject.line}: {reject.reason}", markup=False)
+    for name in result.ignored:
+        out.print(f"ignored: {name}", markup=False)
+
+
+def _validation_json(result: Validation) -> dict[str, Any]:
+    return {
+        "target": str(result.target), "ok": result.ok, "folder_error": result.folder_error,
+        "data_source_id": result.data_source_id, "ignored": list(result.ignored),
+        "files": [{
+            "file": str(f.path), "error": f.error, "records": f.records, "requests": f.batches,
+            "body_bytes": f.body_bytes,
+            "skipped": [{"line": r.line, "reason": r.reason, "raw": r.raw} for r in f.rejects],
+        } for f in result.files],
+    }
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    target = Path(args.path)
+    if not target.exists():
+        raise ConfigError(f"{target} does not exist")
+    result = validate_path(target)
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(_validation_json(result), option=orjson.OPT_INDENT_2))
+        sys.stdout.write("\n")
+    else:
+        _print_validation(result)
+    return EXIT_OK if result.ok else EXIT_INCOMPLETE
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ingestor.simulator import GUIDE_BULK_LIMITS, SPEC_BULK_LIMITS, Simulator
+
+    keys = dict(pair.split("=", 1) for pair in args.key) or {"sim-key": "default"}
+    sim = Simulator(keys, host=args.host, port=args.port, clock_factor=args.clock_factor,
+                    bulk_limits=SPEC_BULK_LIMITS if args.spec_limits else GUIDE_BULK_LIMITS)
+    for pair in args.data_source:
+        account, _, ds_id = pair.partition("=")
+        sim.add_data_source(account, ds_id)
+    out.print(f"Klaviyo simulator listening on {sim.url} (accounts: {', '.join(keys.values())})")
+    try:
+        sim.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ingestor.simulator import Simulator
+
+    configure_logging("console" if args.log_format == "auto" else args.log_format, "warning")
+    drop, state_dir = Path(args.drop), Path(args.state_dir)
+    reset_demo_state(state_dir)
+    scan = scan_drop(drop)
+    keys = {f"demo-key-{company}": company for company in {f.company for f in scan.folders}}
+    results: list[FolderResult] = []
+    began = time.monotonic()
+    with Simulator(keys) as sim:
+        for folder in scan.folders:
+            try:
+                sim.add_data_source(folder.company, load_folder_config(folder.path).target_id)
+            except LayoutError:
+                pass  # the demo shows how such a folder is reported
+        out.print(f"Klaviyo simulator on {sim.url}; ingesting {drop}/ "
+                  f"({len(scan.folders)} import folders) at the guide's limits (3/s, 60/min)")
+        settings = Settings(state_dir=state_dir, api=ApiSettings(base_url=sim.url))
+        limiters: dict[str, AccountLimiter] = {}
+        for folder in scan.folders:
+            key = ApiKey(f"demo-key-{folder.company}")
+            limiter = limiters.setdefault(folder.company,
+                                          AccountLimiter(settings.api.rate_limit))
+            results.append(ingest_folder_once(folder.path, key, settings, limiter=limiter))
+        stats = sim.stats()
+    out.print(_summary_table(results, f"demo: {drop}/ in {time.monotonic() - began:.1f} s"))
+    for stray in scan.strays:
+        out.print(f"[red]rejected[/] {stray.relative_to(drop)}: files directly under "
+                  "custom_objects/ are not processed; move it into a named subfolder")
+    out.print(f"simulator received {stats['records']:,} records in {stats['requests']} requests "
+              f"(statuses {stats['statuses']}); every body validated against Klaviyo's OpenAPI "
+              f"({stats['schema_failures']} failures)")
+    out.print(f"reports (*.report.json) and rejected rows (*.rejected.jsonl) are in "
+              f"{state_dir / 'reports'}/<company>/")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    ledger = SqliteLedger(Path(args.state_dir) / LEDGER_NAME)
+    try:
+        runs = ledger.runs()
+    finally:
+        ledger.close()
+    table = Table(title=f"ledger {args.state_dir}")
+    for column in ("id", "company", "folder", "file", "v", "state", "read", "sent", "skipped",
+                   "reason"):
+        table.add_column(column, overflow="fold")
+    for run in runs:
+        c, i = run.counts, run.identity
+        table.add_row(str(run.id), i.company, i.folder, i.name, str(run.version),
+                      run.state.value, f"{c.read:,}", f"{c.sent:,}", f"{c.skipped:,}", run.reason)
+    out.print(table)
+    return EXIT_OK
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ingestor", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ingestor {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="ingest one import folder once")
+    ingest.add_argument("folder", help="an import folder holding config.json and data files")
+    ingest.add_argument("--api-key-env", required=True, metavar="VAR",
+                        help="environment variable holding the private API key")
+    ingest.add_argument("--base-url", default=ApiSettings().base_url)
+    ingest.add_argument("--revision", default=ApiSettings().revision)
+    ingest.add_argument("--company", help="tenant name (default: from the drop-tree path)")
+    ingest.add_argument("--state-dir", default=str(default_state_dir()))
+    ingest.add_argument("--burst", type=int, default=RateLimitSettings().burst)
+    ingest.add_argument("--steady", type=int, default=RateLimitSettings().steady)
+    ingest.add_argument("--steady-window", type=float, default=RateLimitSettings().steady_window)
+    _add_common(ingest)
+    ingest.set_defaults(handler=cmd_ingest)
+
+    validate = commands.add_parser("validate", help="parse without sending; list skipped rows")
+    validate.add_argument("path", help="an import folder or one .csv/.jsonl file")
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(validate)
+    validate.set_defaults(handler=cmd_validate)
+
+    simulate = commands.add_parser("simulate", help="run the Klaviyo API simulator")
+    simulate.add_argument("--port", type=int, default=8080)
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--key", action="append", default=[], metavar="KEY=ACCOUNT")
+    simulate.add_argument("--data-source", action="append", default=[], metavar="ACCOUNT=ULID")
+    simulate.add_argument("--spec-limits", action="store_true",
+                          help="enforce the published spec's 15/min instead of the guide's 60/min")
+    simulate.add_argument("--clock-factor", type=float, default=1.0)
+    simulate.set_defaults(handler=cmd_simulate)
+
+    demo = commands.add_parser("demo", help="ingest sample_drop/ into a built-in simulator")
+    demo.add_argument("--drop", default="sample_drop")
+    demo.add_argument("--state-dir", default=".demo-state")
+    _add_common(demo)
+    demo.set_defaults(handler=cmd_demo)
+
+    status = commands.add_parser("status", help="files the ledger knows, newest first")
+    status.add_argument("--state-dir", default=str(default_state_dir()))
+    status.set_defaults(handler=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except AuthError as exc:
+        err.print(f"[red]authentication failed:[/] {exc}")
+        return EXIT_AUTH
+    except Interrupted as exc:
+        err.print(f"[yellow]interrupted:[/] {exc}")
+        return EXIT_INTERRUPTED
+    except (ConfigError, LayoutError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_USAGE
+    except IngestorError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_INCOMPLETE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""One exception hierarchy for everything ingestor raises on purpose.
+
+Each message says what is wrong and, where it helps, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class IngestorError(Exception):
+    """Base of every error ingestor raises deliberately."""
+
+
+class ConfigError(IngestorError):
+    """Settings or command-line options are invalid."""
+
+
+class LayoutError(IngestorError):
+    """A path breaks the drop-tree rules, or an import folder's config.json is invalid."""
+
+
+class ParseError(IngestorError):
+    """A whole file cannot be parsed (e.g. a bad CSV header); single bad rows are Rejects."""
+
+
+class LedgerError(IngestorError):
+    """The ledger cannot be read or written."""
+
+
+class Interrupted(IngestorError):
+    """Work stopped on request (signal, shutdown); progress up to the last checkpoint is kept."""
+
+
+class ApiError(IngestorError):
+    """The Klaviyo API answered with something other than success."""
+
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class AuthError(ApiError):
+    """401/403: the key is wrong, revoked, or lacks the custom-objects:write scope."""
+
+
+class NotFound(ApiError):
+    """404: e.g. the data source named in config.json does not exist in the account."""
+
+
+class RateLimited(ApiError):
+    """429: the account is over its rate limit; ``retry_after`` is the server's hint."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message, status=429)
+        self.retry_after = retry_after
+
+
+class Transient(ApiError):
+    """5xx, timeouts, resets: worth retrying, never a reason to give up."""
+
+
+class PayloadTooLarge(ApiError):
+    """413: the body is over the server's limit; split it and retry."""
+
+
+class Rejected(ApiError):
+    """400/422: the API refuses the request's content.
+
+    ``record_index`` is set when the error points at one record of the batch.
+    """
+
+    def __init__(
+        self, message: str, status: int, detail: str = "", record_index: int | None = None
+    ) -> None:
+        super().__init__(message, status=status, detail=detail)
+        self.record_index = record_index
+
+
+class SystemicRejection(ApiError):
+    """Every record of a batch was refused: the cause is the request, not the data.
+
+    The file stops (its place kept) instead of skipping every record as bad.
+    """

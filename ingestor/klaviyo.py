@@ -1,0 +1,156 @@
+"""The Klaviyo endpoints we call, and what their answers mean.
+
+Every answer is either returned (2xx) or raised as a typed ApiError. The API key lives only
+in the Authorization header; no message, log line or repr built here contains it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from ingestor import __version__
+from ingestor.config import ApiKey, ApiSettings
+from ingestor.errors import (
+    ApiError,
+    AuthError,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Rejected,
+    Transient,
+)
+
+JSON_API = "application/vnd.api+json"
+_RECORD_POINTER = re.compile(r"/data/attributes/[a-z-]+/data/(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+
+
+class KlaviyoClient:
+    """A connection-reusing client for one account."""
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        key: ApiKey,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=settings.base_url,
+            headers={
+                "Authorization": f"Klaviyo-API-Key {key.value}",
+                "revision": settings.revision,
+                "accept": JSON_API,
+                "content-type": JSON_API,
+                "user-agent": f"ingestor/{__version__}",
+            },
+            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"KlaviyoClient(base_url={str(self._http.base_url)!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> KlaviyoClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def post_bulk(self, endpoint: str, body: bytes) -> Answer:
+        """POST a prebuilt bulk body; any 2xx is success (the spec says 204, the guide 202)."""
+        return self._request("POST", endpoint, content=body)
+
+    def get_data_source(self, data_source_id: str) -> dict[str, Any]:
+        """GET /api/data-sources/{id}; NotFound if the account has no such data source."""
+        response = self._send("GET", f"/api/data-sources/{data_source_id}")
+        result: dict[str, Any] = orjson.loads(response.content)
+        return result
+
+    def create_data_source(self, title: str, description: str = "") -> str:
+        """POST /api/data-sources; return the new data source's id."""
+        body = {"data": {"type": "data-source", "attributes": {
+            "title": title, "visibility": "private", "description": description}}}
+        response = self._send("POST", "/api/data-sources", content=orjson.dumps(body))
+        return str(orjson.loads(response.content)["data"]["id"])
+
+    def _request(self, method: str, path: str, content: bytes | None = None) -> Answer:
+        response = self._send(method, path, content)
+        return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()})
+
+    def _send(self, method: str, path: str, content: bytes | None = None) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, content=content)
+        except httpx.TimeoutException as exc:
+            raise Transient(f"{method} {path}: timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise Transient(f"{method} {path}: connection failed ({type(exc).__name__})") from None
+        if 200 <= response.status_code < 300:
+            return response
+        raise classify(method, path, response)
+
+
+def classify(method: str, path: str, response: httpx.Response) -> ApiError:
+    """Turn a non-2xx answer into the ApiError that says what to do about it."""
+    status = response.status_code
+    detail, index = _error_detail(response)
+    where = f"{method} {path} -> {status}"
+    headers = response.headers
+    if status == 429:
+        return RateLimited(f"{where}: rate limited", retry_after(headers.get("retry-after")))
+    if status in (401, 403):
+        return AuthError(
+            f"{where}: the API key was refused ({detail or 'no detail'}); check the key and that "
+            "it has the custom-objects:write scope",
+            status, detail,
+        )
+    if status == 404:
+        return NotFound(f"{where}: not found ({detail or 'no detail'})", status, detail)
+    if status == 413:
+        return PayloadTooLarge(f"{where}: payload too large", status, detail)
+    if status >= 500 or status in (408, 409, 425):
+        return Transient(f"{where}: {detail or 'server error'}", status, detail)
+    return Rejected(f"{where}: {detail or 'request refused'}", status, detail, index)
+
+
+def _error_detail(response: httpx.Response) -> tuple[str, int | None]:
+    """The JSON:API error's detail and, if it points at one record, that record's index."""
+    try:
+        errors = orjson.loads(response.content).get("errors") or []
+        first = errors[0]
+        detail = str(first.get("detail") or first.get("title") or "")
+        pointer = str((first.get("source") or {}).get("pointer") or "")
+    except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
+        return response.text[:300].strip(), None
+    match = _RECORD_POINTER.match(pointer)
+    return detail[:1000], int(match.group(1)) if match else None
+
+
+def retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: delta-seconds (fractions tolerated) or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -1,0 +1,191 @@
+"""The drop tree's rules, as pure functions where possible.
+
+    <drop_root>/<company_id>/imports/<kind>/<folder>/config.json + *.csv / *.jsonl
+
+Files directly under ``imports/<kind>/`` are rejected; other extensions are ignored (and
+listed); hidden and partial-upload names wait until renamed; symlinks are never followed.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import orjson
+
+from ingestor.errors import LayoutError
+from ingestor.kinds import CUSTOM_OBJECTS, KINDS, RESERVED_FOLDERS, ImportKind
+
+CONFIG_NAME = "config.json"
+MAX_CONFIG_BYTES = 64 * 1024
+DATA_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+PARTIAL_SUFFIXES = (".tmp", ".part", ".filepart", ".partial", ".crdownload")
+# ULID: 26 Crockford base32 characters; the first is at most 7 (a 48-bit timestamp).
+_ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}", re.IGNORECASE)
+
+
+def is_ulid(text: str) -> bool:
+    return _ULID.fullmatch(text) is not None
+
+
+def data_format(name: str) -> str | None:
+    """'csv' / 'jsonl' for a data file name, else None (case-insensitive extension)."""
+    return DATA_FORMATS.get(PurePosixPath(name).suffix.lower())
+
+
+def is_hidden_or_partial(name: str) -> bool:
+    """Names an uploader is still writing, or that are not meant for us."""
+    return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES)
+
+
+class Placement(enum.Enum):
+    DATA_FILE = "data_file"  # a csv/jsonl inside a named import folder
+    CONFIG = "config"  # an import folder's config.json
+    STRAY = "stray"  # a file directly under imports/<kind>/: rejected
+    IGNORED = "ignored"  # another extension inside an import folder: listed, not read
+    WAITING = "waiting"  # hidden or partial upload name: ignored until renamed
+    OUTSIDE = "outside"  # not part of any import kind's tree
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where a path sits in the drop tree, decided from its parts alone (no I/O)."""
+
+    placement: Placement
+    company: str = ""
+    kind: str = ""
+    folder: str = ""
+    name: str = ""
+
+
+def place(relative: PurePosixPath) -> Placed:
+    """Classify a path relative to the drop root: ``company/imports/kind/folder/name``."""
+    parts = relative.parts
+    if len(parts) < 4 or parts[1] != "imports" or parts[2] not in KINDS:
+        return Placed(Placement.OUTSIDE)
+    company, kind, name = parts[0], parts[2], parts[-1]
+    if is_hidden_or_partial(name):
+        return Placed(Placement.WAITING, company, kind, "", name)
+    if len(parts) == 4:
+        return Placed(Placement.STRAY, company, kind, "", name)
+    if len(parts) > 5:  # deeper nesting is not part of the contract
+        return Placed(Placement.IGNORED, company, kind, parts[3], "/".join(parts[4:]))
+    folder = parts[3]
+    if name == CONFIG_NAME:
+        return Placed(Placement.CONFIG, company, kind, folder, name)
+    if data_format(name) is None:
+        return Placed(Placement.IGNORED, company, kind, folder, name)
+    return Placed(Placement.DATA_FILE, company, kind, folder, name)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderConfig:
+    """A valid config.json: where the folder's records go."""
+
+    target_id: str
+
+
+def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:
+    """Validate config.json bytes; raise LayoutError saying exactly what is wrong."""
+    key = kind.target_key
+    example = f'{{"{key}": "01KTMWCZ8ZMNZS0HG5HQNX0H6E"}}'
+    if len(data) > MAX_CONFIG_BYTES:
+        raise LayoutError(
+            f"config.json is {len(data):,} bytes, over the {MAX_CONFIG_BYTES:,}-byte limit; "
+            f"it should hold only {example}"
+        )
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise LayoutError(f"config.json is not valid JSON ({exc}); expected {example}") from None
+    if not isinstance(value, dict):
+        raise LayoutError(
+            f"config.json must be a JSON object, got {type(value).__name__}; expected {example}"
+        )
+    if key not in value:
+        raise LayoutError(f'config.json has no "{key}" key; expected {example}')
+    target = value[key]
+    if not isinstance(target, str):
+        raise LayoutError(f'config.json "{key}" must be a string, got {type(target).__name__}')
+    if not is_ulid(target):
+        shown = target if len(target) <= 40 else target[:40] + "…"
+        raise LayoutError(
+            f'config.json "{key}" {shown!r} is not a ULID (26 characters of Crockford base32, '
+            f"e.g. 01KTMWCZ8ZMNZS0HG5HQNX0H6E)"
+        )
+    return FolderConfig(target_id=target.upper())
+
+
+def load_folder_config(folder: Path, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:
+    """Read and validate ``folder/config.json`` without following symlinks."""
+    path = folder / CONFIG_NAME
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        raise LayoutError(
+            f"{CONFIG_NAME} is missing in {folder.name}/; add one naming the {kind.target_key}"
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise LayoutError(f"{CONFIG_NAME} in {folder.name}/ is not a regular file")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise LayoutError(
+            f"config.json is {info.st_size:,} bytes, over the {MAX_CONFIG_BYTES:,}-byte limit"
+        )
+    with path.open("rb") as handle:
+        return parse_folder_config(handle.read(MAX_CONFIG_BYTES + 1), kind)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportFolder:
+    """An import folder on disk and the tenant it belongs to."""
+
+    path: Path
+    company: str
+    kind: ImportKind
+    name: str
+
+
+def locate_import_folder(path: Path, company: str | None = None) -> ImportFolder:
+    """Recognise ``…/<company>/imports/<kind>/<folder>``; outside a drop tree the company
+    must be given (or defaults to the folder's parent name)."""
+    resolved = path.resolve()
+    if not resolved.is_dir():
+        raise LayoutError(f"{path} is not a directory; give an import folder holding config.json")
+    parts = resolved.parts
+    if len(parts) >= 4 and parts[-3] == "imports" and parts[-2] in KINDS:
+        return ImportFolder(resolved, company or parts[-4], KINDS[parts[-2]], parts[-1])
+    if len(parts) >= 3 and parts[-2] == "imports" and parts[-1] in (*KINDS, *RESERVED_FOLDERS):
+        raise LayoutError(
+            f"{path} is the {parts[-1]}/ folder itself; files must sit in a named subfolder "
+            f"such as {parts[-1]}/pets/"
+        )
+    return ImportFolder(resolved, company or "default", CUSTOM_OBJECTS, resolved.name)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderListing:
+    data_files: tuple[Path, ...]
+    ignored: tuple[str, ...]  # names listed in the report, not read
+
+
+def list_folder(folder: Path) -> FolderListing:
+    """The data files of an import folder in name order; symlinks and others are set aside."""
+    data: list[Path] = []
+    ignored: list[str] = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        if name == CONFIG_NAME or is_hidden_or_partial(name):
+            continue
+        info = entry.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            ignored.append(f"{name} (symlink, not followed)")
+        elif not stat.S_ISREG(info.st_mode):
+            ignored.append(f"{name} (not a regular file)")
+        elif data_format(name) is None:
+            ignored.append(f"{name} (only .csv and .jsonl are processed)")
+        else:
+            data.append(entry)
+    return FolderListing(tuple(data), tuple(ignored))

@@ -1,0 +1,85 @@
+"""The ledger's interface and value types.
+
+A file version is identified by (company, kind, folder, name, sha256). The ledger is the only
+place that remembers: what each version's state is, and the checkpoint (byte offset and line
+after the last acknowledged batch, plus the rejected-rows file's size at that moment) from
+which an interrupted version resumes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ingestor.records import FileCounts
+
+
+class FileState(enum.StrEnum):
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"  # stopped with its place kept (auth, unreadable, systemic refusal)
+    REJECTED = "rejected"  # not processed: bad config.json, unknown data source, bad header
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    company: str
+    kind: str
+    folder: str
+    name: str
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass(slots=True)
+class FileRun:
+    """One version of one file, and how far it got."""
+
+    id: int
+    identity: FileIdentity
+    version: int
+    state: FileState
+    target_id: str = ""
+    offset: int = 0
+    line: int = 0
+    rejects_bytes: int = 0
+    counts: FileCounts = field(default_factory=FileCounts)
+    reason: str = ""
+    report_path: str = ""
+    rejects_path: str = ""
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+
+
+class Ledger(Protocol):
+    """What the pipeline needs from durable state. Implementations must make each call atomic."""
+
+    def latest(self, company: str, kind: str, folder: str, name: str) -> FileRun | None:
+        """The newest version recorded for this file name, if any."""
+
+    def register(self, identity: FileIdentity) -> FileRun:
+        """The run for this content: the latest version if its sha256 matches, else a new one."""
+
+    def start(self, run_id: int, target_id: str, rejects_path: str) -> FileRun:
+        """Mark a run as processing (keeping its checkpoint) and return it."""
+
+    def checkpoint(
+        self, run_id: int, offset: int, line: int, rejects_bytes: int, counts: FileCounts
+    ) -> None:
+        """Record progress after an acknowledged batch."""
+
+    def finish(
+        self, run_id: int, state: FileState, counts: FileCounts, reason: str, report_path: str
+    ) -> None:
+        """Record a run's final state."""
+
+    def get(self, run_id: int) -> FileRun | None: ...
+
+    def runs(self, company: str | None = None, since: float | None = None) -> list[FileRun]:
+        """Runs, newest first, optionally for one company and updated since a time."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,168 @@
+"""The ledger on SQLite (WAL, synchronous=FULL): a checkpoint that returned is on disk."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from ingestor.errors import LedgerError
+from ingestor.ledger.base import FileIdentity, FileRun, FileState
+from ingestor.records import FileCounts
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS file_runs (
+    id INTEGER PRIMARY KEY,
+    company TEXT NOT NULL, kind TEXT NOT NULL, folder TEXT NOT NULL, name TEXT NOT NULL,
+    path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    version INTEGER NOT NULL, state TEXT NOT NULL, target_id TEXT NOT NULL DEFAULT '',
+    byte_offset INTEGER NOT NULL DEFAULT 0, line INTEGER NOT NULL DEFAULT 0,
+    rejects_bytes INTEGER NOT NULL DEFAULT 0,
+    records_read INTEGER NOT NULL DEFAULT 0, records_sent INTEGER NOT NULL DEFAULT 0,
+    records_skipped INTEGER NOT NULL DEFAULT 0, batches INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0, throttled_seconds REAL NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '', report_path TEXT NOT NULL DEFAULT '',
+    rejects_path TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
+    UNIQUE (company, kind, folder, name, version)
+);
+CREATE INDEX IF NOT EXISTS file_runs_updated ON file_runs (updated_at);
+"""
+
+_COLUMNS = (
+    "id, company, kind, folder, name, path, size, mtime_ns, sha256, version, state, target_id, "
+    "byte_offset, line, rejects_bytes, records_read, records_sent, records_skipped, batches, "
+    "retries, throttled_seconds, reason, report_path, rejects_path, started_at, updated_at, "
+    "finished_at"
+)
+
+
+def _run(row: tuple[Any, ...]) -> FileRun:
+    (id_, company, kind, folder, name, path, size, mtime_ns, sha, version, state, target,
+     offset, line, rejects_bytes, read, sent, skipped, batches, retries, throttled, reason,
+     report, rejects_path, started, updated, finished) = row
+    return FileRun(
+        id=id_,
+        identity=FileIdentity(company, kind, folder, name, path, size, mtime_ns, sha),
+        version=version, state=FileState(state), target_id=target, offset=offset, line=line,
+        rejects_bytes=rejects_bytes,
+        counts=FileCounts(read, sent, skipped, batches, retries, throttled),
+        reason=reason, report_path=report, rejects_path=rejects_path,
+        started_at=started, updated_at=updated, finished_at=finished,
+    )
+
+
+class SqliteLedger:
+    """Ledger on one SQLite file; safe to share between threads of one process and to read
+    from other processes (``ingestor status``) while a worker writes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise LedgerError(f"cannot open the ledger at {path}: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger({str(self.path)!r})"
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> FileRun | None:
+        row = self._execute(sql, args).fetchone()
+        return _run(row) if row else None
+
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path}: {exc}") from None
+
+    def latest(self, company: str, kind: str, folder: str, name: str) -> FileRun | None:
+        return self._one(
+            f"SELECT {_COLUMNS} FROM file_runs WHERE company=? AND kind=? AND folder=? AND name=? "
+            "ORDER BY version DESC LIMIT 1",
+            (company, kind, folder, name),
+        )
+
+    def register(self, identity: FileIdentity) -> FileRun:
+        i = identity
+        latest = self.latest(i.company, i.kind, i.folder, i.name)
+        now = time.time()
+        if latest is not None and latest.identity.sha256 == i.sha256:
+            self._execute(
+                "UPDATE file_runs SET path=?, size=?, mtime_ns=? WHERE id=?",
+                (i.path, i.size, i.mtime_ns, latest.id),
+            )
+            latest.identity = identity
+            return latest
+        version = latest.version + 1 if latest else 1
+        cursor = self._execute(
+            "INSERT INTO file_runs (company, kind, folder, name, path, size, mtime_ns, sha256, "
+            "version, state, started_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (i.company, i.kind, i.folder, i.name, i.path, i.size, i.mtime_ns, i.sha256, version,
+             FileState.PROCESSING.value, now, now),
+        )
+        run_id = cursor.lastrowid
+        assert run_id is not None
+        return FileRun(run_id, identity, version, FileState.PROCESSING, started_at=now,
+                       updated_at=now)
+
+    def start(self, run_id: int, target_id: str, rejects_path: str) -> FileRun:
+        self._execute(
+            "UPDATE file_runs SET state=?, target_id=?, rejects_path=?, reason='', "
+            "finished_at=NULL, updated_at=? WHERE id=?",
+            (FileState.PROCESSING.value, target_id, rejects_path, time.time(), run_id),
+        )
+        run = self.get(run_id)
+        if run is None:
+            raise LedgerError(f"ledger {self.path}: no run {run_id}")
+        return run
+
+    def checkpoint(
+        self, run_id: int, offset: int, line: int, rejects_bytes: int, counts: FileCounts
+    ) -> None:
+        c = counts
+        self._execute(
+            "UPDATE file_runs SET byte_offset=?, line=?, rejects_bytes=?, records_read=?, "
+            "records_sent=?, records_skipped=?, batches=?, retries=?, throttled_seconds=?, "
+            "updated_at=? WHERE id=?",
+            (offset, line, rejects_bytes, c.read, c.sent, c.skipped, c.batches, c.retries,
+             c.throttled_seconds, time.time(), run_id),
+        )
+
+    def finish(
+        self, run_id: int, state: FileState, counts: FileCounts, reason: str, report_path: str
+    ) -> None:
+        c = counts
+        now = time.time()
+        self._execute(
+            "UPDATE file_runs SET state=?, reason=?, report_path=?, records_read=?, "
+            "records_sent=?, records_skipped=?, batches=?, retries=?, throttled_seconds=?, "
+            "updated_at=?, finished_at=? WHERE id=?",
+            (state.value, reason, report_path, c.read, c.sent, c.skipped, c.batches, c.retries,
+             c.throttled_seconds, now, now, run_id),
+        )
+
+    def get(self, run_id: int) -> FileRun | None:
+        return self._one(f"SELECT {_COLUMNS} FROM file_runs WHERE id=?", (run_id,))
+
+    def runs(self, company: str | None = None, since: float | None = None) -> list[FileRun]:
+        sql = f"SELECT {_COLUMNS} FROM file_runs WHERE 1=1"
+        args: list[Any] = []
+        if company is not None:
+            sql += " AND company=?"
+            args.append(company)
+        if since is not None:
+            sql += " AND updated_at>=?"
+            args.append(since)
+        rows = self._execute(sql + " ORDER BY updated_at DESC, id DESC", tuple(args)).fetchall()
+        return [_run(row) for row in rows]

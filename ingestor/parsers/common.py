@@ -1,0 +1,42 @@
+"""What the parsers share: limits, and turning raw bytes into a printable excerpt."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ingestor.kinds import KIB
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """``max_record_bytes`` is the API's per-record limit; a line longer than
+    ``max_line_bytes`` is skipped without being read into memory."""
+
+    max_record_bytes: int = 512 * KIB
+    max_line_bytes: int = 1024 * KIB
+    max_excerpt: int = 2048
+
+
+def excerpt(raw: bytes, limit: int) -> str:
+    """Printable text of a raw row for reports: decoded leniently and cut to ``limit``."""
+    text = raw[:limit].decode("utf-8", "replace").rstrip("\r\n")
+    return text + "…" if len(raw) > limit else text
+
+
+def read_span(handle: BinaryIO, start: int, end: int, limit: int) -> bytes:
+    """Bytes ``[start, end)`` of the file (at most ``limit``), without moving the handle."""
+    return os.pread(handle.fileno(), min(end - start, limit + 1), start)
+
+
+def skip_long_line(handle: BinaryIO, chunk: int) -> int:
+    """Consume the rest of an over-long line; return how many bytes were skipped."""
+    skipped = 0
+    while True:
+        piece = handle.readline(chunk)
+        skipped += len(piece)
+        if not piece or piece.endswith(b"\n"):
+            return skipped

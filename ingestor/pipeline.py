@@ -1,0 +1,209 @@
+"""One import folder end to end: config → data source check → parse → batch → send →
+checkpoint → report. The only module that knows all the stages; each stage knows none."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import structlog
+
+from ingestor.batcher import batches
+from ingestor.config import Settings
+from ingestor.errors import (
+    AuthError,
+    Interrupted,
+    LayoutError,
+    NotFound,
+    ParseError,
+    SystemicRejection,
+)
+from ingestor.identity import identify
+from ingestor.klaviyo import KlaviyoClient
+from ingestor.layout import FolderConfig, ImportFolder, data_format, list_folder, load_folder_config
+from ingestor.ledger import FileRun, FileState, Ledger
+from ingestor.parsers import ParseLimits, parse_file
+from ingestor.ratelimit import AccountLimiter
+from ingestor.records import FileCounts, Reject
+from ingestor.reports import RejectsFile, Report, report_dir, run_stem, write_report
+from ingestor.sender import Sender
+
+log = structlog.get_logger("ingestor.pipeline")
+
+ProgressFn = Callable[[FileRun, int, FileCounts], None]
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    run: FileRun
+    report: Report | None
+    unchanged: bool = False  # already done earlier: nothing was sent
+
+
+@dataclass(frozen=True, slots=True)
+class FolderResult:
+    folder: ImportFolder
+    files: list[FileResult] = field(default_factory=list)
+    error: str = ""  # why the folder was not processed, if it was not
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and all(
+            f.run.state is FileState.DONE for f in self.files
+        )
+
+
+class Pipeline:
+    """Ingests import folders for one account."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        client: KlaviyoClient,
+        limiter: AccountLimiter,
+        stop: threading.Event | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self._settings = settings
+        self._ledger = ledger
+        self._client = client
+        self._limiter = limiter
+        self._stop = stop or threading.Event()
+        self._progress = progress
+
+    def ingest_folder(self, folder: ImportFolder) -> FolderResult:
+        """Process every data file of ``folder`` that is not already done."""
+        bound = log.bind(company=folder.company, folder=folder.name)
+        listing = list_folder(folder.path)
+        try:
+            config = load_folder_config(folder.path, folder.kind)
+        except LayoutError as exc:
+            bound.warning("folder_not_processed", reason=str(exc))
+            runs = [self._register(folder, path) for path in listing.data_files]
+            files = [self._close(r, FileState.REJECTED, str(exc), listing.ignored) for r in runs]
+            return FolderResult(folder, files, str(exc), listing.ignored)
+
+        results: list[FileResult] = []
+        todo: list[tuple[FileRun, Path]] = []
+        for path in listing.data_files:
+            run = self._register(folder, path)
+            if run.state is FileState.DONE:
+                results.append(FileResult(run, None, unchanged=True))
+            else:
+                todo.append((run, path))
+        if not todo:
+            return FolderResult(folder, results, "", listing.ignored)
+
+        kind = folder.kind
+        sender = Sender(self._client, self._limiter, kind.endpoint,
+                        kind.envelope(config.target_id), self._settings.api.retry, self._stop)
+        try:
+            sender.call(lambda: self._client.get_data_source(config.target_id))
+        except NotFound:
+            reason = (f"data source {config.target_id} (from config.json) does not exist in this "
+                      "account; create it or correct data_source_id")
+            bound.warning("folder_not_processed", reason=reason)
+            results += [self._close(r, FileState.REJECTED, reason, listing.ignored)
+                        for r, _ in todo]
+            return FolderResult(folder, results, reason, listing.ignored)
+
+        for run, path in todo:
+            results.append(self._ingest_file(folder, config, sender, run, path, listing.ignored))
+        return FolderResult(folder, results, "", listing.ignored)
+
+    def _register(self, folder: ImportFolder, path: Path) -> FileRun:
+        identity = identify(path, folder.company, folder.kind.folder, folder.name, self._ledger)
+        return self._ledger.register(identity)
+
+    def _ingest_file(
+        self,
+        folder: ImportFolder,
+        config: FolderConfig,
+        sender: Sender,
+        run: FileRun,
+        path: Path,
+        ignored: tuple[str, ...],
+    ) -> FileResult:
+        bound = log.bind(company=folder.company, folder=folder.name, file=path.name)
+        rejects_path = report_dir(self._settings.state_dir, folder.company) / (
+            f"{run_stem(run)}.rejected.jsonl")
+        run = self._ledger.start(run.id, config.target_id, str(rejects_path))
+        resumed = run.offset > 0
+        bound.info("file_started", resume_offset=run.offset, resumed=resumed, version=run.version)
+        fmt = data_format(path.name)
+        assert fmt is not None
+        kind = folder.kind
+        limits = ParseLimits(max_record_bytes=kind.limits.max_record_bytes,
+                             max_excerpt=self._settings.max_raw_excerpt)
+        counts = replace(run.counts)
+        pending = FileCounts()
+        rejects = RejectsFile(rejects_path, run.rejects_bytes)
+        try:
+            items = parse_file(path, fmt, limits, run.offset, run.line)
+            for item in batches(items, kind.envelope(config.target_id), kind.limits):
+                if type(item) is Reject:
+                    rejects.write(item)
+                    pending.read += 1
+                    pending.skipped += 1
+                    continue
+                assert not isinstance(item, Reject)
+                if item.records:
+                    outcome = sender.send(item.records)
+                    for refused in outcome.refused:
+                        rejects.write(refused)
+                    pending.read += len(item.records)
+                    pending.sent += outcome.accepted
+                    pending.skipped += len(outcome.refused)
+                    pending.batches += 1
+                    pending.retries += outcome.retries
+                    pending.throttled_seconds += outcome.throttled_seconds
+                counts.add(pending)
+                pending = FileCounts()
+                self._ledger.checkpoint(run.id, item.end_offset, item.end_line, rejects.sync(),
+                                        counts)
+                if self._progress:
+                    self._progress(run, item.end_offset, counts)
+        except ParseError as exc:
+            return self._close(run, FileState.REJECTED, str(exc), ignored, counts)
+        except SystemicRejection as exc:
+            bound.error("file_paused", reason=str(exc))
+            return self._close(run, FileState.FAILED, str(exc), ignored, counts)
+        except AuthError as exc:
+            self._close(run, FileState.FAILED, str(exc), ignored, counts)
+            raise
+        except OSError as exc:
+            reason = f"cannot read {path.name}: {exc.strerror or exc}"
+            return self._close(run, FileState.FAILED, reason, ignored, counts)
+        except Interrupted:
+            bound.info("file_interrupted", offset=run.offset)
+            raise
+        finally:
+            rejects.close()
+        counts.add(pending)
+        result = self._close(run, FileState.DONE, "", ignored, counts)
+        bound.info("file_done", read=counts.read, sent=counts.sent, skipped=counts.skipped,
+                   batches=counts.batches, retries=counts.retries)
+        return result
+
+    def _close(
+        self,
+        run: FileRun,
+        state: FileState,
+        reason: str,
+        ignored: tuple[str, ...],
+        counts: FileCounts | None = None,
+    ) -> FileResult:
+        """Write the report first, then the final state: a crash between the two only
+        repeats the (idempotent) report."""
+        final = replace(run, state=state, reason=reason, counts=counts or run.counts,
+                        finished_at=time.time())
+        report = write_report(final, self._settings.state_dir, ignored=ignored,
+                              samples=self._settings.report_skip_samples)
+        final = replace(final, report_path=str(report.path))
+        self._ledger.finish(run.id, state, final.counts, reason, str(report.path))
+        return FileResult(final, report)

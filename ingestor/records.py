@@ -1,0 +1,79 @@
+"""Shared value types that flow through the pipeline: parsers → batcher → sender → reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record ready for the wire.
+
+    ``line`` is the 1-based line the record starts on, ``end_line`` the last physical line it
+    spans (they differ for CSV rows with embedded newlines); ``end_offset`` is the byte
+    offset just past it: where a resume starts once it is acknowledged. ``json`` is the
+    record's serialized JSON object (for JSONL, the validated line itself).
+    """
+
+    line: int
+    end_line: int
+    end_offset: int
+    json: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A row that will not be sent, with its 1-based line number and why."""
+
+    line: int
+    end_line: int
+    end_offset: int
+    reason: str
+    raw: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Records packed for one request.
+
+    ``end_offset``/``end_line`` mark the position after everything consumed up to this batch
+    (its records and the rejects met before them): the checkpoint to write once it is
+    acknowledged. A batch with no records is a pure progress marker.
+    """
+
+    records: tuple[Record, ...]
+    end_offset: int
+    end_line: int
+    body_size: int
+
+
+@dataclass(slots=True)
+class FileCounts:
+    """Running counts for one file; ``read == sent + skipped`` once the file is done."""
+
+    read: int = 0
+    sent: int = 0
+    skipped: int = 0
+    batches: int = 0
+    retries: int = 0
+    throttled_seconds: float = 0.0
+
+    def add(self, other: FileCounts) -> None:
+        self.read += other.read
+        self.sent += other.sent
+        self.skipped += other.skipped
+        self.batches += other.batches
+        self.retries += other.retries
+        self.throttled_seconds += other.throttled_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """What the API did with one batch: accepted records, refused ones, and the cost."""
+
+    accepted: int
+    refused: tuple[Reject, ...] = ()
+    requests: int = 1
+    retries: int = 0
+    throttled_seconds: float = 0.0
+    status_counts: dict[int, int] = field(default_factory=dict)

@@ -1,0 +1,196 @@
+"""Deliver one batch, whatever the API throws at it.
+
+- 429: wait as the server says (the limiter also slows down), then resend.
+- 5xx, timeouts, resets: exponential backoff with full jitter, capped, forever (while the
+  process runs and no stop is requested); each retry is logged.
+- 413: split the batch in two and send each half.
+- other 4xx refusals: isolate the refused record(s) (directly when the error points at one,
+  else by bisection), send the rest, and report the refused ones as skipped with the API's
+  detail. If nothing in a batch is accepted and enough records are refused the same way,
+  the cause is the request, not the data: SystemicRejection stops the file with its place
+  kept instead of skipping good records.
+- 401/403/404 propagate: the account or folder must stop.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import structlog
+
+from ingestor.config import RetrySettings
+from ingestor.errors import (
+    ApiError,
+    Interrupted,
+    PayloadTooLarge,
+    RateLimited,
+    Rejected,
+    SystemicRejection,
+    Transient,
+)
+from ingestor.kinds import Envelope
+from ingestor.klaviyo import Answer, KlaviyoClient
+from ingestor.ratelimit import AccountLimiter
+from ingestor.records import Record, Reject, SendOutcome
+
+SYSTEMIC_MIN_REFUSALS = 8
+T = TypeVar("T")
+
+log = structlog.get_logger("ingestor.sender")
+
+
+def backoff_delay(attempt: int, policy: RetrySettings, rng: random.Random) -> float:
+    """Exponential backoff with jitter: uniform in [c/2, c], c = min(cap, initial * mult**attempt)."""
+    ceiling = min(policy.max_delay, policy.initial_delay * policy.multiplier**attempt)
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(slots=True)
+class _Tally:
+    accepted: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled: float = 0.0
+    refused: list[Reject] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    def count(self, status: int) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
+
+class Sender:
+    """Sends batches for one account, one request at a time (the account's limit is the
+    bottleneck, and sequential requests keep checkpoints simple and exact)."""
+
+    def __init__(
+        self,
+        client: KlaviyoClient,
+        limiter: AccountLimiter,
+        endpoint: str,
+        envelope: Envelope,
+        retry: RetrySettings,
+        stop: threading.Event,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._limiter = limiter
+        self._endpoint = endpoint
+        self._envelope = envelope
+        self._retry = retry
+        self._stop = stop
+        self._rng = rng or random.Random()
+
+    def send(self, records: Sequence[Record]) -> SendOutcome:
+        """Deliver ``records``; return what was accepted and refused. Raises Interrupted on
+        stop, AuthError/NotFound for the caller to stop the account or folder."""
+        tally = _Tally()
+        parts: deque[Sequence[Record]] = deque([records])
+        while parts:
+            part = parts.popleft()
+            try:
+                self._deliver(part, tally)
+                tally.accepted += len(part)
+            except PayloadTooLarge as exc:
+                if len(part) == 1:
+                    tally.refused.append(_refusal(part[0], f"API refused the record as too large "
+                                                           f"(413): {exc.detail or 'no detail'}"))
+                else:
+                    middle = len(part) // 2
+                    parts.extendleft((part[middle:], part[:middle]))
+            except Rejected as exc:
+                self._isolate(part, exc, parts, tally)
+                if tally.accepted == 0 and len(tally.refused) >= min(
+                    SYSTEMIC_MIN_REFUSALS, len(records)
+                ) and len(records) >= SYSTEMIC_MIN_REFUSALS and _same_reason(tally.refused):
+                    raise SystemicRejection(
+                        f"the API refused {len(tally.refused)} records in a row with the same "
+                        f"error and accepted none: {exc}. The file is paused at its last "
+                        "checkpoint; fix the cause and run it again",
+                        exc.status, exc.detail,
+                    ) from None
+        return SendOutcome(
+            accepted=tally.accepted,
+            refused=tuple(tally.refused),
+            requests=tally.requests,
+            retries=tally.retries,
+            throttled_seconds=tally.throttled,
+            status_counts=tally.statuses,
+        )
+
+    def _isolate(
+        self,
+        part: Sequence[Record],
+        exc: Rejected,
+        parts: deque[Sequence[Record]],
+        tally: _Tally,
+    ) -> None:
+        reason = f"API refused the record ({exc.status}): {exc.detail or 'no detail'}"
+        if exc.record_index is not None and 0 <= exc.record_index < len(part):
+            index = exc.record_index
+            tally.refused.append(_refusal(part[index], reason))
+            rest = [*part[:index], *part[index + 1:]]
+            if rest:
+                parts.appendleft(rest)
+        elif len(part) == 1:
+            tally.refused.append(_refusal(part[0], reason))
+        else:
+            middle = len(part) // 2
+            parts.extendleft((part[middle:], part[:middle]))
+
+    def _deliver(self, part: Sequence[Record], tally: _Tally) -> None:
+        """Send one body until the API decides on it (2xx, 413 or a refusal)."""
+        body = self._envelope.body([record.json for record in part])
+        answer = self.call(lambda: self._client.post_bulk(self._endpoint, body), tally)
+        tally.count(answer.status)
+
+    def call(self, request: Callable[[], T], tally: _Tally | None = None) -> T:
+        """Run one API call under the limiter, retrying 429s and transient failures until it
+        succeeds or fails for good (any other ApiError propagates)."""
+        tally = tally if tally is not None else _Tally()
+        attempt = 0
+        while True:
+            tally.throttled += self._limiter.acquire(self._stop)
+            if self._stop.is_set():
+                raise Interrupted("stop requested; unacknowledged work is resent on resume")
+            tally.requests += 1
+            try:
+                result = request()
+            except RateLimited as exc:
+                tally.count(429)
+                tally.retries += 1
+                pause = self._limiter.throttled(exc.retry_after)
+                log.warning("rate_limited", retry_after=exc.retry_after, pause=round(pause, 3))
+                continue
+            except Transient as exc:
+                if exc.status:
+                    tally.count(exc.status)
+                self._limiter.completed()
+                delay = backoff_delay(attempt, self._retry, self._rng)
+                attempt += 1
+                tally.retries += 1
+                log.warning("transient_error_retrying", error=str(exc), attempt=attempt,
+                            delay=round(delay, 3))
+                if self._stop.wait(delay):
+                    raise Interrupted("stop requested during backoff") from None
+                continue
+            except ApiError as exc:
+                if exc.status:
+                    tally.count(exc.status)
+                self._limiter.completed()
+                raise
+            self._limiter.completed(result.headers if isinstance(result, Answer) else None)
+            return result
+
+
+def _refusal(record: Record, reason: str) -> Reject:
+    return Reject(record.line, record.end_line, record.end_offset, reason,
+                  record.json[:2048].decode("utf-8", "replace"))
+
+
+def _same_reason(refused: list[Reject]) -> bool:
+    return len({r.reason for r in refused}) == 1

@@ -1,0 +1,334 @@
+"""A Klaviyo API stand-in on loopback: real HTTP, the published schemas, the documented limits.
+
+Stdlib ``ThreadingHTTPServer`` (HTTP/1.1 keep-alive): no dependency, and direct control of
+the socket, which the fault injection needs (a dropped connection is a real dropped socket).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+from ulid import ULID
+
+from ingestor.config import RateLimitSettings
+from ingestor.kinds import CUSTOM_OBJECTS, BatchLimits
+from ingestor.simulator.schema import first_error, request_validator
+from ingestor.simulator.state import (
+    DATA_SOURCE_LIMITS,
+    GUIDE_BULK_LIMITS,
+    Account,
+    RequestLog,
+    SimulatorState,
+)
+
+REVISION = re.compile(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?")
+JSON_TYPES = ("application/vnd.api+json", "application/json")
+RECORDS_POINTER = "/data/attributes/data-source-records/data"
+
+
+def _error(status: int, code: str, title: str, detail: str, pointer: str = "") -> bytes:
+    error: dict[str, Any] = {"id": str(ULID()), "status": status, "code": code, "title": title,
+                             "detail": detail}
+    if pointer:
+        error["source"] = {"pointer": pointer}
+    return orjson.dumps({"errors": [error]})
+
+
+class _Answer(Exception):
+    """Raised inside a handler to end the request with this status and body."""
+
+    def __init__(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None):
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Quiet: the simulator's request log is its state, not stderr."""
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def _handle(self, method: str) -> None:
+        sim = self.server.simulator
+        state = sim.state
+        path = self.path.split("?", 1)[0]
+        body = self._read_body()
+        account_name, records = "", 0
+        try:
+            if path == "/_simulator/stats":
+                raise _Answer(200, orjson.dumps(sim.stats()))
+            account = self._authenticate()
+            account_name = account.name
+            revision = self.headers.get("revision", "")
+            if not REVISION.fullmatch(revision):
+                raise _Answer(400, _error(400, "invalid", "Invalid revision header",
+                                          f"revision header {revision!r} is missing or invalid"))
+            if method == "POST" and path == CUSTOM_OBJECTS.endpoint:
+                records = sim.bulk_create(self, account, body)
+            elif method == "GET" and path.startswith("/api/data-sources/"):
+                sim.get_data_source(account, path.rsplit("/", 1)[1])
+            elif path == "/api/data-sources" and method == "POST":
+                sim.create_data_source(account, body)
+            elif path == "/api/data-sources" and method == "GET":
+                sim.list_data_sources(account)
+            else:
+                raise _Answer(404, _error(404, "not_found", "Not found", f"no route {path}"))
+        except _Answer as answer:
+            if answer.status < 0:  # a dropped connection: no answer at all
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                status = 0
+            else:
+                self._reply(answer)
+                status = answer.status
+            state.log(RequestLog(time.time(), account_name, method, path, status, records,
+                                 len(body), self.headers.get("revision", "")))
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _authenticate(self) -> Account:
+        header = self.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        account = self.server.simulator.state.account_for_key(key.strip())
+        if scheme != "Klaviyo-API-Key" or account is None:
+            raise _Answer(401, _error(401, "not_authenticated", "Authentication failed",
+                                      "Missing or invalid private key."))
+        return account
+
+    def _reply(self, answer: _Answer) -> None:
+        self.send_response(answer.status)
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        if answer.body:
+            self.send_header("content-type", "application/vnd.api+json")
+        self.send_header("content-length", str(len(answer.body)))
+        self.end_headers()
+        if answer.body:
+            self.wfile.write(answer.body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    simulator: Simulator
+
+
+class Simulator:
+    """Run with ``with Simulator(...) as sim:``; ``sim.url`` is its base URL."""
+
+    def __init__(
+        self,
+        keys: dict[str, str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        bulk_limits: RateLimitSettings = GUIDE_BULK_LIMITS,
+        read_limits: RateLimitSettings = DATA_SOURCE_LIMITS,
+        clock_factor: float = 1.0,
+        batch_limits: BatchLimits = CUSTOM_OBJECTS.limits,
+        success_status: int = 204,
+        integer_retry_after: bool | None = None,
+    ) -> None:
+        self.state = SimulatorState(
+            keys or {},
+            bulk_limits.scaled(clock_factor),
+            read_limits.scaled(clock_factor),
+            integer_retry_after if integer_retry_after is not None else clock_factor == 1.0,
+        )
+        self.batch_limits = batch_limits
+        self.success_status = success_status
+        self._server = _Server((host, port), _Handler)
+        self._server.simulator = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def faults(self) -> Any:
+        return self.state.faults
+
+    def start(self) -> Simulator:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="simulator",
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # --- set-up and inspection, for tests, benchmarks and the demo ---
+
+    def add_data_source(self, account: str, data_source_id: str | None = None,
+                        title: str = "Simulated") -> str:
+        ds_id = data_source_id or str(ULID())
+        with self.state.lock:
+            self.state.account(account).data_sources[ds_id] = {
+                "title": title, "visibility": "private", "description": "",
+                "namespace": "custom-objects"}
+        return ds_id
+
+    def records(self, account: str) -> list[dict[str, Any]]:
+        with self.state.lock:
+            return [record for _, record in self.state.account(account).records]
+
+    def stats(self) -> dict[str, Any]:
+        with self.state.lock:
+            statuses: dict[str, int] = {}
+            for entry in self.state.requests:
+                statuses[str(entry.status)] = statuses.get(str(entry.status), 0) + 1
+            return {
+                "requests": len(self.state.requests),
+                "statuses": statuses,
+                "records": sum(len(a.records) for a in self.state._accounts_by_key.values()),
+                "schema_failures": len(self.state.schema_failures),
+            }
+
+    # --- endpoints ---
+
+    def _admit(self, account: Account, bulk: bool) -> None:
+        state = self.state
+        with state.lock:
+            windows = account.bulk_windows if bulk else account.read_windows
+            wait = windows.admit(state.now())
+        if wait is not None:
+            raise _Answer(429, _error(429, "throttled", "Request was throttled.",
+                                      f"Request was throttled. Expected available in "
+                                      f"{wait:.3f} seconds."),
+                          {"Retry-After": state.retry_after_header(wait)})
+
+    def bulk_create(self, handler: _Handler, account: Account, body: bytes) -> int:
+        faults, state, limits = self.state.faults, self.state, self.batch_limits
+        with state.lock:
+            throttle = faults.take("throttle_next")
+            fail = faults.take("fail_next")
+            drop = faults.take("drop_next")
+            hang = faults.take("hang_after_accept_next")
+            latency = faults.latency
+        if latency:
+            time.sleep(latency)
+        if throttle:
+            retry_after = faults.throttle_retry_after
+            headers = {} if retry_after is None else {
+                "Retry-After": state.retry_after_header(retry_after)}
+            raise _Answer(429, _error(429, "throttled", "Request was throttled.", "storm"), headers)
+        self._admit(account, bulk=True)
+        if fail:
+            raise _Answer(faults.fail_status, _error(faults.fail_status, "error",
+                                                     "Server error", "injected failure"))
+        if drop:
+            raise _Answer(-1)
+        if len(body) > limits.max_body_bytes:
+            raise _Answer(413, _error(413, "payload_too_large", "Payload too large",
+                                      f"payload is {len(body)} bytes; the maximum is "
+                                      f"{limits.max_body_bytes}"))
+        content_type = handler.headers.get("content-type", "").split(";")[0].strip()
+        if content_type not in JSON_TYPES:
+            raise _Answer(415, _error(415, "unsupported_media_type", "Unsupported media type",
+                                      f"content-type {content_type!r}"))
+        document = self._parse_and_validate(body, "bulk_create_data_source_records")
+        attributes = document["data"]["attributes"]["data-source-records"] or {"data": []}
+        items = attributes["data"]
+        if len(items) > limits.max_records:
+            raise _Answer(400, _error(400, "invalid", "Invalid input.",
+                                      f"{len(items)} records; at most {limits.max_records} per "
+                                      "request", RECORDS_POINTER))
+        ds_ref = (document["data"].get("relationships") or {}).get("data-source") or {}
+        ds_id = (ds_ref.get("data") or {}).get("id")
+        if not ds_id:
+            raise _Answer(400, _error(400, "invalid", "Invalid input.",
+                                      "a data source identifier was not provided"))
+        if ds_id not in account.data_sources:
+            raise _Answer(404, _error(404, "not_found", "Not found",
+                                      f"data source {ds_id} does not exist"))
+        records = [item["attributes"]["record"] for item in items]
+        for index, record in enumerate(records):
+            size = len(orjson.dumps(record))
+            detail = (f"record is {size} bytes; the maximum is {limits.max_record_bytes}"
+                      if size > limits.max_record_bytes
+                      else faults.refuse(record) if faults.refuse else None)
+            if detail:
+                pointer = f"{RECORDS_POINTER}/{index}" if faults.refuse_with_pointer else ""
+                raise _Answer(400, _error(400, "invalid", "Invalid input.", detail, pointer))
+        with state.lock:
+            account.records.extend((ds_id, record) for record in records)
+        if hang:
+            time.sleep(faults.hang_seconds)
+        raise _Answer(self.success_status)
+
+    def _parse_and_validate(self, body: bytes, operation: str) -> dict[str, Any]:
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise _Answer(400, _error(400, "parse_error", "Malformed JSON", str(exc))) from None
+        problem = first_error(request_validator(operation), document)
+        if problem:
+            pointer, message = problem
+            with self.state.lock:
+                self.state.schema_failures.append(f"{operation} {pointer}: {message}")
+            raise _Answer(400, _error(400, "invalid", "Invalid input.", message, pointer))
+        result: dict[str, Any] = document
+        return result
+
+    def _resource(self, ds_id: str, attrs: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "data-source", "id": ds_id, "attributes": attrs,
+                "links": {"self": f"{self.url}/api/data-sources/{ds_id}"}}
+
+    def get_data_source(self, account: Account, ds_id: str) -> None:
+        self._admit(account, bulk=False)
+        attrs = account.data_sources.get(ds_id)
+        if attrs is None:
+            raise _Answer(404, _error(404, "not_found", "Not found.",
+                                      f"A data source with id {ds_id} does not exist."))
+        raise _Answer(200, orjson.dumps({"data": self._resource(ds_id, attrs),
+                                         "links": {"self": f"{self.url}/api/data-sources/"}}))
+
+    def list_data_sources(self, account: Account) -> None:
+        self._admit(account, bulk=False)
+        data = [self._resource(i, a) for i, a in account.data_sources.items()]
+        raise _Answer(200, orjson.dumps({"data": data,
+                                         "links": {"self": f"{self.url}/api/data-sources"}}))
+
+    def create_data_source(self, account: Account, body: bytes) -> None:
+        self._admit(account, bulk=False)
+        document = self._parse_and_validate(body, "create_data_source")
+        attributes = document["data"]["attributes"]
+        title = attributes["title"]
+        with self.state.lock:
+            if any(a["title"] == title for a in account.data_sources.values()):
+                raise _Answer(409, _error(409, "conflict", "Conflict",
+                                          f"a data source titled {title!r} exists"))
+        ds_id = self.add_data_source(account.name, title=title)
+        raise _Answer(201, orjson.dumps({"data": self._resource(ds_id,
+                                                                account.data_sources[ds_id])}))

@@ -1,0 +1,144 @@
+"""The simulator's memory: accounts, what they received, their rate windows, and faults."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingestor.config import RateLimitSettings
+
+# The guide's SMALL tier for the bulk endpoint; the published spec's steady rate is 15/min.
+GUIDE_BULK_LIMITS = RateLimitSettings(burst=3, burst_window=1.0, steady=60, steady_window=60.0)
+SPEC_BULK_LIMITS = RateLimitSettings(burst=3, burst_window=1.0, steady=15, steady_window=60.0)
+DATA_SOURCE_LIMITS = RateLimitSettings(burst=3, burst_window=1.0, steady=60, steady_window=60.0)
+
+RecordRefusal = Callable[[dict[str, Any]], str | None]
+
+
+class ServerWindows:
+    """Server-side sliding windows: at most N accepted requests in any W seconds."""
+
+    def __init__(self, limits: RateLimitSettings) -> None:
+        self._limits = limits
+        self._burst: deque[float] = deque()
+        self._steady: deque[float] = deque()
+
+    def admit(self, now: float) -> float | None:
+        """Count the request and return None, or return seconds until it would be allowed."""
+        limits = self._limits
+        if not limits.enabled:
+            return None
+        waits = []
+        for stamps, limit, window in ((self._burst, limits.burst, limits.burst_window),
+                                      (self._steady, limits.steady, limits.steady_window)):
+            while stamps and stamps[0] <= now - window:
+                stamps.popleft()
+            if len(stamps) >= limit:
+                waits.append(stamps[0] + window - now)
+        if waits:
+            return max(waits)
+        self._burst.append(now)
+        self._steady.append(now)
+        return None
+
+
+@dataclass
+class Account:
+    """One Klaviyo account, reached with one API key."""
+
+    name: str
+    bulk_windows: ServerWindows
+    read_windows: ServerWindows
+    data_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass
+class Faults:
+    """Failures to inject into the bulk endpoint, consumed one request at a time."""
+
+    fail_next: int = 0
+    fail_status: int = 503
+    drop_next: int = 0  # close the connection without an answer
+    throttle_next: int = 0  # answer 429
+    throttle_retry_after: float | None = 1.0
+    hang_after_accept_next: int = 0  # store the records, then stall past the client's timeout
+    hang_seconds: float = 5.0
+    latency: float = 0.0
+    refuse: RecordRefusal | None = None  # a record → error detail, or None to accept it
+    refuse_with_pointer: bool = True
+
+    def take(self, name: str) -> bool:
+        left: int = getattr(self, name)
+        if left > 0:
+            setattr(self, name, left - 1)
+            return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLog:
+    at: float
+    account: str
+    method: str
+    path: str
+    status: int
+    records: int
+    body_bytes: int
+    revision: str
+
+
+class SimulatorState:
+    """Shared by the server's threads; every access goes through the lock."""
+
+    def __init__(
+        self,
+        keys: dict[str, str],
+        bulk_limits: RateLimitSettings,
+        read_limits: RateLimitSettings,
+        integer_retry_after: bool,
+    ) -> None:
+        self.lock = threading.Lock()
+        self.integer_retry_after = integer_retry_after
+        self.faults = Faults()
+        self.requests: list[RequestLog] = []
+        self.schema_failures: list[str] = []
+        self._bulk_limits = bulk_limits
+        self._read_limits = read_limits
+        self._accounts_by_key: dict[str, Account] = {}
+        for key, name in keys.items():
+            self.add_account(key, name)
+
+    def add_account(self, key: str, name: str) -> Account:
+        with self.lock:
+            account = Account(name, ServerWindows(self._bulk_limits),
+                              ServerWindows(self._read_limits))
+            self._accounts_by_key[key] = account
+            return account
+
+    def account_for_key(self, key: str) -> Account | None:
+        return self._accounts_by_key.get(key)
+
+    def account(self, name: str) -> Account:
+        for account in self._accounts_by_key.values():
+            if account.name == name:
+                return account
+        raise KeyError(name)
+
+    def retry_after_header(self, seconds: float) -> str:
+        if self.integer_retry_after:
+            return str(max(1, math.ceil(seconds)))
+        return f"{max(0.001, seconds):.3f}"
+
+    def log(self, entry: RequestLog) -> None:
+        with self.lock:
+            self.requests.append(entry)
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
