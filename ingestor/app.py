@@ -83,7 +83,9 @@ class Validation:
         return not self.folder_error and not any(f.error for f in self.files)
 
 
-def validate_file(path: Path, kind: ImportKind = CUSTOM_OBJECTS, preview: int = 3) -> FileValidation:
+def validate_file(
+    path: Path, kind: ImportKind = CUSTOM_OBJECTS, preview: int = 3
+) -> FileValidation:
     """Parse and batch a file exactly as ingestion would, without sending anything."""
     result = FileValidation(path)
     fmt = data_format(path.name)
@@ -100,7 +102,9 @@ def validate_file(path: Path, kind: ImportKind = CUSTOM_OBJECTS, preview: int = 
                 result.batches += 1
                 result.records += len(item.records)
                 result.body_bytes += item.body_size
-                result.preview += [r.json for r in _take(item.records, preview - len(result.preview))]
+                result.preview += [
+                    r.json for r in _take(item.records, preview - len(result.preview))
+                ]
     except (ParseError, OSError) as exc:
         result.error = str(exc)
     return result
@@ -146,8 +150,9 @@ def scan_drop(drop_root: Path) -> DropScan:
                 if entry.is_symlink():
                     continue
                 if entry.is_dir() and kind_dir.name == CUSTOM_OBJECTS.folder:
-                    folders.append(ImportFolder(entry, company_dir.name, CUSTOM_OBJECTS,
-                                                entry.name))
+                    folders.append(
+                        ImportFolder(entry, company_dir.name, CUSTOM_OBJECTS, entry.name)
+                    )
                 elif placed.placement is Placement.STRAY:
                     strays.append(entry)
     return DropScan(folders, strays)

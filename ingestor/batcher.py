@@ -32,7 +32,10 @@ def batches(
     body_size = envelope.fixed_size
     item_overhead = len(envelope.item_prefix) + len(envelope.item_suffix)
     max_body, max_records, max_record = (
-        limits.max_body_bytes, limits.max_records, limits.max_record_bytes)
+        limits.max_body_bytes,
+        limits.max_records,
+        limits.max_record_bytes,
+    )
     end_offset = end_line = 0
     rejects_since_batch = 0
     for item in items:
@@ -48,8 +51,13 @@ def batches(
         size = len(item.json)
         item_size = size + item_overhead
         if size > max_record or envelope.fixed_size + item_size > max_body:
-            yield Reject(item.line, item.end_line, item.end_offset, oversize_reason(size, max_record),
-                         item.json[:200].decode("utf-8", "replace"))
+            yield Reject(
+                item.line,
+                item.end_line,
+                item.end_offset,
+                oversize_reason(size, max_record),
+                item.json[:200].decode("utf-8", "replace"),
+            )
             end_offset, end_line = item.end_offset, item.end_line
             continue
         added = item_size + (1 if pending else 0)

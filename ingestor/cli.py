@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -48,18 +49,22 @@ def default_state_dir() -> Path:
 
 
 def _api_settings(args: argparse.Namespace, base_url: str | None = None) -> ApiSettings:
-    limits = RateLimitSettings(burst=args.burst, steady=args.steady,
-                               steady_window=args.steady_window)
-    return ApiSettings(base_url=base_url or args.base_url, revision=args.revision,
-                       rate_limit=limits)
+    limits = RateLimitSettings(
+        burst=args.burst, steady=args.steady, steady_window=args.steady_window
+    )
+    return ApiSettings(
+        base_url=base_url or args.base_url, revision=args.revision, rate_limit=limits
+    )
 
 
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def handler(signum: int, _frame: Any) -> None:
-        err.print(f"[yellow]{signal.Signals(signum).name}: finishing the request in flight, "
-                  "then stopping; progress is kept[/]")
+        err.print(
+            f"[yellow]{signal.Signals(signum).name}: finishing the request in flight, "
+            "then stopping; progress is kept[/]"
+        )
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
@@ -76,34 +81,63 @@ class _ProgressView:
 
     def __call__(self, run: FileRun, offset: int, counts: FileCounts) -> None:
         if run.id not in self._tasks:
-            task = self._progress.add_task(run.identity.name, total=run.identity.size or 1,
-                                           sent=0, rate=0.0)
+            task = self._progress.add_task(
+                run.identity.name, total=run.identity.size or 1, sent=0, rate=0.0
+            )
             self._tasks[run.id] = (task, time.monotonic(), counts.sent)
         task, began, sent_before = self._tasks[run.id]
         elapsed = max(1e-6, time.monotonic() - began)
-        self._progress.update(task, completed=offset, sent=counts.sent,
-                              rate=(counts.sent - sent_before) / elapsed)
+        self._progress.update(
+            task, completed=offset, sent=counts.sent, rate=(counts.sent - sent_before) / elapsed
+        )
 
 
 def _summary_table(results: Sequence[FolderResult], title: str) -> Table:
     table = Table(title=title)
-    for column in ("company", "folder", "file", "state", "read", "sent", "skipped", "report / reason"):
-        table.add_column(column, justify="right" if column in ("read", "sent", "skipped")
-                         else "left", overflow="fold")
+    for column in (
+        "company",
+        "folder",
+        "file",
+        "state",
+        "read",
+        "sent",
+        "skipped",
+        "report / reason",
+    ):
+        table.add_column(
+            column,
+            justify="right" if column in ("read", "sent", "skipped") else "left",
+            overflow="fold",
+        )
     for folder in results:
         rows: list[FileResult] = folder.files
         if not rows and folder.error:
-            table.add_row(folder.folder.company, folder.folder.name, "—", "[red]rejected[/]",
-                          "", "", "", folder.error)
+            table.add_row(
+                folder.folder.company,
+                folder.folder.name,
+                "—",
+                "[red]rejected[/]",
+                "",
+                "",
+                "",
+                folder.error,
+            )
         for result in rows:
             run = result.run
             state = "unchanged" if result.unchanged else run.state.value
             colour = {"done": "green", "unchanged": "cyan"}.get(state, "red")
             c = run.counts
             report = Path(result.report.path if result.report else run.report_path).name
-            table.add_row(folder.folder.company, folder.folder.name, run.identity.name,
-                          f"[{colour}]{state}[/]", f"{c.read:,}", f"{c.sent:,}", f"{c.skipped:,}",
-                          f"{report}\n[dim]{run.reason}[/]" if run.reason else report)
+            table.add_row(
+                folder.folder.company,
+                folder.folder.name,
+                run.identity.name,
+                f"[{colour}]{state}[/]",
+                f"{c.read:,}",
+                f"{c.sent:,}",
+                f"{c.skipped:,}",
+                f"{report}\n[dim]{run.reason}[/]" if run.reason else report,
+            )
     return table
 
 
@@ -112,12 +146,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level, secrets=[key.value])
     settings = Settings(state_dir=Path(args.state_dir), api=_api_settings(args))
     stop = _stop_on_signals()
-    columns = (TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.fields[sent]:,} sent · {task.fields[rate]:,.0f} rec/s"),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[sent]:,} sent · {task.fields[rate]:,.0f} rec/s"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err, disable=not err.is_terminal) as progress:
-        result = ingest_folder_once(Path(args.folder), key, settings, company=args.company,
-                                    progress=_ProgressView(progress), stop=stop)
+        result = ingest_folder_once(
+            Path(args.folder),
+            key,
+            settings,
+            company=args.company,
+            progress=_ProgressView(progress),
+            stop=stop,
+        )
     out.print(_summary_table([result], f"ingest {args.folder}"))
     if result.error:
         err.print(f"[red]not processed:[/] {result.error}")
@@ -138,9 +181,11 @@ def _print_validation(result: Validation) -> None:
         if file.error:
             out.print(f"[red]{file.path.name}: rejected:[/] {file.error}")
             continue
-        out.print(f"[bold]{file.path.name}[/]: {file.records:,} records would be sent in "
-                  f"{file.batches:,} requests ({file.body_bytes:,} bytes); "
-                  f"{len(file.rejects):,} rows would be skipped")
+        out.print(
+            f"[bold]{file.path.name}[/]: {file.records:,} records would be sent in "
+            f"{file.batches:,} requests ({file.body_bytes:,} bytes); "
+            f"{len(file.rejects):,} rows would be skipped"
+        )
         for sample in file.preview:
             out.print("  e.g. " + sample.decode("utf-8", "replace")[:200], markup=False)
         for reject in file.rejects:
@@ -151,13 +196,22 @@ def _print_validation(result: Validation) -> None:
 
 def _validation_json(result: Validation) -> dict[str, Any]:
     return {
-        "target": str(result.target), "ok": result.ok, "folder_error": result.folder_error,
-        "data_source_id": result.data_source_id, "ignored": list(result.ignored),
-        "files": [{
-            "file": str(f.path), "error": f.error, "records": f.records, "requests": f.batches,
-            "body_bytes": f.body_bytes,
-            "skipped": [{"line": r.line, "reason": r.reason, "raw": r.raw} for r in f.rejects],
-        } for f in result.files],
+        "target": str(result.target),
+        "ok": result.ok,
+        "folder_error": result.folder_error,
+        "data_source_id": result.data_source_id,
+        "ignored": list(result.ignored),
+        "files": [
+            {
+                "file": str(f.path),
+                "error": f.error,
+                "records": f.records,
+                "requests": f.batches,
+                "body_bytes": f.body_bytes,
+                "skipped": [{"line": r.line, "reason": r.reason, "raw": r.raw} for r in f.rejects],
+            }
+            for f in result.files
+        ],
     }
 
 
@@ -179,16 +233,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from ingestor.simulator import GUIDE_BULK_LIMITS, SPEC_BULK_LIMITS, Simulator
 
     keys = dict(pair.split("=", 1) for pair in args.key) or {"sim-key": "default"}
-    sim = Simulator(keys, host=args.host, port=args.port, clock_factor=args.clock_factor,
-                    bulk_limits=SPEC_BULK_LIMITS if args.spec_limits else GUIDE_BULK_LIMITS)
+    sim = Simulator(
+        keys,
+        host=args.host,
+        port=args.port,
+        clock_factor=args.clock_factor,
+        bulk_limits=SPEC_BULK_LIMITS if args.spec_limits else GUIDE_BULK_LIMITS,
+    )
     for pair in args.data_source:
         account, _, ds_id = pair.partition("=")
         sim.add_data_source(account, ds_id)
     out.print(f"Klaviyo simulator listening on {sim.url} (accounts: {', '.join(keys.values())})")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         sim.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return EXIT_OK
 
 
@@ -204,29 +261,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     began = time.monotonic()
     with Simulator(keys) as sim:
         for folder in scan.folders:
-            try:
+            with contextlib.suppress(LayoutError):  # the demo shows how it is reported
                 sim.add_data_source(folder.company, load_folder_config(folder.path).target_id)
-            except LayoutError:
-                pass  # the demo shows how such a folder is reported
-        out.print(f"Klaviyo simulator on {sim.url}; ingesting {drop}/ "
-                  f"({len(scan.folders)} import folders) at the guide's limits (3/s, 60/min)")
+        out.print(
+            f"Klaviyo simulator on {sim.url}; ingesting {drop}/ "
+            f"({len(scan.folders)} import folders) at the guide's limits (3/s, 60/min)"
+        )
         settings = Settings(state_dir=state_dir, api=ApiSettings(base_url=sim.url))
         limiters: dict[str, AccountLimiter] = {}
         for folder in scan.folders:
             key = ApiKey(f"demo-key-{folder.company}")
-            limiter = limiters.setdefault(folder.company,
-                                          AccountLimiter(settings.api.rate_limit))
+            limiter = limiters.setdefault(folder.company, AccountLimiter(settings.api.rate_limit))
             results.append(ingest_folder_once(folder.path, key, settings, limiter=limiter))
         stats = sim.stats()
     out.print(_summary_table(results, f"demo: {drop}/ in {time.monotonic() - began:.1f} s"))
     for stray in scan.strays:
-        out.print(f"[red]rejected[/] {stray.relative_to(drop)}: files directly under "
-                  "custom_objects/ are not processed; move it into a named subfolder")
-    out.print(f"simulator received {stats['records']:,} records in {stats['requests']} requests "
-              f"(statuses {stats['statuses']}); every body validated against Klaviyo's OpenAPI "
-              f"({stats['schema_failures']} failures)")
-    out.print(f"reports (*.report.json) and rejected rows (*.rejected.jsonl) are in "
-              f"{state_dir / 'reports'}/<company>/")
+        out.print(
+            f"[red]rejected[/] {stray.relative_to(drop)}: files directly under "
+            "custom_objects/ are not processed; move it into a named subfolder"
+        )
+    out.print(
+        f"simulator received {stats['records']:,} records in {stats['requests']} requests "
+        f"(statuses {stats['statuses']}); every body validated against Klaviyo's OpenAPI "
+        f"({stats['schema_failures']} failures)"
+    )
+    out.print(
+        f"reports (*.report.json) and rejected rows (*.rejected.jsonl) are in "
+        f"{state_dir / 'reports'}/<company>/"
+    )
     return EXIT_OK
 
 
@@ -237,21 +299,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     table = Table(title=f"ledger {args.state_dir}")
-    for column in ("id", "company", "folder", "file", "v", "state", "read", "sent", "skipped",
-                   "reason"):
+    for column in (
+        "id",
+        "company",
+        "folder",
+        "file",
+        "v",
+        "state",
+        "read",
+        "sent",
+        "skipped",
+        "reason",
+    ):
         table.add_column(column, overflow="fold")
     for run in runs:
         c, i = run.counts, run.identity
-        table.add_row(str(run.id), i.company, i.folder, i.name, str(run.version),
-                      run.state.value, f"{c.read:,}", f"{c.sent:,}", f"{c.skipped:,}", run.reason)
+        table.add_row(
+            str(run.id),
+            i.company,
+            i.folder,
+            i.name,
+            str(run.version),
+            run.state.value,
+            f"{c.read:,}",
+            f"{c.sent:,}",
+            f"{c.skipped:,}",
+            run.reason,
+        )
     out.print(table)
     return EXIT_OK
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
-    parser.add_argument("--log-level", default="info",
-                        choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,8 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="ingest one import folder once")
     ingest.add_argument("folder", help="an import folder holding config.json and data files")
-    ingest.add_argument("--api-key-env", required=True, metavar="VAR",
-                        help="environment variable holding the private API key")
+    ingest.add_argument(
+        "--api-key-env",
+        required=True,
+        metavar="VAR",
+        help="environment variable holding the private API key",
+    )
     ingest.add_argument("--base-url", default=ApiSettings().base_url)
     ingest.add_argument("--revision", default=ApiSettings().revision)
     ingest.add_argument("--company", help="tenant name (default: from the drop-tree path)")
@@ -284,8 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--key", action="append", default=[], metavar="KEY=ACCOUNT")
     simulate.add_argument("--data-source", action="append", default=[], metavar="ACCOUNT=ULID")
-    simulate.add_argument("--spec-limits", action="store_true",
-                          help="enforce the published spec's 15/min instead of the guide's 60/min")
+    simulate.add_argument(
+        "--spec-limits",
+        action="store_true",
+        help="enforce the published spec's 15/min instead of the guide's 60/min",
+    )
     simulate.add_argument("--clock-factor", type=float, default=1.0)
     simulate.set_defaults(handler=cmd_simulate)
 

@@ -89,5 +89,7 @@ class ApiKey:
         env = os.environ if environ is None else environ
         value = env.get(var, "").strip()
         if not value:
-            raise ConfigError(f"environment variable {var} is empty or not set; put the API key there")
+            raise ConfigError(
+                f"environment variable {var} is empty or not set; put the API key there"
+            )
         return cls(value)

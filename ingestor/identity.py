@@ -22,10 +22,13 @@ def identify(path: Path, company: str, kind: str, folder: str, ledger: Ledger) -
     """Identify ``path``; the ledger's latest hash is reused when size and mtime are unchanged."""
     info = path.stat()
     latest = ledger.latest(company, kind, folder, path.name)
-    if latest and (latest.identity.size, latest.identity.mtime_ns) == (info.st_size,
-                                                                         info.st_mtime_ns):
+    if latest and (latest.identity.size, latest.identity.mtime_ns) == (
+        info.st_size,
+        info.st_mtime_ns,
+    ):
         sha = latest.identity.sha256
     else:
         sha = sha256_of(path)
-    return FileIdentity(company, kind, folder, path.name, str(path), info.st_size,
-                        info.st_mtime_ns, sha)
+    return FileIdentity(
+        company, kind, folder, path.name, str(path), info.st_size, info.st_mtime_ns, sha
+    )

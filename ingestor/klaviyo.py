@@ -84,8 +84,12 @@ class KlaviyoClient:
 
     def create_data_source(self, title: str, description: str = "") -> str:
         """POST /api/data-sources; return the new data source's id."""
-        body = {"data": {"type": "data-source", "attributes": {
-            "title": title, "visibility": "private", "description": description}}}
+        body = {
+            "data": {
+                "type": "data-source",
+                "attributes": {"title": title, "visibility": "private", "description": description},
+            }
+        }
         response = self._send("POST", "/api/data-sources", content=orjson.dumps(body))
         return str(orjson.loads(response.content)["data"]["id"])
 
@@ -117,7 +121,8 @@ def classify(method: str, path: str, response: httpx.Response) -> ApiError:
         return AuthError(
             f"{where}: the API key was refused ({detail or 'no detail'}); check the key and that "
             "it has the custom-objects:write scope",
-            status, detail,
+            status,
+            detail,
         )
     if status == 404:
         return NotFound(f"{where}: not found ({detail or 'no detail'})", status, detail)

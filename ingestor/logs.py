@@ -38,14 +38,19 @@ class Redactor:
 
 
 def configure_logging(
-    fmt: str = "auto", level: str = "info", secrets: Iterable[str] = (),
+    fmt: str = "auto",
+    level: str = "info",
+    secrets: Iterable[str] = (),
     stream: TextIO | None = None,
 ) -> None:
     """``fmt`` is 'json', 'console' or 'auto' (console on a terminal, JSON otherwise)."""
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
-    renderer: Any = (structlog.processors.JSONRenderer() if use_json
-                     else structlog.dev.ConsoleRenderer(colors=out.isatty()))
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -56,7 +61,8 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )

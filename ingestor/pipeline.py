@@ -52,9 +52,7 @@ class FolderResult:
 
     @property
     def ok(self) -> bool:
-        return not self.error and all(
-            f.run.state is FileState.DONE for f in self.files
-        )
+        return not self.error and all(f.run.state is FileState.DONE for f in self.files)
 
 
 class Pipeline:
@@ -100,16 +98,25 @@ class Pipeline:
             return FolderResult(folder, results, "", listing.ignored)
 
         kind = folder.kind
-        sender = Sender(self._client, self._limiter, kind.endpoint,
-                        kind.envelope(config.target_id), self._settings.api.retry, self._stop)
+        sender = Sender(
+            self._client,
+            self._limiter,
+            kind.endpoint,
+            kind.envelope(config.target_id),
+            self._settings.api.retry,
+            self._stop,
+        )
         try:
             sender.call(lambda: self._client.get_data_source(config.target_id))
         except NotFound:
-            reason = (f"data source {config.target_id} (from config.json) does not exist in this "
-                      "account; create it or correct data_source_id")
+            reason = (
+                f"data source {config.target_id} (from config.json) does not exist in this "
+                "account; create it or correct data_source_id"
+            )
             bound.warning("folder_not_processed", reason=reason)
-            results += [self._close(r, FileState.REJECTED, reason, listing.ignored)
-                        for r, _ in todo]
+            results += [
+                self._close(r, FileState.REJECTED, reason, listing.ignored) for r, _ in todo
+            ]
             return FolderResult(folder, results, reason, listing.ignored)
 
         for run, path in todo:
@@ -131,15 +138,18 @@ class Pipeline:
     ) -> FileResult:
         bound = log.bind(company=folder.company, folder=folder.name, file=path.name)
         rejects_path = report_dir(self._settings.state_dir, folder.company) / (
-            f"{run_stem(run)}.rejected.jsonl")
+            f"{run_stem(run)}.rejected.jsonl"
+        )
         run = self._ledger.start(run.id, config.target_id, str(rejects_path))
         resumed = run.offset > 0
         bound.info("file_started", resume_offset=run.offset, resumed=resumed, version=run.version)
         fmt = data_format(path.name)
         assert fmt is not None
         kind = folder.kind
-        limits = ParseLimits(max_record_bytes=kind.limits.max_record_bytes,
-                             max_excerpt=self._settings.max_raw_excerpt)
+        limits = ParseLimits(
+            max_record_bytes=kind.limits.max_record_bytes,
+            max_excerpt=self._settings.max_raw_excerpt,
+        )
         counts = replace(run.counts)
         pending = FileCounts()
         rejects = RejectsFile(rejects_path, run.rejects_bytes)
@@ -164,8 +174,9 @@ class Pipeline:
                     pending.throttled_seconds += outcome.throttled_seconds
                 counts.add(pending)
                 pending = FileCounts()
-                self._ledger.checkpoint(run.id, item.end_offset, item.end_line, rejects.sync(),
-                                        counts)
+                self._ledger.checkpoint(
+                    run.id, item.end_offset, item.end_line, rejects.sync(), counts
+                )
                 if self._progress:
                     self._progress(run, item.end_offset, counts)
         except ParseError as exc:
@@ -186,8 +197,14 @@ class Pipeline:
             rejects.close()
         counts.add(pending)
         result = self._close(run, FileState.DONE, "", ignored, counts)
-        bound.info("file_done", read=counts.read, sent=counts.sent, skipped=counts.skipped,
-                   batches=counts.batches, retries=counts.retries)
+        bound.info(
+            "file_done",
+            read=counts.read,
+            sent=counts.sent,
+            skipped=counts.skipped,
+            batches=counts.batches,
+            retries=counts.retries,
+        )
         return result
 
     def _close(
@@ -200,10 +217,15 @@ class Pipeline:
     ) -> FileResult:
         """Write the report first, then the final state: a crash between the two only
         repeats the (idempotent) report."""
-        final = replace(run, state=state, reason=reason, counts=counts or run.counts,
-                        finished_at=time.time())
-        report = write_report(final, self._settings.state_dir, ignored=ignored,
-                              samples=self._settings.report_skip_samples)
+        final = replace(
+            run, state=state, reason=reason, counts=counts or run.counts, finished_at=time.time()
+        )
+        report = write_report(
+            final,
+            self._settings.state_dir,
+            ignored=ignored,
+            samples=self._settings.report_skip_samples,
+        )
         final = replace(final, report_path=str(report.path))
         self._ledger.finish(run.id, state, final.counts, reason, str(report.path))
         return FileResult(final, report)

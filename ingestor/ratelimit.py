@@ -104,7 +104,9 @@ class AccountLimiter:
             if headers:
                 self._apply_headers(now, headers)
 
-    def throttled(self, retry_after: float | None, headers: Mapping[str, str] | None = None) -> float:
+    def throttled(
+        self, retry_after: float | None, headers: Mapping[str, str] | None = None
+    ) -> float:
         """The server said 429: wait as told, slow down; return the pause imposed."""
         with self._lock:
             now = self._clock()

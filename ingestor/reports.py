@@ -48,8 +48,10 @@ class RejectsFile:
 
     def write(self, reject: Reject) -> None:
         self._handle.write(
-            orjson.dumps({"line": reject.line, "reason": reject.reason, "raw": reject.raw},
-                         option=orjson.OPT_APPEND_NEWLINE)
+            orjson.dumps(
+                {"line": reject.line, "reason": reject.reason, "raw": reject.raw},
+                option=orjson.OPT_APPEND_NEWLINE,
+            )
         )
 
     def sync(self) -> int:

@@ -45,7 +45,7 @@ log = structlog.get_logger("ingestor.sender")
 
 
 def backoff_delay(attempt: int, policy: RetrySettings, rng: random.Random) -> float:
-    """Exponential backoff with jitter: uniform in [c/2, c], c = min(cap, initial * mult**attempt)."""
+    """Exponential backoff with jitter: uniform in [c/2, c], c = min(cap, initial*mult^n)."""
     ceiling = min(policy.max_delay, policy.initial_delay * policy.multiplier**attempt)
     return rng.uniform(ceiling / 2, ceiling)
 
@@ -97,21 +97,30 @@ class Sender:
                 tally.accepted += len(part)
             except PayloadTooLarge as exc:
                 if len(part) == 1:
-                    tally.refused.append(_refusal(part[0], f"API refused the record as too large "
-                                                           f"(413): {exc.detail or 'no detail'}"))
+                    tally.refused.append(
+                        _refusal(
+                            part[0],
+                            f"API refused the record as too large "
+                            f"(413): {exc.detail or 'no detail'}",
+                        )
+                    )
                 else:
                     middle = len(part) // 2
                     parts.extendleft((part[middle:], part[:middle]))
             except Rejected as exc:
                 self._isolate(part, exc, parts, tally)
-                if tally.accepted == 0 and len(tally.refused) >= min(
-                    SYSTEMIC_MIN_REFUSALS, len(records)
-                ) and len(records) >= SYSTEMIC_MIN_REFUSALS and _same_reason(tally.refused):
+                if (
+                    tally.accepted == 0
+                    and len(tally.refused) >= min(SYSTEMIC_MIN_REFUSALS, len(records))
+                    and len(records) >= SYSTEMIC_MIN_REFUSALS
+                    and _same_reason(tally.refused)
+                ):
                     raise SystemicRejection(
                         f"the API refused {len(tally.refused)} records in a row with the same "
                         f"error and accepted none: {exc}. The file is paused at its last "
                         "checkpoint; fix the cause and run it again",
-                        exc.status, exc.detail,
+                        exc.status,
+                        exc.detail,
                     ) from None
         return SendOutcome(
             accepted=tally.accepted,
@@ -133,7 +142,7 @@ class Sender:
         if exc.record_index is not None and 0 <= exc.record_index < len(part):
             index = exc.record_index
             tally.refused.append(_refusal(part[index], reason))
-            rest = [*part[:index], *part[index + 1:]]
+            rest = [*part[:index], *part[index + 1 :]]
             if rest:
                 parts.appendleft(rest)
         elif len(part) == 1:
@@ -173,8 +182,12 @@ class Sender:
                 delay = backoff_delay(attempt, self._retry, self._rng)
                 attempt += 1
                 tally.retries += 1
-                log.warning("transient_error_retrying", error=str(exc), attempt=attempt,
-                            delay=round(delay, 3))
+                log.warning(
+                    "transient_error_retrying",
+                    error=str(exc),
+                    attempt=attempt,
+                    delay=round(delay, 3),
+                )
                 if self._stop.wait(delay):
                     raise Interrupted("stop requested during backoff") from None
                 continue
@@ -188,8 +201,13 @@ class Sender:
 
 
 def _refusal(record: Record, reason: str) -> Reject:
-    return Reject(record.line, record.end_line, record.end_offset, reason,
-                  record.json[:2048].decode("utf-8", "replace"))
+    return Reject(
+        record.line,
+        record.end_line,
+        record.end_offset,
+        reason,
+        record.json[:2048].decode("utf-8", "replace"),
+    )
 
 
 def _same_reason(refused: list[Reject]) -> bool:

@@ -39,17 +39,51 @@ _COLUMNS = (
 
 
 def _run(row: tuple[Any, ...]) -> FileRun:
-    (id_, company, kind, folder, name, path, size, mtime_ns, sha, version, state, target,
-     offset, line, rejects_bytes, read, sent, skipped, batches, retries, throttled, reason,
-     report, rejects_path, started, updated, finished) = row
+    (
+        id_,
+        company,
+        kind,
+        folder,
+        name,
+        path,
+        size,
+        mtime_ns,
+        sha,
+        version,
+        state,
+        target,
+        offset,
+        line,
+        rejects_bytes,
+        read,
+        sent,
+        skipped,
+        batches,
+        retries,
+        throttled,
+        reason,
+        report,
+        rejects_path,
+        started,
+        updated,
+        finished,
+    ) = row
     return FileRun(
         id=id_,
         identity=FileIdentity(company, kind, folder, name, path, size, mtime_ns, sha),
-        version=version, state=FileState(state), target_id=target, offset=offset, line=line,
+        version=version,
+        state=FileState(state),
+        target_id=target,
+        offset=offset,
+        line=line,
         rejects_bytes=rejects_bytes,
         counts=FileCounts(read, sent, skipped, batches, retries, throttled),
-        reason=reason, report_path=report, rejects_path=rejects_path,
-        started_at=started, updated_at=updated, finished_at=finished,
+        reason=reason,
+        report_path=report,
+        rejects_path=rejects_path,
+        started_at=started,
+        updated_at=updated,
+        finished_at=finished,
     )
 
 
@@ -108,13 +142,26 @@ class SqliteLedger:
         cursor = self._execute(
             "INSERT INTO file_runs (company, kind, folder, name, path, size, mtime_ns, sha256, "
             "version, state, started_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (i.company, i.kind, i.folder, i.name, i.path, i.size, i.mtime_ns, i.sha256, version,
-             FileState.PROCESSING.value, now, now),
+            (
+                i.company,
+                i.kind,
+                i.folder,
+                i.name,
+                i.path,
+                i.size,
+                i.mtime_ns,
+                i.sha256,
+                version,
+                FileState.PROCESSING.value,
+                now,
+                now,
+            ),
         )
         run_id = cursor.lastrowid
         assert run_id is not None
-        return FileRun(run_id, identity, version, FileState.PROCESSING, started_at=now,
-                       updated_at=now)
+        return FileRun(
+            run_id, identity, version, FileState.PROCESSING, started_at=now, updated_at=now
+        )
 
     def start(self, run_id: int, target_id: str, rejects_path: str) -> FileRun:
         self._execute(
@@ -135,8 +182,19 @@ class SqliteLedger:
             "UPDATE file_runs SET byte_offset=?, line=?, rejects_bytes=?, records_read=?, "
             "records_sent=?, records_skipped=?, batches=?, retries=?, throttled_seconds=?, "
             "updated_at=? WHERE id=?",
-            (offset, line, rejects_bytes, c.read, c.sent, c.skipped, c.batches, c.retries,
-             c.throttled_seconds, time.time(), run_id),
+            (
+                offset,
+                line,
+                rejects_bytes,
+                c.read,
+                c.sent,
+                c.skipped,
+                c.batches,
+                c.retries,
+                c.throttled_seconds,
+                time.time(),
+                run_id,
+            ),
         )
 
     def finish(
@@ -148,8 +206,20 @@ class SqliteLedger:
             "UPDATE file_runs SET state=?, reason=?, report_path=?, records_read=?, "
             "records_sent=?, records_skipped=?, batches=?, retries=?, throttled_seconds=?, "
             "updated_at=?, finished_at=? WHERE id=?",
-            (state.value, reason, report_path, c.read, c.sent, c.skipped, c.batches, c.retries,
-             c.throttled_seconds, now, now, run_id),
+            (
+                state.value,
+                reason,
+                report_path,
+                c.read,
+                c.sent,
+                c.skipped,
+                c.batches,
+                c.retries,
+                c.throttled_seconds,
+                now,
+                now,
+                run_id,
+            ),
         )
 
     def get(self, run_id: int) -> FileRun | None:

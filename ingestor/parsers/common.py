@@ -29,7 +29,15 @@ def excerpt(raw: bytes, limit: int) -> str:
 
 def read_span(handle: BinaryIO, start: int, end: int, limit: int) -> bytes:
     """Bytes ``[start, end)`` of the file (at most ``limit``), without moving the handle."""
-    return os.pread(handle.fileno(), min(end - start, limit + 1), start)
+    size = min(end - start, limit + 1)
+    try:
+        return os.pread(handle.fileno(), size, start)
+    except (OSError, ValueError):  # not a real file (e.g. BytesIO): seek and come back
+        here = handle.tell()
+        handle.seek(start)
+        data = handle.read(size)
+        handle.seek(here)
+        return data
 
 
 def skip_long_line(handle: BinaryIO, chunk: int) -> int:

@@ -129,13 +129,22 @@ def parse_csv(
             reason = f"row has {len(row)} cells but the header has {width} columns"
         if reason:
             raw = read_span(handle, row_start, cursor.offset, limits.max_excerpt)
-            yield Reject(row_first_line, cursor.line, cursor.offset, reason, excerpt(raw, limits.max_excerpt))
+            yield Reject(
+                row_first_line, cursor.line, cursor.offset, reason, excerpt(raw, limits.max_excerpt)
+            )
         elif row:
-            record = {key: _cell_value(cell) for key, cell in zip(header, row) if cell}
+            record = {
+                key: _cell_value(cell) for key, cell in zip(header, row, strict=False) if cell
+            }
             if record:
                 yield Record(row_first_line, cursor.line, cursor.offset, dumps(record))
             else:
-                yield Reject(row_first_line, cursor.line, cursor.offset, "row has no values (every cell empty)",
-                             excerpt(read_span(handle, row_start, cursor.offset, 200), 200))
+                yield Reject(
+                    row_first_line,
+                    cursor.line,
+                    cursor.offset,
+                    "row has no values (every cell empty)",
+                    excerpt(read_span(handle, row_start, cursor.offset, 200), 200),
+                )
         cursor.bad_utf8 = cursor.too_long = False
         row_start, row_first_line = cursor.offset, cursor.line + 1

@@ -14,8 +14,14 @@ import orjson
 from ingestor.parsers.common import UTF8_BOM, ParseLimits, excerpt, skip_long_line
 from ingestor.records import Record, Reject
 
-_JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number",
-                    bool: "a boolean", type(None): "null"}
+_JSON_TYPE_NAMES = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def _invalid_reason(exc: orjson.JSONDecodeError) -> str:
@@ -42,25 +48,32 @@ def parse_jsonl(
         if len(raw) == max_line and not raw.endswith(b"\n"):
             offset += skip_long_line(handle, max_line)
             yield Reject(
-                line_no, line_no, offset,
+                line_no,
+                line_no,
+                offset,
                 f"line is over {max_line:,} bytes, larger than a record may be; skipped unread",
                 excerpt(raw, limits.max_excerpt),
             )
             continue
         if offset == len(raw) and raw.startswith(UTF8_BOM):
-            raw = raw[len(UTF8_BOM):]
+            raw = raw[len(UTF8_BOM) :]
         body = raw.strip()
         if not body:
             continue
         try:
             value = loads(body)
         except decode_error as exc:
-            yield Reject(line_no, line_no, offset, _invalid_reason(exc), excerpt(body, limits.max_excerpt))
+            yield Reject(
+                line_no, line_no, offset, _invalid_reason(exc), excerpt(body, limits.max_excerpt)
+            )
             continue
         if type(value) is not dict:
             kind = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
             yield Reject(
-                line_no, line_no, offset, f"line is {kind}, not a JSON object",
+                line_no,
+                line_no,
+                offset,
+                f"line is {kind}, not a JSON object",
                 excerpt(body, limits.max_excerpt),
             )
             continue

@@ -23,8 +23,11 @@ SPEC_FILES = {
 
 def _openapi_to_jsonschema(node: Any) -> Any:
     if isinstance(node, dict):
-        out = {key: _openapi_to_jsonschema(value) for key, value in node.items()
-               if key not in ("example", "nullable")}
+        out = {
+            key: _openapi_to_jsonschema(value)
+            for key, value in node.items()
+            if key not in ("example", "nullable")
+        }
         if node.get("nullable") is True and "type" in node:
             out["type"] = [node["type"], "null"]
         return out

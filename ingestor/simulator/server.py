@@ -33,8 +33,13 @@ RECORDS_POINTER = "/data/attributes/data-source-records/data"
 
 
 def _error(status: int, code: str, title: str, detail: str, pointer: str = "") -> bytes:
-    error: dict[str, Any] = {"id": str(ULID()), "status": status, "code": code, "title": title,
-                             "detail": detail}
+    error: dict[str, Any] = {
+        "id": str(ULID()),
+        "status": status,
+        "code": code,
+        "title": title,
+        "detail": detail,
+    }
     if pointer:
         error["source"] = {"pointer": pointer}
     return orjson.dumps({"errors": [error]})
@@ -54,13 +59,13 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the simulator's request log is its state, not stderr."""
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self._handle("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._handle("POST")
 
     def _handle(self, method: str) -> None:
@@ -76,8 +81,15 @@ class _Handler(BaseHTTPRequestHandler):
             account_name = account.name
             revision = self.headers.get("revision", "")
             if not REVISION.fullmatch(revision):
-                raise _Answer(400, _error(400, "invalid", "Invalid revision header",
-                                          f"revision header {revision!r} is missing or invalid"))
+                raise _Answer(
+                    400,
+                    _error(
+                        400,
+                        "invalid",
+                        "Invalid revision header",
+                        f"revision header {revision!r} is missing or invalid",
+                    ),
+                )
             if method == "POST" and path == CUSTOM_OBJECTS.endpoint:
                 records = sim.bulk_create(self, account, body)
             elif method == "GET" and path.startswith("/api/data-sources/"):
@@ -96,8 +108,18 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._reply(answer)
                 status = answer.status
-            state.log(RequestLog(time.time(), account_name, method, path, status, records,
-                                 len(body), self.headers.get("revision", "")))
+            state.log(
+                RequestLog(
+                    time.time(),
+                    account_name,
+                    method,
+                    path,
+                    status,
+                    records,
+                    len(body),
+                    self.headers.get("revision", ""),
+                )
+            )
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("content-length") or 0)
@@ -108,8 +130,15 @@ class _Handler(BaseHTTPRequestHandler):
         scheme, _, key = header.partition(" ")
         account = self.server.simulator.state.account_for_key(key.strip())
         if scheme != "Klaviyo-API-Key" or account is None:
-            raise _Answer(401, _error(401, "not_authenticated", "Authentication failed",
-                                      "Missing or invalid private key."))
+            raise _Answer(
+                401,
+                _error(
+                    401,
+                    "not_authenticated",
+                    "Authentication failed",
+                    "Missing or invalid private key.",
+                ),
+            )
         return account
 
     def _reply(self, answer: _Answer) -> None:
@@ -168,8 +197,12 @@ class Simulator:
         return self.state.faults
 
     def start(self) -> Simulator:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="simulator",
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            name="simulator",
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -190,18 +223,29 @@ class Simulator:
 
     # --- set-up and inspection, for tests, benchmarks and the demo ---
 
-    def add_data_source(self, account: str, data_source_id: str | None = None,
-                        title: str = "Simulated") -> str:
+    def add_data_source(
+        self, account: str, data_source_id: str | None = None, title: str = "Simulated"
+    ) -> str:
         ds_id = data_source_id or str(ULID())
         with self.state.lock:
             self.state.account(account).data_sources[ds_id] = {
-                "title": title, "visibility": "private", "description": "",
-                "namespace": "custom-objects"}
+                "title": title,
+                "visibility": "private",
+                "description": "",
+                "namespace": "custom-objects",
+            }
         return ds_id
 
     def records(self, account: str) -> list[dict[str, Any]]:
         with self.state.lock:
             return [record for _, record in self.state.account(account).records]
+
+    def wait_for_records(self, account: str, count: int, timeout: float) -> bool:
+        """Block until ``account`` holds at least ``count`` records (True) or time runs out."""
+        with self.state.stored:
+            return self.state.stored.wait_for(
+                lambda: len(self.state.account(account).records) >= count, timeout
+            )
 
     def stats(self) -> dict[str, Any]:
         with self.state.lock:
@@ -223,66 +267,107 @@ class Simulator:
             windows = account.bulk_windows if bulk else account.read_windows
             wait = windows.admit(state.now())
         if wait is not None:
-            raise _Answer(429, _error(429, "throttled", "Request was throttled.",
-                                      f"Request was throttled. Expected available in "
-                                      f"{wait:.3f} seconds."),
-                          {"Retry-After": state.retry_after_header(wait)})
+            raise _Answer(
+                429,
+                _error(
+                    429,
+                    "throttled",
+                    "Request was throttled.",
+                    f"Request was throttled. Expected available in {wait:.3f} seconds.",
+                ),
+                {"Retry-After": state.retry_after_header(wait)},
+            )
 
     def bulk_create(self, handler: _Handler, account: Account, body: bytes) -> int:
         faults, state, limits = self.state.faults, self.state, self.batch_limits
-        with state.lock:
+        with state.lock:  # at most one injected fault per request, in this order
             throttle = faults.take("throttle_next")
-            fail = faults.take("fail_next")
-            drop = faults.take("drop_next")
-            hang = faults.take("hang_after_accept_next")
+            fail = not throttle and faults.take("fail_next")
+            drop = not (throttle or fail) and faults.take("drop_next")
+            hang = not (throttle or fail or drop) and faults.take("hang_after_accept_next")
             latency = faults.latency
         if latency:
             time.sleep(latency)
         if throttle:
             retry_after = faults.throttle_retry_after
-            headers = {} if retry_after is None else {
-                "Retry-After": state.retry_after_header(retry_after)}
+            headers = (
+                {}
+                if retry_after is None
+                else {"Retry-After": state.retry_after_header(retry_after)}
+            )
             raise _Answer(429, _error(429, "throttled", "Request was throttled.", "storm"), headers)
         self._admit(account, bulk=True)
         if fail:
-            raise _Answer(faults.fail_status, _error(faults.fail_status, "error",
-                                                     "Server error", "injected failure"))
+            raise _Answer(
+                faults.fail_status,
+                _error(faults.fail_status, "error", "Server error", "injected failure"),
+            )
         if drop:
             raise _Answer(-1)
         if len(body) > limits.max_body_bytes:
-            raise _Answer(413, _error(413, "payload_too_large", "Payload too large",
-                                      f"payload is {len(body)} bytes; the maximum is "
-                                      f"{limits.max_body_bytes}"))
+            raise _Answer(
+                413,
+                _error(
+                    413,
+                    "payload_too_large",
+                    "Payload too large",
+                    f"payload is {len(body)} bytes; the maximum is {limits.max_body_bytes}",
+                ),
+            )
         content_type = handler.headers.get("content-type", "").split(";")[0].strip()
         if content_type not in JSON_TYPES:
-            raise _Answer(415, _error(415, "unsupported_media_type", "Unsupported media type",
-                                      f"content-type {content_type!r}"))
+            raise _Answer(
+                415,
+                _error(
+                    415,
+                    "unsupported_media_type",
+                    "Unsupported media type",
+                    f"content-type {content_type!r}",
+                ),
+            )
         document = self._parse_and_validate(body, "bulk_create_data_source_records")
         attributes = document["data"]["attributes"]["data-source-records"] or {"data": []}
         items = attributes["data"]
         if len(items) > limits.max_records:
-            raise _Answer(400, _error(400, "invalid", "Invalid input.",
-                                      f"{len(items)} records; at most {limits.max_records} per "
-                                      "request", RECORDS_POINTER))
+            raise _Answer(
+                400,
+                _error(
+                    400,
+                    "invalid",
+                    "Invalid input.",
+                    f"{len(items)} records; at most {limits.max_records} per request",
+                    RECORDS_POINTER,
+                ),
+            )
         ds_ref = (document["data"].get("relationships") or {}).get("data-source") or {}
         ds_id = (ds_ref.get("data") or {}).get("id")
         if not ds_id:
-            raise _Answer(400, _error(400, "invalid", "Invalid input.",
-                                      "a data source identifier was not provided"))
+            raise _Answer(
+                400,
+                _error(
+                    400, "invalid", "Invalid input.", "a data source identifier was not provided"
+                ),
+            )
         if ds_id not in account.data_sources:
-            raise _Answer(404, _error(404, "not_found", "Not found",
-                                      f"data source {ds_id} does not exist"))
+            raise _Answer(
+                404, _error(404, "not_found", "Not found", f"data source {ds_id} does not exist")
+            )
         records = [item["attributes"]["record"] for item in items]
         for index, record in enumerate(records):
             size = len(orjson.dumps(record))
-            detail = (f"record is {size} bytes; the maximum is {limits.max_record_bytes}"
-                      if size > limits.max_record_bytes
-                      else faults.refuse(record) if faults.refuse else None)
+            detail = (
+                f"record is {size} bytes; the maximum is {limits.max_record_bytes}"
+                if size > limits.max_record_bytes
+                else faults.refuse(record)
+                if faults.refuse
+                else None
+            )
             if detail:
                 pointer = f"{RECORDS_POINTER}/{index}" if faults.refuse_with_pointer else ""
                 raise _Answer(400, _error(400, "invalid", "Invalid input.", detail, pointer))
         with state.lock:
             account.records.extend((ds_id, record) for record in records)
+            state.stored.notify_all()
         if hang:
             time.sleep(faults.hang_seconds)
         raise _Answer(self.success_status)
@@ -302,23 +387,39 @@ class Simulator:
         return result
 
     def _resource(self, ds_id: str, attrs: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "data-source", "id": ds_id, "attributes": attrs,
-                "links": {"self": f"{self.url}/api/data-sources/{ds_id}"}}
+        return {
+            "type": "data-source",
+            "id": ds_id,
+            "attributes": attrs,
+            "links": {"self": f"{self.url}/api/data-sources/{ds_id}"},
+        }
 
     def get_data_source(self, account: Account, ds_id: str) -> None:
         self._admit(account, bulk=False)
         attrs = account.data_sources.get(ds_id)
         if attrs is None:
-            raise _Answer(404, _error(404, "not_found", "Not found.",
-                                      f"A data source with id {ds_id} does not exist."))
-        raise _Answer(200, orjson.dumps({"data": self._resource(ds_id, attrs),
-                                         "links": {"self": f"{self.url}/api/data-sources/"}}))
+            raise _Answer(
+                404,
+                _error(
+                    404, "not_found", "Not found.", f"A data source with id {ds_id} does not exist."
+                ),
+            )
+        raise _Answer(
+            200,
+            orjson.dumps(
+                {
+                    "data": self._resource(ds_id, attrs),
+                    "links": {"self": f"{self.url}/api/data-sources/"},
+                }
+            ),
+        )
 
     def list_data_sources(self, account: Account) -> None:
         self._admit(account, bulk=False)
         data = [self._resource(i, a) for i, a in account.data_sources.items()]
-        raise _Answer(200, orjson.dumps({"data": data,
-                                         "links": {"self": f"{self.url}/api/data-sources"}}))
+        raise _Answer(
+            200, orjson.dumps({"data": data, "links": {"self": f"{self.url}/api/data-sources"}})
+        )
 
     def create_data_source(self, account: Account, body: bytes) -> None:
         self._admit(account, bulk=False)
@@ -327,8 +428,11 @@ class Simulator:
         title = attributes["title"]
         with self.state.lock:
             if any(a["title"] == title for a in account.data_sources.values()):
-                raise _Answer(409, _error(409, "conflict", "Conflict",
-                                          f"a data source titled {title!r} exists"))
+                raise _Answer(
+                    409,
+                    _error(409, "conflict", "Conflict", f"a data source titled {title!r} exists"),
+                )
         ds_id = self.add_data_source(account.name, title=title)
-        raise _Answer(201, orjson.dumps({"data": self._resource(ds_id,
-                                                                account.data_sources[ds_id])}))
+        raise _Answer(
+            201, orjson.dumps({"data": self._resource(ds_id, account.data_sources[ds_id])})
+        )

@@ -34,8 +34,10 @@ class ServerWindows:
         if not limits.enabled:
             return None
         waits = []
-        for stamps, limit, window in ((self._burst, limits.burst, limits.burst_window),
-                                      (self._steady, limits.steady, limits.steady_window)):
+        for stamps, limit, window in (
+            (self._burst, limits.burst, limits.burst_window),
+            (self._steady, limits.steady, limits.steady_window),
+        ):
             while stamps and stamps[0] <= now - window:
                 stamps.popleft()
             if len(stamps) >= limit:
@@ -104,6 +106,7 @@ class SimulatorState:
         integer_retry_after: bool,
     ) -> None:
         self.lock = threading.Lock()
+        self.stored = threading.Condition(self.lock)  # notified whenever records are stored
         self.integer_retry_after = integer_retry_after
         self.faults = Faults()
         self.requests: list[RequestLog] = []
@@ -116,8 +119,9 @@ class SimulatorState:
 
     def add_account(self, key: str, name: str) -> Account:
         with self.lock:
-            account = Account(name, ServerWindows(self._bulk_limits),
-                              ServerWindows(self._read_limits))
+            account = Account(
+                name, ServerWindows(self._bulk_limits), ServerWindows(self._read_limits)
+            )
             self._accounts_by_key[key] = account
             return account
 

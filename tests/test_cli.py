@@ -1,0 +1,103 @@
+"""The commands as a user types them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ingestor.simulator import Simulator
+from tests.conftest import KEY, make_folder
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_drop"
+
+
+def ingestor(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ingestor.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_validate_lists_what_would_be_sent_and_skipped() -> None:
+    folder = SAMPLE / "acme/imports/custom_objects/orders_messy"
+    result = ingestor("validate", str(folder), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    by_name = {Path(f["file"]).name: f for f in report["files"]}
+    assert by_name["orders.csv"]["records"] == 197
+    assert [(s["line"], s["reason"]) for s in by_name["orders.csv"]["skipped"]] == [
+        (18, "row has 5 cells but the header has 4 columns"),
+        (59, "row is not valid UTF-8"),
+        (121, "row has no values (every cell empty)"),
+    ]
+    assert report["ignored"] == ["README.txt (only .csv and .jsonl are processed)"]
+    text = ingestor("validate", str(folder))
+    assert "line 18: row has 5 cells" in text.stdout
+
+
+def test_validate_reports_a_bad_config_and_fails() -> None:
+    result = ingestor("validate", str(SAMPLE / "acme/imports/custom_objects/coupons_bad_config"))
+    assert result.returncode == 1
+    assert 'no "data_source_id" key' in result.stdout
+
+
+def test_ingest_exits_zero_and_never_prints_the_key(sim: Simulator, tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "drop")
+    (folder / "a.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    result = ingestor(
+        "ingest",
+        str(folder),
+        "--api-key-env",
+        "K",
+        "--base-url",
+        sim.url,
+        "--state-dir",
+        str(tmp_path / "state"),
+        env={"K": KEY},
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(sim.records("acme")) == 2
+    assert "done" in result.stdout
+    logs = result.stdout + result.stderr
+    reports = "".join(p.read_text() for p in (tmp_path / "state").rglob("*.json*"))
+    assert KEY not in logs and KEY not in reports
+
+
+def test_ingest_with_a_wrong_key_exits_3_with_one_line(sim: Simulator, tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "drop")
+    (folder / "a.jsonl").write_text('{"id": 1}\n')
+    result = ingestor(
+        "ingest",
+        str(folder),
+        "--api-key-env",
+        "K",
+        "--base-url",
+        sim.url,
+        "--state-dir",
+        str(tmp_path / "state"),
+        env={"K": "pk_nope_123"},
+    )
+    assert result.returncode == 3
+    assert "authentication failed" in result.stderr and "pk_nope_123" not in result.stderr
+
+
+def test_ingest_without_the_key_variable_says_so(tmp_path: Path) -> None:
+    result = ingestor("ingest", str(tmp_path), "--api-key-env", "UNSET_VAR_X")
+    assert result.returncode == 2 and "UNSET_VAR_X is empty or not set" in result.stderr
+
+
+def test_demo_ingests_the_sample_drop(tmp_path: Path) -> None:
+    result = ingestor("demo", "--drop", str(SAMPLE), "--state-dir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    assert "simulator received 2,247 records" in result.stdout
+    assert "(0 failures)" in result.stdout and "stray.csv" in result.stdout
+    assert len(list((tmp_path / "demo" / "reports" / "acme").glob("*.report.json"))) == 7

@@ -1,0 +1,134 @@
+"""CSV: header row; empty cell = absent; JSON objects/arrays in cells become nested data."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+import pytest
+
+from ingestor.errors import ParseError
+from ingestor.parsers import ParseLimits, parse_csv
+from ingestor.records import Record, Reject
+
+LIMITS = ParseLimits(max_record_bytes=4096, max_line_bytes=8192)
+
+
+def parse(data: bytes, start: int = 0, line: int = 0) -> list[Record | Reject]:
+    return list(parse_csv(io.BytesIO(data), LIMITS, start, line))
+
+
+def records(data: bytes) -> list[dict[str, object]]:
+    return [orjson.loads(i.json) for i in parse(data) if isinstance(i, Record)]
+
+
+# The csv-spectrum cases, with our rule that an empty cell is an absent field.
+SPECTRUM = {
+    "comma_in_quotes": (
+        b'first,last,address,city,zip\nJohn,Doe,120 any st.,"Anytown, WW",08123\n',
+        [
+            {
+                "first": "John",
+                "last": "Doe",
+                "address": "120 any st.",
+                "city": "Anytown, WW",
+                "zip": "08123",
+            }
+        ],
+    ),
+    "empty": (b'a,b,c\n1,"",""\n2,3,4\n', [{"a": "1"}, {"a": "2", "b": "3", "c": "4"}]),
+    "empty_crlf": (b'a,b,c\r\n1,"",""\r\n2,3,4\r\n', [{"a": "1"}, {"a": "2", "b": "3", "c": "4"}]),
+    "escaped_quotes": (
+        b'a,b\n1,"ha ""ha"" ha"\n3,4\n',
+        [{"a": "1", "b": 'ha "ha" ha'}, {"a": "3", "b": "4"}],
+    ),
+    "json": (
+        b'key,val\n1,"{""type"": ""Point"", ""coordinates"": [102.0, 0.5]}"\n',
+        [{"key": "1", "val": {"type": "Point", "coordinates": [102.0, 0.5]}}],
+    ),
+    "newlines": (
+        b'a,b,c\n1,2,3\n"Once upon \na time",5,6\n7,8,9\n',
+        [
+            {"a": "1", "b": "2", "c": "3"},
+            {"a": "Once upon \na time", "b": "5", "c": "6"},
+            {"a": "7", "b": "8", "c": "9"},
+        ],
+    ),
+    "newlines_crlf": (
+        b'a,b,c\r\n1,2,3\r\n"Once upon \r\na time",5,6\r\n7,8,9\r\n',
+        [
+            {"a": "1", "b": "2", "c": "3"},
+            {"a": "Once upon \r\na time", "b": "5", "c": "6"},
+            {"a": "7", "b": "8", "c": "9"},
+        ],
+    ),
+    "quotes_and_newlines": (
+        b'a,b\n1,"ha \n""ha"" \nha"\n3,4\n',
+        [{"a": "1", "b": 'ha \n"ha" \nha'}, {"a": "3", "b": "4"}],
+    ),
+    "simple": (b"a,b,c\n1,2,3\n", [{"a": "1", "b": "2", "c": "3"}]),
+    "simple_crlf": (b"a,b,c\r\n1,2,3\r\n", [{"a": "1", "b": "2", "c": "3"}]),
+    "utf8": (
+        "a,b,c\n1,2,3\n4,5,ʤ\n".encode(),
+        [{"a": "1", "b": "2", "c": "3"}, {"a": "4", "b": "5", "c": "ʤ"}],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPECTRUM))
+def test_csv_spectrum(case: str) -> None:
+    data, expected = SPECTRUM[case]
+    assert records(data) == expected
+
+
+def test_seed_subscription_example_with_nested_metadata() -> None:
+    data = (
+        b"subscription_id,product_name,status,start_date,metadata\n"
+        b"sub_001,Premium Plan,active,2025-01-15,\n"
+        b'sub_002,Basic Plan,inactive,2024-06-01,"{""source"": ""shopify"", '
+        b'""tags"": [""vip"", ""annual""]}"\n'
+    )
+    assert records(data)[1]["metadata"] == {"source": "shopify", "tags": ["vip", "annual"]}
+    assert "metadata" not in records(data)[0]
+
+
+def test_values_stay_strings_and_invalid_json_stays_text() -> None:
+    got = records(b'n,flag,j\n42,true,"[1,2"\n')
+    assert got == [{"n": "42", "flag": "true", "j": "[1,2"}]
+
+
+def test_bad_rows_are_skipped_with_line_numbers() -> None:
+    data = b'id,name\n1,a\n2,b,EXTRA\n3,caf\xe9\n4,"open\nquote"x\n,\n5,e\n'
+    items = parse(data)
+    got = [(i.line, i.reason) for i in items if isinstance(i, Reject)]
+    assert got[0] == (3, "row has 3 cells but the header has 2 columns")
+    assert got[1] == (4, "row is not valid UTF-8")
+    assert got[2][0] == 5 and got[2][1].startswith("malformed CSV")
+    assert got[-1] == (7, "row has no values (every cell empty)")
+    assert [orjson.loads(i.json)["id"] for i in items if isinstance(i, Record)] == ["1", "5"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "the file is empty"),
+        (b"\n1,2\n", "the header row is empty"),
+        (b"a,,c\n1,2,3\n", "column 2 of the header has no name"),
+        (b"a,b,a\n1,2,3\n", "column 'a' appears twice"),
+    ],
+)
+def test_header_problems_reject_the_whole_file(data: bytes, message: str) -> None:
+    with pytest.raises(ParseError, match=message):
+        parse(data)
+
+
+def test_bom_is_stripped_from_the_first_column_name() -> None:
+    assert records(b"\xef\xbb\xbfid,name\r\n1,x\r\n") == [{"id": "1", "name": "x"}]
+
+
+def test_resume_after_a_multiline_row_keeps_physical_line_numbers() -> None:
+    data = b'a,b\n1,"two\nlines"\n3,4\n'
+    first = parse(data)[0]
+    assert (first.line, first.end_line) == (2, 3)
+    resumed = parse(data, first.end_offset, first.end_line)
+    assert [(i.line, orjson.loads(i.json)) for i in resumed] == [(4, {"a": "3", "b": "4"})]
