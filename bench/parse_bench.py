@@ -1,0 +1,169 @@
+"""parse + batch + serialise throughput and peak RSS: ingestor vs a naive stdlib baseline.
+
+    python bench/parse_bench.py [--rows 1000000] [--big-gb 0]
+
+Each variant runs in its own process (so peak RSS is its own), on the same generated files,
+in the same run; the figure that matters is the ratio. The baseline is what a user would
+write: csv.DictReader / json.loads per line, json.dumps of each 500-record body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENVELOPE_ID = "01KTMWCZ8ZMNZS0HG5HQNX0H6E"
+
+
+def generate(directory: Path, rows: int) -> tuple[Path, Path]:
+    rng = random.Random(42)
+    jsonl, csv_path = directory / "data.jsonl", directory / "data.csv"
+    with jsonl.open("w") as j, csv_path.open("w") as c:
+        c.write("id,name,email,age,status,tags\n")
+        for i in range(rows):
+            name = rng.choice(["Buddy", "Whiskers", "Nibbles", "Rex"])
+            j.write(
+                json.dumps(
+                    {
+                        "id": i,
+                        "name": name,
+                        "email": f"u{i}@example.com",
+                        "age": rng.randint(1, 15),
+                        "status": "active",
+                        "tags": ["a", "b"],
+                    }
+                )
+                + "\n"
+            )
+            c.write(f'{i},{name},u{i}@example.com,{rng.randint(1, 15)},active,"[""a"", ""b""]"\n')
+    return jsonl, csv_path
+
+
+def run_ours(path: Path) -> int:
+    from ingestor.batcher import batches
+    from ingestor.kinds import CUSTOM_OBJECTS
+    from ingestor.parsers import ParseLimits, parse_file
+    from ingestor.records import Batch
+
+    envelope = CUSTOM_OBJECTS.envelope(ENVELOPE_ID)
+    fmt = "csv" if path.suffix == ".csv" else "jsonl"
+    count = 0
+    for item in batches(parse_file(path, fmt, ParseLimits()), envelope, CUSTOM_OBJECTS.limits):
+        if type(item) is Batch and item.records:
+            body = envelope.body([r.json for r in item.records])
+            count += len(item.records) if body else 0
+    return count
+
+
+def run_baseline(path: Path) -> int:
+    import csv
+
+    def bodies(rows: object) -> int:
+        count, chunk = 0, []
+        for row in rows:  # type: ignore[attr-defined]
+            chunk.append({"type": "data-source-record", "attributes": {"record": row}})
+            if len(chunk) == 500:
+                count += len(chunk) if json.dumps(wrap(chunk)) else 0
+                chunk = []
+        if chunk:
+            count += len(chunk) if json.dumps(wrap(chunk)) else 0
+        return count
+
+    def wrap(chunk: list[dict[str, object]]) -> dict[str, object]:
+        return {
+            "data": {
+                "type": "data-source-record-bulk-create-job",
+                "attributes": {"data-source-records": {"data": chunk}},
+                "relationships": {
+                    "data-source": {"data": {"type": "data-source", "id": ENVELOPE_ID}}
+                },
+            }
+        }
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        if path.suffix == ".csv":
+            return bodies({k: v for k, v in row.items() if v} for row in csv.DictReader(handle))
+        return bodies(json.loads(line) for line in handle if line.strip())
+
+
+def one(variant: str, path: Path) -> None:
+    began, cpu = time.perf_counter(), time.process_time()
+    count = (run_ours if variant == "ours" else run_baseline)(path)
+    wall = time.perf_counter() - began
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "records": count,
+                "wall": wall,
+                "cpu": time.process_time() - cpu,
+                "peak_rss_mb": peak_mb,
+            }
+        )
+    )
+
+
+def measure(variant: str, path: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", variant, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--big-gb",
+        type=float,
+        default=0.0,
+        help="also measure peak RSS on a JSONL file of this many GB",
+    )
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        one(args.one[0], Path(args.one[1]))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        jsonl, csv_path = generate(Path(tmp), args.rows)
+        print(
+            f"| file ({args.rows:,} records) | variant | records/s | CPU s | peak RSS MB |"
+            " speed-up |"
+        )
+        print("|---|---|---|---|---|---|")
+        for path in (jsonl, csv_path):
+            base = measure("baseline", path)
+            ours = measure("ours", path)
+            assert ours["records"] == base["records"] == args.rows, (ours, base)
+            for name, r in (("baseline", base), ("ingestor", ours)):
+                ratio = base["wall"] / r["wall"]
+                print(
+                    f"| {path.name} | {name} | {r['records'] / r['wall']:,.0f} | {r['cpu']:.2f}"
+                    f" | {r['peak_rss_mb']:.0f} | {ratio:.2f}x |"
+                )
+        if args.big_gb:
+            big = Path(tmp) / "big.jsonl"
+            line = jsonl.read_bytes()
+            with big.open("wb") as handle:
+                while handle.tell() < args.big_gb * 1024**3:
+                    handle.write(line)
+            r = measure("ours", big)
+            print(
+                f"| big.jsonl ({big.stat().st_size / 1024**3:.1f} GB) | ingestor | "
+                f"{r['records'] / r['wall']:,.0f} | {r['cpu']:.2f} | {r['peak_rss_mb']:.0f} | |"
+            )
+
+
+if __name__ == "__main__":
+    main()
