@@ -38,6 +38,15 @@ _COLUMNS = (
 )
 
 
+_COUNTS_SET = (
+    "records_read=?, records_sent=?, records_skipped=?, batches=?, retries=?, throttled_seconds=?"
+)
+
+
+def _counts_values(c: FileCounts) -> tuple[int, int, int, int, int, float]:
+    return (c.read, c.sent, c.skipped, c.batches, c.retries, c.throttled_seconds)
+
+
 def _run(row: tuple[Any, ...]) -> FileRun:
     (
         id_,
@@ -177,49 +186,20 @@ class SqliteLedger:
     def checkpoint(
         self, run_id: int, offset: int, line: int, rejects_bytes: int, counts: FileCounts
     ) -> None:
-        c = counts
         self._execute(
-            "UPDATE file_runs SET byte_offset=?, line=?, rejects_bytes=?, records_read=?, "
-            "records_sent=?, records_skipped=?, batches=?, retries=?, throttled_seconds=?, "
+            f"UPDATE file_runs SET byte_offset=?, line=?, rejects_bytes=?, {_COUNTS_SET}, "
             "updated_at=? WHERE id=?",
-            (
-                offset,
-                line,
-                rejects_bytes,
-                c.read,
-                c.sent,
-                c.skipped,
-                c.batches,
-                c.retries,
-                c.throttled_seconds,
-                time.time(),
-                run_id,
-            ),
+            (offset, line, rejects_bytes, *_counts_values(counts), time.time(), run_id),
         )
 
     def finish(
         self, run_id: int, state: FileState, counts: FileCounts, reason: str, report_path: str
     ) -> None:
-        c = counts
         now = time.time()
         self._execute(
-            "UPDATE file_runs SET state=?, reason=?, report_path=?, records_read=?, "
-            "records_sent=?, records_skipped=?, batches=?, retries=?, throttled_seconds=?, "
+            f"UPDATE file_runs SET state=?, reason=?, report_path=?, {_COUNTS_SET}, "
             "updated_at=?, finished_at=? WHERE id=?",
-            (
-                state.value,
-                reason,
-                report_path,
-                c.read,
-                c.sent,
-                c.skipped,
-                c.batches,
-                c.retries,
-                c.throttled_seconds,
-                now,
-                now,
-                run_id,
-            ),
+            (state.value, reason, report_path, *_counts_values(counts), now, now, run_id),
         )
 
     def get(self, run_id: int) -> FileRun | None:
