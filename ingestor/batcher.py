@@ -29,7 +29,8 @@ def batches(
     The last Batch (possibly without records) ends where the input ended.
     """
     pending: list[Record] = []
-    body_size = envelope.fixed_size
+    fixed_size = envelope.fixed_size
+    body_size = fixed_size
     item_overhead = len(envelope.item_prefix) + len(envelope.item_suffix)
     max_body, max_records, max_record = (
         limits.max_body_bytes,
@@ -50,7 +51,7 @@ def batches(
         assert type(item) is Record
         size = len(item.json)
         item_size = size + item_overhead
-        if size > max_record or envelope.fixed_size + item_size > max_body:
+        if size > max_record or fixed_size + item_size > max_body:
             yield Reject(
                 item.line,
                 item.end_line,
@@ -63,7 +64,7 @@ def batches(
         added = item_size + (1 if pending else 0)
         if pending and (len(pending) == max_records or body_size + added > max_body):
             yield Batch(tuple(pending), end_offset, end_line, body_size)
-            pending, body_size, added = [], envelope.fixed_size, item_size
+            pending, body_size, added = [], fixed_size, item_size
             rejects_since_batch = 0
         pending.append(item)
         body_size += added

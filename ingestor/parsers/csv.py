@@ -52,6 +52,9 @@ def _lines(handle: BinaryIO, cursor: _Cursor, max_line: int) -> Iterator[str]:
             yield raw.decode("utf-8", "replace")
 
 
+_MAYBE_JSON = frozenset("{[ \t\r\n")
+
+
 def _cell_value(cell: str) -> Any:
     """A JSON object/array in a cell becomes nested data; anything else stays the string."""
     if cell[0] in "{[" or (cell[0].isspace() and cell.lstrip()[:1] in ("{", "[")):
@@ -113,38 +116,39 @@ def parse_csv(
     width = len(header)
     dumps = orjson.dumps
     row_start, row_first_line = start_offset, start_line + 1
-    while True:
-        reason = ""
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            row, reason = [], f"malformed CSV: {exc}"
-        if cursor.too_long:
-            reason = f"a line of this row is over {limits.max_line_bytes:,} bytes; skipped unread"
-        elif cursor.bad_utf8:
-            reason = "row is not valid UTF-8"
-        elif len(row) > width:
-            reason = f"row has {len(row)} cells but the header has {width} columns"
-        if reason:
-            raw = read_span(handle, row_start, cursor.offset, limits.max_excerpt)
-            yield Reject(
-                row_first_line, cursor.line, cursor.offset, reason, excerpt(raw, limits.max_excerpt)
-            )
-        elif row:
-            record = {
-                key: _cell_value(cell) for key, cell in zip(header, row, strict=False) if cell
-            }
-            if record:
-                yield Record(row_first_line, cursor.line, cursor.offset, dumps(record))
-            else:
-                yield Reject(
-                    row_first_line,
-                    cursor.line,
-                    cursor.offset,
-                    "row has no values (every cell empty)",
-                    excerpt(read_span(handle, row_start, cursor.offset, 200), 200),
-                )
+
+    def reject(reason: str) -> Reject:
+        raw = read_span(handle, row_start, cursor.offset, limits.max_excerpt)
         cursor.bad_utf8 = cursor.too_long = False
-        row_start, row_first_line = cursor.offset, cursor.line + 1
+        return Reject(
+            row_first_line, cursor.line, cursor.offset, reason, excerpt(raw, limits.max_excerpt)
+        )
+
+    while True:
+        try:
+            for row in reader:
+                if cursor.too_long:
+                    yield reject(
+                        f"a line of this row is over {limits.max_line_bytes:,} bytes; "
+                        "skipped unread"
+                    )
+                elif cursor.bad_utf8:
+                    yield reject("row is not valid UTF-8")
+                elif len(row) > width:
+                    yield reject(f"row has {len(row)} cells but the header has {width} columns")
+                elif row:
+                    # Only a cell starting with {, [ or whitespace can hold JSON: test inline.
+                    record = {
+                        key: cell if cell[0] not in _MAYBE_JSON else _cell_value(cell)
+                        for key, cell in zip(header, row, strict=False)
+                        if cell
+                    }
+                    if record:
+                        yield Record(row_first_line, cursor.line, cursor.offset, dumps(record))
+                    else:
+                        yield reject("row has no values (every cell empty)")
+                row_start, row_first_line = cursor.offset, cursor.line + 1
+            return
+        except csv.Error as exc:  # the reader resumes at the next line
+            yield reject(f"malformed CSV: {exc}")
+            row_start, row_first_line = cursor.offset, cursor.line + 1
