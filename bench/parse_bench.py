@@ -13,6 +13,7 @@ import argparse
 import json
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,11 +94,21 @@ def run_baseline(path: Path) -> int:
         return bodies(json.loads(line) for line in handle if line.strip())
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM belongs to the address space exec created; ru_maxrss
+    would also count the parent's high-water mark inherited across fork+exec."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def one(variant: str, path: Path) -> None:
     began, cpu = time.perf_counter(), time.process_time()
     count = (run_ours if variant == "ours" else run_baseline)(path)
     wall = time.perf_counter() - began
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(
         json.dumps(
             {
@@ -154,10 +165,10 @@ def main() -> None:
                 )
         if args.big_gb:
             big = Path(tmp) / "big.jsonl"
-            line = jsonl.read_bytes()
             with big.open("wb") as handle:
                 while handle.tell() < args.big_gb * 1024**3:
-                    handle.write(line)
+                    with jsonl.open("rb") as source:
+                        shutil.copyfileobj(source, handle)
             r = measure("ours", big)
             print(
                 f"| big.jsonl ({big.stat().st_size / 1024**3:.1f} GB) | ingestor | "
