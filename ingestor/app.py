@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -28,7 +27,7 @@ from ingestor.ledger import SqliteLedger
 from ingestor.parsers import ParseLimits, parse_file
 from ingestor.pipeline import FolderResult, Pipeline, ProgressFn
 from ingestor.ratelimit import AccountLimiter
-from ingestor.records import Record, Reject
+from ingestor.records import Reject
 
 LEDGER_NAME = "ledger.sqlite3"
 
@@ -102,16 +101,11 @@ def validate_file(
                 result.batches += 1
                 result.records += len(item.records)
                 result.body_bytes += item.body_size
-                result.preview += [
-                    r.json for r in _take(item.records, preview - len(result.preview))
-                ]
+                room = max(0, preview - len(result.preview))
+                result.preview += [r.json for r in item.records[:room]]
     except (ParseError, OSError) as exc:
         result.error = str(exc)
     return result
-
-
-def _take(records: tuple[Record, ...], count: int) -> Iterator[Record]:
-    yield from records[: max(0, count)]
 
 
 def validate_path(target: Path) -> Validation:

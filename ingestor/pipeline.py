@@ -155,7 +155,7 @@ class Pipeline:
         rejects = RejectsFile(rejects_path, run.rejects_bytes)
         try:
             items = parse_file(path, fmt, limits, run.offset, run.line)
-            for item in batches(items, kind.envelope(config.target_id), kind.limits):
+            for item in batches(items, sender.envelope, kind.limits):
                 if type(item) is Reject:
                     rejects.write(item)
                     pending.read += 1

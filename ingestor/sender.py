@@ -80,7 +80,7 @@ class Sender:
         self._client = client
         self._limiter = limiter
         self._endpoint = endpoint
-        self._envelope = envelope
+        self.envelope = envelope  # the batcher packs with it, so sizes match what is sent
         self._retry = retry
         self._stop = stop
         self._rng = rng or random.Random()
@@ -153,7 +153,7 @@ class Sender:
 
     def _deliver(self, part: Sequence[Record], tally: _Tally) -> None:
         """Send one body until the API decides on it (2xx, 413 or a refusal)."""
-        body = self._envelope.body([record.json for record in part])
+        body = self.envelope.body([record.json for record in part])
         answer = self.call(lambda: self._client.post_bulk(self._endpoint, body), tally)
         tally.count(answer.status)
 
