@@ -27,6 +27,23 @@ def ingestor(
     )
 
 
+def ingest_cli(
+    sim: Simulator, folder: Path, state: Path, key: str
+) -> subprocess.CompletedProcess[str]:
+    """`ingestor ingest` against the simulator, with the key in the variable K."""
+    return ingestor(
+        "ingest",
+        str(folder),
+        "--api-key-env",
+        "K",
+        "--base-url",
+        sim.url,
+        "--state-dir",
+        str(state),
+        env={"K": key},
+    )
+
+
 def test_validate_lists_what_would_be_sent_and_skipped() -> None:
     folder = SAMPLE / "acme/imports/custom_objects/orders_messy"
     result = ingestor("validate", str(folder), "--json")
@@ -53,17 +70,7 @@ def test_validate_reports_a_bad_config_and_fails() -> None:
 def test_ingest_exits_zero_and_never_prints_the_key(sim: Simulator, tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "drop")
     (folder / "a.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
-    result = ingestor(
-        "ingest",
-        str(folder),
-        "--api-key-env",
-        "K",
-        "--base-url",
-        sim.url,
-        "--state-dir",
-        str(tmp_path / "state"),
-        env={"K": KEY},
-    )
+    result = ingest_cli(sim, folder, tmp_path / "state", KEY)
     assert result.returncode == 0, result.stderr
     assert len(sim.records("acme")) == 2
     assert "done" in result.stdout
@@ -75,17 +82,7 @@ def test_ingest_exits_zero_and_never_prints_the_key(sim: Simulator, tmp_path: Pa
 def test_ingest_with_a_wrong_key_exits_3_with_one_line(sim: Simulator, tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "drop")
     (folder / "a.jsonl").write_text('{"id": 1}\n')
-    result = ingestor(
-        "ingest",
-        str(folder),
-        "--api-key-env",
-        "K",
-        "--base-url",
-        sim.url,
-        "--state-dir",
-        str(tmp_path / "state"),
-        env={"K": "pk_nope_123"},
-    )
+    result = ingest_cli(sim, folder, tmp_path / "state", "pk_nope_123")
     assert result.returncode == 3
     assert "authentication failed" in result.stderr and "pk_nope_123" not in result.stderr
 
