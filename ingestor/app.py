@@ -23,13 +23,11 @@ from ingestor.layout import (
     locate_import_folder,
     place,
 )
-from ingestor.ledger import SqliteLedger
+from ingestor.ledger import LEDGER_NAME, SqliteLedger
 from ingestor.parsers import ParseLimits, parse_file
 from ingestor.pipeline import FolderResult, Pipeline, ProgressFn
 from ingestor.ratelimit import AccountLimiter
 from ingestor.records import Reject
-
-LEDGER_NAME = "ledger.sqlite3"
 
 
 def ingest_folder_once(

@@ -20,7 +20,6 @@ from rich.table import Table
 
 from ingestor import __version__
 from ingestor.app import (
-    LEDGER_NAME,
     Validation,
     ingest_folder_once,
     reset_demo_state,
@@ -30,11 +29,12 @@ from ingestor.app import (
 from ingestor.config import ApiKey, ApiSettings, RateLimitSettings, Settings
 from ingestor.errors import AuthError, ConfigError, IngestorError, Interrupted, LayoutError
 from ingestor.layout import load_folder_config
-from ingestor.ledger import FileRun, SqliteLedger
+from ingestor.ledger import LEDGER_NAME, FileRun, SqliteLedger
 from ingestor.logs import configure_logging
 from ingestor.pipeline import FileResult, FolderResult
 from ingestor.ratelimit import AccountLimiter
 from ingestor.records import FileCounts
+from ingestor.service_cli import add_service_commands, cmd_service_status
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -293,6 +293,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.config:
+        return cmd_service_status(args, out)
     ledger = SqliteLedger(Path(args.state_dir) / LEDGER_NAME)
     try:
         runs = ledger.runs()
@@ -385,9 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
     demo.set_defaults(handler=cmd_demo)
 
-    status = commands.add_parser("status", help="files the ledger knows, newest first")
+    status = commands.add_parser(
+        "status", help="files in flight, queued, done and failed (from the ledger)"
+    )
     status.add_argument("--state-dir", default=str(default_state_dir()))
+    status.add_argument("--config", help="the service's settings file (its state dir is used)")
     status.set_defaults(handler=cmd_status)
+    add_service_commands(commands, out, err)
     return parser
 
 

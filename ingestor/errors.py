@@ -26,6 +26,10 @@ class LedgerError(IngestorError):
     """The ledger cannot be read or written."""
 
 
+class FileChanged(IngestorError):
+    """A file changed while it was being processed; its new version is processed afresh."""
+
+
 class Interrupted(IngestorError):
     """Work stopped on request (signal, shutdown); progress up to the last checkpoint is kept."""
 

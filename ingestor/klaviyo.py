@@ -7,6 +7,7 @@ in the Authorization header; no message, log line or repr built here contains it
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -45,7 +46,10 @@ class KlaviyoClient:
         settings: ApiSettings,
         key: ApiKey,
         transport: httpx.BaseTransport | None = None,
+        on_status: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_status`` hears every request's HTTP status (0: no answer), for metrics."""
+        self._on_status = on_status
         self._http = httpx.Client(
             base_url=settings.base_url,
             headers={
@@ -101,12 +105,19 @@ class KlaviyoClient:
         try:
             response = self._http.request(method, path, content=content)
         except httpx.TimeoutException as exc:
+            self._heard(0)
             raise Transient(f"{method} {path}: timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
+            self._heard(0)
             raise Transient(f"{method} {path}: connection failed ({type(exc).__name__})") from None
+        self._heard(response.status_code)
         if 200 <= response.status_code < 300:
             return response
         raise classify(method, path, response)
+
+    def _heard(self, status: int) -> None:
+        if self._on_status is not None:
+            self._on_status(status)
 
 
 def classify(method: str, path: str, response: httpx.Response) -> ApiError:

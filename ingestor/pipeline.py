@@ -3,9 +3,10 @@ checkpoint → report. The only module that knows all the stages; each stage kno
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ingestor.batcher import batches
 from ingestor.config import Settings
 from ingestor.errors import (
     AuthError,
+    FileChanged,
     Interrupted,
     LayoutError,
     NotFound,
@@ -24,7 +26,7 @@ from ingestor.errors import (
 from ingestor.identity import identify
 from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import FolderConfig, ImportFolder, data_format, list_folder, load_folder_config
-from ingestor.ledger import FileRun, FileState, Ledger
+from ingestor.ledger import FileIdentity, FileRun, FileState, Ledger
 from ingestor.parsers import ParseLimits, parse_file
 from ingestor.ratelimit import AccountLimiter
 from ingestor.records import FileCounts, Reject
@@ -34,6 +36,9 @@ from ingestor.sender import Sender
 log = structlog.get_logger("ingestor.pipeline")
 
 ProgressFn = Callable[[FileRun, int, FileCounts], None]
+
+# How long a data source found by GET stays trusted before a folder's next file checks again.
+DATA_SOURCE_TTL = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +78,25 @@ class Pipeline:
         self._limiter = limiter
         self._stop = stop or threading.Event()
         self._progress = progress
+        self._verified: dict[str, float] = {}  # data source id → when a GET last found it
 
     def ingest_folder(self, folder: ImportFolder) -> FolderResult:
         """Process every data file of ``folder`` that is not already done."""
+        return self.ingest_files(folder, None)
+
+    def ingest_files(self, folder: ImportFolder, only: Collection[Path] | None) -> FolderResult:
+        """Process the data files of ``folder`` (those in ``only``, if given) not already done."""
         bound = log.bind(company=folder.company, folder=folder.name)
         listing = list_folder(folder.path)
+        if only is not None:
+            wanted = {p.name for p in only}
+            listing = replace(
+                listing, data_files=tuple(p for p in listing.data_files if p.name in wanted)
+            )
         try:
             config = load_folder_config(folder.path, folder.kind)
         except LayoutError as exc:
-            bound.warning("folder_not_processed", reason=str(exc))
+            bound.info("folder_not_processed", reason=str(exc))
             runs = [self._register(folder, path) for path in listing.data_files]
             files = [self._close(r, FileState.REJECTED, str(exc), listing.ignored) for r in runs]
             return FolderResult(folder, files, str(exc), listing.ignored)
@@ -107,7 +122,7 @@ class Pipeline:
             self._stop,
         )
         try:
-            sender.call(lambda: self._client.get_data_source(config.target_id))
+            self._check_data_source(sender, config.target_id)
         except NotFound:
             reason = (
                 f"data source {config.target_id} (from config.json) does not exist in this "
@@ -122,6 +137,26 @@ class Pipeline:
         for run, path in todo:
             results.append(self._ingest_file(folder, config, sender, run, path, listing.ignored))
         return FolderResult(folder, results, "", listing.ignored)
+
+    def reject_stray(self, company: str, kind: str, path: Path) -> FileResult:
+        """A data file directly under ``imports/<kind>/``: recorded and reported, never read."""
+        reason = (
+            f"{path.name} is directly under imports/{kind}/; put it in a named folder with a "
+            "config.json (imports/" + kind + "/<folder>/" + path.name + ")"
+        )
+        identity = identify(path, company, kind, "", self._ledger)
+        run = self._ledger.register(identity)
+        if run.state is FileState.REJECTED:
+            return FileResult(run, None, unchanged=True)
+        log.warning("stray_file_rejected", company=company, file=path.name, reason=reason)
+        return self._close(run, FileState.REJECTED, reason, ())
+
+    def _check_data_source(self, sender: Sender, target_id: str) -> None:
+        checked = self._verified.get(target_id)
+        if checked is not None and time.monotonic() - checked < DATA_SOURCE_TTL:
+            return
+        sender.call(lambda: self._client.get_data_source(target_id))
+        self._verified[target_id] = time.monotonic()
 
     def _register(self, folder: ImportFolder, path: Path) -> FileRun:
         identity = identify(path, folder.company, folder.kind.folder, folder.name, self._ledger)
@@ -179,8 +214,13 @@ class Pipeline:
                 )
                 if self._progress:
                     self._progress(run, item.end_offset, counts)
+                _check_unchanged(path, run.identity)
+            _check_unchanged(path, run.identity)
         except ParseError as exc:
             return self._close(run, FileState.REJECTED, str(exc), ignored, counts)
+        except FileChanged as exc:
+            bound.warning("file_changed", reason=str(exc))
+            return self._close(run, FileState.FAILED, str(exc), ignored, counts)
         except SystemicRejection as exc:
             bound.error("file_paused", reason=str(exc))
             return self._close(run, FileState.FAILED, str(exc), ignored, counts)
@@ -229,3 +269,17 @@ class Pipeline:
         final = replace(final, report_path=str(report.path))
         self._ledger.finish(run.id, state, final.counts, reason, str(report.path))
         return FileResult(final, report)
+
+
+def _check_unchanged(path: Path, identity: FileIdentity) -> None:
+    """Raise FileChanged if ``path`` is no longer the version being sent."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise FileChanged(f"{path.name} was removed while being processed") from None
+    if (info.st_size, info.st_mtime_ns) != (identity.size, identity.mtime_ns):
+        raise FileChanged(
+            f"{path.name} changed while being processed ({identity.size:,} bytes when it "
+            f"started, {info.st_size:,} now); records up to the last checkpoint were sent, and "
+            "the new version will be processed from its start"
+        )

@@ -41,6 +41,13 @@ class SlidingWindow:
     def record(self, at: float) -> None:
         self._times.append(at)
 
+    def resized(self, limit: int, window: float) -> SlidingWindow:
+        """A window with other limits that remembers the same recent requests."""
+        copy = SlidingWindow(limit, window)
+        for at in self._times:
+            copy.record(at)
+        return copy
+
 
 @dataclass(frozen=True, slots=True)
 class LimiterState:
@@ -70,6 +77,19 @@ class AccountLimiter:
         self._blocked_until = 0.0
         self._last_completion = float("-inf")
         self._throttles = 0
+
+    def reconfigure(self, settings: RateLimitSettings) -> None:
+        """New limits (a settings reload), keeping the requests already counted."""
+        with self._lock:
+            if settings == self._settings:
+                return
+            burst, steady = self._windows
+            self._windows = [
+                burst.resized(settings.burst, settings.burst_window),
+                steady.resized(settings.steady, settings.steady_window),
+            ]
+            self._settings = settings
+            self._steady_interval = settings.steady_window / settings.steady
 
     def delay(self) -> float:
         """Seconds to wait before the next request may be sent."""

@@ -55,6 +55,15 @@ class FileRun:
     finished_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class QueuedFile:
+    """A file the service found ready and has not started yet (for ``status``)."""
+
+    company: str
+    path: str
+    queued_at: float
+
+
 class Ledger(Protocol):
     """What the pipeline needs from durable state. Implementations must make each call atomic."""
 
@@ -79,7 +88,24 @@ class Ledger(Protocol):
 
     def get(self, run_id: int) -> FileRun | None: ...
 
-    def runs(self, company: str | None = None, since: float | None = None) -> list[FileRun]:
-        """Runs, newest first, optionally for one company and updated since a time."""
+    def runs(
+        self,
+        company: str | None = None,
+        since: float | None = None,
+        finished_before: float | None = None,
+    ) -> list[FileRun]:
+        """Runs, newest first, optionally for one company, updated since a time, or
+        finished before one."""
+
+    def note_queued(self, company: str, path: str, at: float) -> None:
+        """Remember that a ready file waits in its company's lane."""
+
+    def note_dequeued(self, path: str) -> None: ...
+
+    def queued(self) -> list[QueuedFile]:
+        """Files waiting in lanes, oldest first."""
+
+    def clear_queue(self) -> None:
+        """Forget every queued file (a starting service rebuilds its queues by rescanning)."""
 
     def close(self) -> None: ...

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ingestor.errors import LedgerError
-from ingestor.ledger.base import FileIdentity, FileRun, FileState
+from ingestor.ledger.base import FileIdentity, FileRun, FileState, QueuedFile
 from ingestor.records import FileCounts
 
 SCHEMA = """
@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS file_runs (
     UNIQUE (company, kind, folder, name, version)
 );
 CREATE INDEX IF NOT EXISTS file_runs_updated ON file_runs (updated_at);
+CREATE TABLE IF NOT EXISTS queued_files (
+    path TEXT PRIMARY KEY, company TEXT NOT NULL, queued_at REAL NOT NULL
+);
 """
 
 _COLUMNS = (
@@ -173,10 +176,12 @@ class SqliteLedger:
         )
 
     def start(self, run_id: int, target_id: str, rejects_path: str) -> FileRun:
+        now = time.time()
         self._execute(
             "UPDATE file_runs SET state=?, target_id=?, rejects_path=?, reason='', "
-            "finished_at=NULL, updated_at=? WHERE id=?",
-            (FileState.PROCESSING.value, target_id, rejects_path, time.time(), run_id),
+            "finished_at=NULL, updated_at=?, "
+            "started_at=CASE WHEN byte_offset=0 THEN ? ELSE started_at END WHERE id=?",
+            (FileState.PROCESSING.value, target_id, rejects_path, now, now, run_id),
         )
         run = self.get(run_id)
         if run is None:
@@ -205,7 +210,12 @@ class SqliteLedger:
     def get(self, run_id: int) -> FileRun | None:
         return self._one(f"SELECT {_COLUMNS} FROM file_runs WHERE id=?", (run_id,))
 
-    def runs(self, company: str | None = None, since: float | None = None) -> list[FileRun]:
+    def runs(
+        self,
+        company: str | None = None,
+        since: float | None = None,
+        finished_before: float | None = None,
+    ) -> list[FileRun]:
         sql = f"SELECT {_COLUMNS} FROM file_runs WHERE 1=1"
         args: list[Any] = []
         if company is not None:
@@ -214,5 +224,26 @@ class SqliteLedger:
         if since is not None:
             sql += " AND updated_at>=?"
             args.append(since)
+        if finished_before is not None:
+            sql += " AND finished_at<?"
+            args.append(finished_before)
         rows = self._execute(sql + " ORDER BY updated_at DESC, id DESC", tuple(args)).fetchall()
         return [_run(row) for row in rows]
+
+    def note_queued(self, company: str, path: str, at: float) -> None:
+        self._execute(
+            "INSERT OR IGNORE INTO queued_files (path, company, queued_at) VALUES (?,?,?)",
+            (path, company, at),
+        )
+
+    def note_dequeued(self, path: str) -> None:
+        self._execute("DELETE FROM queued_files WHERE path=?", (path,))
+
+    def queued(self) -> list[QueuedFile]:
+        rows = self._execute(
+            "SELECT company, path, queued_at FROM queued_files ORDER BY queued_at"
+        ).fetchall()
+        return [QueuedFile(*row) for row in rows]
+
+    def clear_queue(self) -> None:
+        self._execute("DELETE FROM queued_files")

@@ -1,0 +1,419 @@
+"""The service's settings file (TOML): drop root, state dir, service knobs, and each company.
+
+Every problem is collected with its key path (``companies.acme.api_key_env: …``) so that
+``ingestor check-config`` can print them all at once. API keys never live in the file: a
+company names where its key comes from (an environment variable, a file only the service
+user can read, or a systemd credential).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ingestor.config import ApiKey, ApiSettings, RateLimitSettings, RetrySettings, Settings
+from ingestor.errors import ConfigError
+
+T = TypeVar("T")
+
+_COMPANY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    """Where one company's API key is read from; exactly one field is set."""
+
+    env: str = ""
+    file: str = ""
+    credential: str = ""  # a name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
+
+    def describe(self) -> str:
+        if self.env:
+            return f"environment variable {self.env}"
+        if self.file:
+            return f"file {self.file}"
+        return f"systemd credential {self.credential}"
+
+    def load(self, environ: Mapping[str, str]) -> ApiKey:
+        """Read the key now (so a SIGHUP picks up a rotated key); ConfigError says why not."""
+        if self.env:
+            return ApiKey.from_env(self.env, dict(environ))
+        if self.file:
+            return _key_from_file(Path(self.file), check_mode=True)
+        directory = environ.get("CREDENTIALS_DIRECTORY", "")
+        if not directory:
+            raise ConfigError(
+                f"systemd credential {self.credential}: $CREDENTIALS_DIRECTORY is not set "
+                "(add LoadCredential= to the unit, or use api_key_env / api_key_file)"
+            )
+        return _key_from_file(Path(directory) / self.credential, check_mode=False)
+
+
+def _key_from_file(path: Path, check_mode: bool) -> ApiKey:
+    try:
+        info = path.stat()
+        if check_mode and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"key file {path} is readable by others (mode {stat.S_IMODE(info.st_mode):o}); "
+                f"run: chmod 600 {path}"
+            )
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise ConfigError(f"key file {path} is empty")
+    return ApiKey(value)
+
+
+@dataclass(frozen=True, slots=True)
+class CompanySettings:
+    name: str
+    key_source: KeySource
+    recipients: tuple[str, ...] = ()
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    source: Path  # the settings file itself
+    drop_root: Path
+    state_dir: Path
+    api: ApiSettings = field(default_factory=ApiSettings)
+    quiet_period: float = 5.0
+    rescan_interval: float = 300.0
+    retention_days: float = 30.0
+    sweep_interval: float = 3600.0
+    auth_retry_interval: float = 60.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: no /metrics endpoint
+    log_format: str = "auto"
+    log_level: str = "info"
+    report_skip_samples: int = 20
+    companies: Mapping[str, CompanySettings] = field(default_factory=dict)
+
+    def pipeline_settings(self, company: CompanySettings) -> Settings:
+        return Settings(
+            state_dir=self.state_dir,
+            api=ApiSettings(
+                base_url=self.api.base_url,
+                revision=self.api.revision,
+                connect_timeout=self.api.connect_timeout,
+                read_timeout=self.api.read_timeout,
+                rate_limit=company.rate_limit,
+                retry=self.api.retry,
+            ),
+            report_skip_samples=self.report_skip_samples,
+        )
+
+
+class _Reader:
+    """Typed reads from TOML tables; wrong or unknown keys become Problems, not exceptions."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(Problem(key, message))
+
+    def table(self, parent: Mapping[str, Any], name: str, prefix: str) -> dict[str, Any]:
+        value = parent.get(name, {})
+        if not isinstance(value, dict):
+            self.problem(prefix + name, f"must be a table ([{prefix}{name}])")
+            return {}
+        return value
+
+    def known(self, table: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, sorted(allowed), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self.problem(prefix + key, f"unknown key{hint}")
+
+    def value(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        prefix: str,
+        kind: type[T],
+        default: T,
+        check: Callable[[T], str | None] | None = None,
+    ) -> T:
+        if key not in table:
+            return default
+        value = table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            self.problem(
+                prefix + key, f"must be {_type_name(kind)}, got {type(value).__name__} {value!r}"
+            )
+            return default
+        message = check(value) if check else None
+        if message:
+            self.problem(prefix + key, message)
+            return default
+        return value
+
+
+def _type_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        kind, kind.__name__
+    )
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[str], str | None]:
+    return lambda value: None if value in options else f"must be one of {', '.join(options)}"
+
+
+_TOP_KEYS = {"drop_root", "state_dir", "service", "api", "rate_limit", "reports", "companies"}
+_SERVICE_KEYS = {
+    "quiet_period_seconds",
+    "rescan_interval_seconds",
+    "retention_days",
+    "retention_sweep_interval_seconds",
+    "auth_retry_interval_seconds",
+    "metrics_host",
+    "metrics_port",
+    "log_format",
+    "log_level",
+}
+_API_KEYS = {
+    "base_url",
+    "revision",
+    "connect_timeout_seconds",
+    "read_timeout_seconds",
+    "retry_initial_seconds",
+    "retry_max_seconds",
+}
+_RATE_KEYS = {"burst", "burst_window_seconds", "steady", "steady_window_seconds"}
+_COMPANY_KEYS = {
+    "api_key_env",
+    "api_key_file",
+    "api_key_credential",
+    "recipients",
+    "rate_limit",
+    "enabled",
+}
+_SECRET_KEYS = {"api_key", "key", "private_key", "token", "password"}
+
+
+def _rate_limit(r: _Reader, table: Mapping[str, Any], prefix: str, base: RateLimitSettings) -> Any:
+    r.known(table, _RATE_KEYS, prefix)
+    return RateLimitSettings(
+        burst=r.value(table, "burst", prefix, int, base.burst, _positive),
+        burst_window=r.value(
+            table, "burst_window_seconds", prefix, float, base.burst_window, _positive
+        ),
+        steady=r.value(table, "steady", prefix, int, base.steady, _positive),
+        steady_window=r.value(
+            table, "steady_window_seconds", prefix, float, base.steady_window, _positive
+        ),
+    )
+
+
+def _company(
+    r: _Reader, name: str, table: Any, default_limits: RateLimitSettings
+) -> CompanySettings | None:
+    prefix = f"companies.{name}."
+    if not isinstance(table, dict):
+        r.problem(prefix[:-1], "must be a table ([companies.<name>])")
+        return None
+    if not _COMPANY_NAME.fullmatch(name):
+        r.problem(
+            prefix[:-1],
+            "a company name is its drop-tree directory: letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+        )
+    for key in table.keys() & _SECRET_KEYS:
+        r.problem(
+            prefix + key,
+            "never put a secret in the settings file; name its source with api_key_env, "
+            "api_key_file or api_key_credential",
+        )
+    r.known({k: v for k, v in table.items() if k not in _SECRET_KEYS}, _COMPANY_KEYS, prefix)
+    sources = {
+        key: r.value(table, key, prefix, str, "")
+        for key in ("api_key_env", "api_key_file", "api_key_credential")
+    }
+    given = [key for key, value in sources.items() if value]
+    if len(given) != 1:
+        r.problem(
+            prefix + "api_key_env",
+            "set exactly one of api_key_env, api_key_file, api_key_credential"
+            + (f" (found {', '.join(given)})" if given else ""),
+        )
+    recipients = table.get("recipients", [])
+    if not isinstance(recipients, list) or not all(isinstance(a, str) for a in recipients):
+        r.problem(prefix + "recipients", "must be a list of e-mail addresses")
+        recipients = []
+    for address in recipients:
+        if not _EMAIL.fullmatch(address):
+            r.problem(prefix + "recipients", f"{address!r} is not an e-mail address")
+    limits = _rate_limit(
+        r, r.table(table, "rate_limit", prefix), prefix + "rate_limit.", default_limits
+    )
+    return CompanySettings(
+        name=name,
+        key_source=KeySource(
+            env=sources["api_key_env"],
+            file=sources["api_key_file"],
+            credential=sources["api_key_credential"],
+        ),
+        recipients=tuple(recipients),
+        rate_limit=limits,
+        enabled=r.value(table, "enabled", prefix, bool, True),
+    )
+
+
+def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
+    r = _Reader()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return None, [Problem(str(path), f"cannot read: {exc.strerror or exc}")]
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return None, [Problem(str(path), f"not valid TOML: {exc}")]
+    r.known(data, _TOP_KEYS, "")
+    base = path.parent
+
+    def location(key: str) -> Path | None:
+        text = r.value(data, key, "", str, "")
+        if not text:
+            r.problem(key, "is required (a directory path)")
+            return None
+        return (base / Path(text).expanduser()).resolve()
+
+    drop_root, state_dir = location("drop_root"), location("state_dir")
+    service = r.table(data, "service", "")
+    r.known(service, _SERVICE_KEYS, "service.")
+    api = r.table(data, "api", "")
+    r.known(api, _API_KEYS, "api.")
+    reports = r.table(data, "reports", "")
+    r.known(reports, {"skip_samples"}, "reports.")
+    default_limits = _rate_limit(
+        r, r.table(data, "rate_limit", ""), "rate_limit.", RateLimitSettings()
+    )
+    companies: dict[str, CompanySettings] = {}
+    for name, table in r.table(data, "companies", "").items():
+        company = _company(r, name, table, default_limits)
+        if company is not None:
+            companies[name] = company
+    if not companies:
+        r.problem("companies", "no company is configured; add a [companies.<name>] table")
+
+    s, d = "service.", ServiceSettings(source=path, drop_root=Path(), state_dir=Path())
+    port = r.value(service, "metrics_port", s, int, d.metrics_port)
+    if not 0 <= port <= 65535:
+        r.problem(s + "metrics_port", "must be 0 (off) or a TCP port")
+    host = r.value(service, "metrics_host", s, str, d.metrics_host)
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        r.problem(s + "metrics_host", "must be a loopback address (127.0.0.1, ::1, localhost)")
+    api_defaults = ApiSettings()
+    retry = api_defaults.retry
+    base_url = r.value(api, "base_url", "api.", str, api_defaults.base_url)
+    if not base_url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        r.problem("api.base_url", "must be https:// (plain http only on loopback)")
+    settings = ServiceSettings(
+        source=path,
+        drop_root=drop_root or Path(),
+        state_dir=state_dir or Path(),
+        api=ApiSettings(
+            base_url=base_url,
+            revision=r.value(api, "revision", "api.", str, api_defaults.revision),
+            connect_timeout=r.value(
+                api,
+                "connect_timeout_seconds",
+                "api.",
+                float,
+                api_defaults.connect_timeout,
+                _positive,
+            ),
+            read_timeout=r.value(
+                api, "read_timeout_seconds", "api.", float, api_defaults.read_timeout, _positive
+            ),
+            retry=RetrySettings(
+                initial_delay=r.value(
+                    api, "retry_initial_seconds", "api.", float, retry.initial_delay, _positive
+                ),
+                max_delay=r.value(
+                    api, "retry_max_seconds", "api.", float, retry.max_delay, _positive
+                ),
+            ),
+        ),
+        quiet_period=r.value(service, "quiet_period_seconds", s, float, d.quiet_period, _positive),
+        rescan_interval=r.value(
+            service, "rescan_interval_seconds", s, float, d.rescan_interval, _positive
+        ),
+        retention_days=r.value(service, "retention_days", s, float, d.retention_days, _positive),
+        sweep_interval=r.value(
+            service, "retention_sweep_interval_seconds", s, float, d.sweep_interval, _positive
+        ),
+        auth_retry_interval=r.value(
+            service, "auth_retry_interval_seconds", s, float, d.auth_retry_interval, _positive
+        ),
+        metrics_host=host,
+        metrics_port=port,
+        log_format=r.value(service, "log_format", s, str, d.log_format, _one_of(LOG_FORMATS)),
+        log_level=r.value(service, "log_level", s, str, d.log_level, _one_of(LOG_LEVELS)),
+        report_skip_samples=r.value(
+            reports, "skip_samples", "reports.", int, d.report_skip_samples, _positive
+        ),
+        companies=companies,
+    )
+    return settings, r.problems
+
+
+def check_service_settings(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> tuple[ServiceSettings | None, list[Problem]]:
+    """Everything wrong with a settings file, including keys that cannot be read and a drop
+    root that does not exist. The settings are None only if the file is unreadable."""
+    env = os.environ if environ is None else environ
+    settings, problems = _parse(path)
+    if settings is None:
+        return None, problems
+    if "drop_root" not in {p.key for p in problems} and not settings.drop_root.is_dir():
+        problems.append(Problem("drop_root", f"{settings.drop_root} is not a directory"))
+    for company in settings.companies.values():
+        if not company.enabled:
+            continue
+        try:
+            company.key_source.load(env)
+        except ConfigError as exc:
+            problems.append(Problem(f"companies.{company.name}", str(exc)))
+    return settings, problems
+
+
+def load_service_settings(path: Path) -> ServiceSettings:
+    """The settings, or ConfigError listing every structural problem (keys are read later,
+    per company, so one company's missing key never stops the others)."""
+    settings, problems = _parse(path)
+    if settings is None or problems:
+        raise ConfigError(
+            f"{path} has {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems)
+        )
+    return settings

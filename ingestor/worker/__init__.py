@@ -1,0 +1,1 @@
+"""The long-running service: discovery feeds per-company lanes; signals, sd_notify, metrics."""

@@ -1,0 +1,304 @@
+"""One company's lane: its own thread, queue, API client and rate limiter.
+
+Files are processed one at a time in the order they became ready, so one company's 429
+storm, auth failure or outage only ever waits inside its own lane.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import structlog
+
+from ingestor.discovery import Found, FoundKind
+from ingestor.errors import AuthError, ConfigError, IngestorError, Interrupted, LayoutError
+from ingestor.kinds import KINDS, ImportKind
+from ingestor.klaviyo import KlaviyoClient
+from ingestor.layout import ImportFolder, load_folder_config
+from ingestor.ledger import FileRun, Ledger
+from ingestor.pipeline import FolderResult, Pipeline
+from ingestor.ratelimit import AccountLimiter
+from ingestor.records import FileCounts
+from ingestor.service_config import CompanySettings, ServiceSettings
+from ingestor.worker.metrics import Metrics
+
+log = structlog.get_logger("ingestor.lane")
+
+LedgerFactory = Callable[[], Ledger]
+FinishedFn = Callable[[str, FolderResult], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    found: Found
+    ready_at: float  # monotonic
+
+
+@dataclass(slots=True)
+class LaneView:
+    """A snapshot for the STATUS line and ``status``."""
+
+    company: str
+    queued: int
+    current: str = ""
+    blocked: str = ""
+    files_done: int = 0
+    records_sent: int = 0
+
+
+@dataclass(slots=True)
+class _Progress:
+    """Turns the pipeline's running totals into metric increments."""
+
+    company: str
+    metrics: Metrics | None
+    last: dict[int, FileCounts] = field(default_factory=dict)
+    sent: int = 0
+
+    def __call__(self, run: FileRun, _offset: int, counts: FileCounts) -> None:
+        before = self.last.get(run.id) or run.counts
+        delta = FileCounts(
+            sent=counts.sent - before.sent,
+            skipped=counts.skipped - before.skipped,
+            retries=counts.retries - before.retries,
+        )
+        self.last[run.id] = FileCounts(
+            sent=counts.sent, skipped=counts.skipped, retries=counts.retries
+        )
+        self.sent += delta.sent
+        if self.metrics:
+            self.metrics.progress(self.company, delta)
+
+
+class Lane:
+    def __init__(
+        self,
+        company: CompanySettings,
+        service: ServiceSettings,
+        ledger_factory: LedgerFactory,
+        *,
+        metrics: Metrics | None = None,
+        environ: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        on_finished: FinishedFn | None = None,
+    ) -> None:
+        self.name = company.name
+        self._company = company
+        self._service = service
+        self._ledger_factory = ledger_factory
+        self._metrics = metrics
+        self._environ = environ
+        self._transport = transport
+        self._on_finished = on_finished
+        self._limiter = AccountLimiter(company.rate_limit)
+        self._queue: deque[Queued] = deque()
+        self._queued_paths: set[Path] = set()
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._reconfigured = False
+        self._current = ""
+        self._blocked = ""
+        self._files_done = 0
+        self._progress = _Progress(company.name, metrics)
+        self._folder_problems: dict[Path, str] = {}  # folder → the config problem logged
+        self._thread = threading.Thread(target=self._run, name=f"lane-{company.name}", daemon=True)
+
+    # -- called from the service thread -------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, found: Found) -> bool:
+        """Queue a ready file (once: a file already waiting keeps its place)."""
+        with self._wake:
+            if found.path in self._queued_paths:
+                return False
+            self._queued_paths.add(found.path)
+            self._queue.append(Queued(found, time.monotonic()))
+            self._publish_depth()
+            self._wake.notify()
+        return True
+
+    def update(self, company: CompanySettings, service: ServiceSettings) -> None:
+        """New settings (SIGHUP): used from the next file on; a blocked lane retries now."""
+        with self._wake:
+            self._company, self._service = company, service
+            self._limiter.reconfigure(company.rate_limit)
+            self._reconfigured = True
+            self._wake.notify()
+
+    def stop(self) -> None:
+        """Finish or leave (for resume) the batch in flight, then end the thread."""
+        self._stop.set()
+        with self._wake:
+            self._wake.notify()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def view(self) -> LaneView:
+        with self._wake:
+            return LaneView(
+                self.name,
+                len(self._queue),
+                self._current,
+                self._blocked,
+                self._files_done,
+                self._progress.sent,
+            )
+
+    # -- the lane's own thread -----------------------------------------------------------
+
+    def _publish_depth(self) -> None:
+        if self._metrics:
+            self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+
+    def _next(self) -> Queued | None:
+        with self._wake:
+            while not self._queue and not self._stop.is_set():
+                self._wake.wait()
+            if self._stop.is_set():
+                return None
+            item = self._queue.popleft()
+            self._queued_paths.discard(item.found.path)
+            self._current = item.found.path.name
+            self._publish_depth()
+            return item
+
+    def _requeue_front(self, item: Queued) -> None:
+        with self._wake:
+            if item.found.path not in self._queued_paths:
+                self._queued_paths.add(item.found.path)
+                self._queue.appendleft(item)
+                self._publish_depth()
+
+    def _pause(self, reason: str) -> None:
+        """Hold the queue until the retry interval passes, new settings arrive, or stop."""
+        with self._wake:
+            self._blocked, self._current = reason, ""
+            self._reconfigured = False
+            self._wake.wait_for(
+                lambda: self._reconfigured or self._stop.is_set(),
+                timeout=self._service.auth_retry_interval,
+            )
+            self._blocked = ""
+
+    def _run(self) -> None:
+        ledger = self._ledger_factory()
+        client: KlaviyoClient | None = None
+        bound = log.bind(company=self.name)
+        try:
+            while (item := self._next()) is not None:
+                ledger.note_dequeued(str(item.found.path))
+                if self._metrics:
+                    self._metrics.file_lag.labels(self.name).observe(
+                        time.monotonic() - item.ready_at
+                    )
+                if client is None or self._reconfigured:
+                    if client is not None:
+                        client.close()
+                    self._reconfigured = False
+                    try:
+                        client = self._client()
+                    except ConfigError as exc:
+                        client = None
+                        bound.error("api_key_unavailable", reason=str(exc))
+                        self._requeue_front(item)
+                        self._pause(f"API key unavailable: {exc}")
+                        continue
+                pipeline = Pipeline(
+                    self._service.pipeline_settings(self._company),
+                    ledger,
+                    client,
+                    self._limiter,
+                    self._stop,
+                    self._progress,
+                )
+                try:
+                    self._process(pipeline, item.found)
+                except AuthError as exc:
+                    bound.error("auth_failed", reason=str(exc), file=item.found.path.name)
+                    self._requeue_front(item)
+                    self._pause(f"authentication failed: {exc}")
+                except Interrupted:
+                    bound.info("lane_stopping", file=item.found.path.name)
+                    return
+                except IngestorError as exc:
+                    bound.error("file_error", file=item.found.path.name, reason=str(exc))
+                except Exception:  # a bug must not silence the lane for good
+                    bound.exception("lane_error", file=item.found.path.name)
+                finally:
+                    with self._wake:
+                        self._current = ""
+        finally:
+            if client is not None:
+                client.close()
+            ledger.close()
+
+    def _client(self) -> KlaviyoClient:
+        key = self._company.key_source.load(os.environ if self._environ is None else self._environ)
+        on_status = None
+        if self._metrics:
+            metrics, name = self._metrics, self.name
+            on_status = lambda status: metrics.request(name, status)  # noqa: E731
+        return KlaviyoClient(
+            self._service.pipeline_settings(self._company).api, key, self._transport, on_status
+        )
+
+    def _process(self, pipeline: Pipeline, found: Found) -> None:
+        placed = found.placed
+        if placed.kind not in KINDS:
+            return
+        kind = KINDS[placed.kind]
+        if found.kind is FoundKind.STRAY:
+            stray = pipeline.reject_stray(self.name, placed.kind, found.path)
+            if not stray.unchanged:
+                self._finished(FolderResult(_folder(found, kind), [stray]))
+            return
+        folder = _folder(found, kind)
+        self._note_config_problem(folder)
+        result = pipeline.ingest_files(folder, [found.path])
+        if any(not f.unchanged for f in result.files):
+            self._finished(result)
+
+    def _note_config_problem(self, folder: ImportFolder) -> None:
+        """Say once (per folder and reason) that a folder cannot be processed."""
+        try:
+            load_folder_config(folder.path, folder.kind)
+        except LayoutError as exc:
+            if self._folder_problems.get(folder.path) != str(exc):
+                self._folder_problems[folder.path] = str(exc)
+                log.warning(
+                    "folder_not_processed",
+                    company=self.name,
+                    folder=folder.name,
+                    reason=str(exc),
+                    fix="correct config.json in place; waiting files are processed then",
+                )
+        else:
+            self._folder_problems.pop(folder.path, None)
+
+    def _finished(self, result: FolderResult) -> None:
+        with self._wake:
+            self._files_done += len(result.files)
+        if self._metrics:
+            for f in result.files:
+                self._metrics.files.labels(self.name, f.run.state.value).inc()
+        if self._on_finished:
+            self._on_finished(self.name, result)
+
+
+def _folder(found: Found, kind: ImportKind) -> ImportFolder:
+    return ImportFolder(found.path.parent, found.placed.company, kind, found.placed.folder)

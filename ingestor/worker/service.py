@@ -1,0 +1,330 @@
+"""``ingestor run``: watch the drop tree and keep every company's lane busy until told to stop.
+
+One thread (the caller's) owns discovery, routing, reloads, the retention sweep and systemd
+notifications; it sleeps on one queue that the watchdog observer and the signal handlers
+feed. Each company's lane is its own thread (see ``lane``).
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import FrameType
+
+import httpx
+import structlog
+from watchdog.events import FileSystemEvent
+from watchdog.observers.api import BaseObserver
+
+from ingestor.discovery import (
+    Discovery,
+    Found,
+    FoundKind,
+    Readiness,
+    observer_reports_close,
+    start_observer,
+)
+from ingestor.errors import ConfigError
+from ingestor.layout import CONFIG_NAME
+from ingestor.ledger import LEDGER_NAME, FileState, Ledger, SqliteLedger
+from ingestor.service_config import ServiceSettings, load_service_settings
+from ingestor.worker.lane import FinishedFn, Lane, LaneView
+from ingestor.worker.metrics import Metrics
+from ingestor.worker.retention import sweep
+from ingestor.worker.sdnotify import SystemdNotifier
+
+log = structlog.get_logger("ingestor.service")
+
+TICK = 0.25  # how often quiet-period candidates are re-checked, at most
+
+
+class _Signal(enum.Enum):
+    STOP = "stop"
+    RELOAD = "reload"
+    RESCAN = "rescan"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceView:
+    lanes: list[LaneView]
+    waiting_uploads: int
+
+    def summary(self) -> str:
+        busy = sum(1 for lane in self.lanes if lane.current)
+        queued = sum(lane.queued for lane in self.lanes)
+        sent = sum(lane.records_sent for lane in self.lanes)
+        blocked = [lane.company for lane in self.lanes if lane.blocked]
+        text = (
+            f"{len(self.lanes)} companies; {busy} files in flight, {queued} queued, "
+            f"{self.waiting_uploads} uploads in progress; {sent:,} records sent"
+        )
+        return text + (f"; blocked: {', '.join(blocked)}" if blocked else "")
+
+
+class Service:
+    """Build with a settings file; ``run()`` blocks until stopped and returns the exit code."""
+
+    def __init__(
+        self,
+        settings_path: Path,
+        *,
+        environ: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        polling: bool = False,
+        install_signals: bool = True,
+        on_finished: FinishedFn | None = None,
+    ) -> None:
+        """``on_finished(company, result)`` hears about every file a lane finishes (from the
+        lane's thread)."""
+        self._settings_path = settings_path
+        self.settings = load_service_settings(settings_path)
+        self._environ = environ
+        self._transport = transport
+        self._polling = polling
+        self._install_signals = install_signals
+        self._inbox: queue.Queue[FileSystemEvent | _Signal] = queue.Queue()
+        self._lanes: dict[str, Lane] = {}
+        self._unknown_companies: set[str] = set()
+        self._notifier = SystemdNotifier(environ)
+        self._metrics: Metrics | None = None
+        self._on_finished = on_finished
+        self.ready = threading.Event()  # set after the first scan
+
+    # -- control, from any thread or a signal handler ------------------------------------
+
+    def request_stop(self) -> None:
+        self._inbox.put(_Signal.STOP)
+
+    def request_reload(self) -> None:
+        self._inbox.put(_Signal.RELOAD)
+
+    def request_rescan(self) -> None:
+        self._inbox.put(_Signal.RESCAN)
+
+    # -- the service thread --------------------------------------------------------------
+
+    def run(self) -> int:
+        settings = self.settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        ledger = self._open_ledger()
+        ledger.clear_queue()
+        if settings.metrics_port:
+            self._metrics = Metrics()
+            self._metrics.serve(settings.metrics_host, settings.metrics_port)
+            log.info("metrics_serving", host=settings.metrics_host, port=settings.metrics_port)
+        if self._install_signals:
+            self._handle_signals()
+        for company in settings.companies.values():
+            if company.enabled:
+                self._start_lane(company.name)
+        observer = start_observer(settings.drop_root, self._inbox.put, self._polling)
+        readiness = Readiness(settings.quiet_period, observer_reports_close(observer))
+        discovery = Discovery(settings.drop_root, readiness)
+        try:
+            self._loop(ledger, discovery, observer)
+        finally:
+            self._notifier.notify(STOPPING="1", STATUS="stopping: finishing batches in flight")
+            observer.stop()
+            for lane in self._lanes.values():
+                lane.stop()
+            for lane in self._lanes.values():
+                if not lane.join(timeout=settings.api.read_timeout + 5):
+                    log.error("lane_did_not_stop", company=lane.name)
+            observer.join(timeout=5)
+            ledger.close()
+            log.info("service_stopped")
+        return 0
+
+    def _open_ledger(self) -> Ledger:
+        return SqliteLedger(self.settings.state_dir / LEDGER_NAME)
+
+    def _loop(self, ledger: Ledger, discovery: Discovery, observer: BaseObserver) -> None:
+        settings = self.settings
+        now = time.monotonic()
+        seen = discovery.scan(now=now)
+        self._route(ledger, discovery.due(now), discovery)
+        log.info(
+            "service_ready",
+            drop_root=str(settings.drop_root),
+            companies=sorted(self._lanes),
+            files_seen=seen,
+            observer=type(observer).__name__,
+        )
+        self.ready.set()
+        self._notifier.notify(READY="1", STATUS=self._status(discovery))
+        next_rescan = now + settings.rescan_interval
+        next_sweep = now
+        next_ping = now
+        ping_every = self._notifier.watchdog_interval
+        tick = min(TICK, settings.quiet_period / 4)
+        while True:
+            now = time.monotonic()
+            wake_at = min(next_rescan, next_sweep, next_ping if ping_every else next_rescan)
+            if discovery.readiness.waiting:
+                wake_at = min(wake_at, now + tick)
+            try:
+                item = self._inbox.get(timeout=max(0.0, wake_at - now))
+            except queue.Empty:
+                item = None
+            now = time.monotonic()
+            if item is _Signal.STOP:
+                log.info("service_stopping")
+                return
+            if item is _Signal.RELOAD:
+                self._reload(discovery)
+                next_rescan = now  # new companies' files are found at once
+            elif item is _Signal.RESCAN:
+                next_rescan = now
+            elif item is not None:
+                self._route(ledger, discovery.on_event(item, now), discovery)
+            self._route(ledger, discovery.due(now), discovery)
+            if now >= next_rescan:
+                discovery.scan(now=now)
+                self._route(ledger, discovery.due(now), discovery)
+                next_rescan = now + settings.rescan_interval
+            if now >= next_sweep:
+                sweep(ledger, self.settings.retention_days, time.time())
+                next_sweep = now + settings.sweep_interval
+            if ping_every and now >= next_ping:
+                self._ping(discovery, observer)
+                next_ping = now + ping_every
+
+    def _status(self, discovery: Discovery) -> str:
+        view = ServiceView(
+            [lane.view() for lane in self._lanes.values()], discovery.readiness.waiting
+        )
+        return view.summary()
+
+    def _ping(self, discovery: Discovery, observer: BaseObserver) -> None:
+        """WATCHDOG=1 only while every part is alive: a dead lane or observer gets us
+        restarted by systemd rather than silently idle."""
+        dead = [lane.name for lane in self._lanes.values() if not lane.alive]
+        if not observer.is_alive():
+            dead.append("observer")
+        if dead:
+            log.error("service_unhealthy", dead=dead)
+            self._notifier.notify(STATUS=f"unhealthy: {', '.join(dead)} stopped")
+            return
+        self._notifier.notify(WATCHDOG="1", STATUS=self._status(discovery))
+
+    def _route(self, ledger: Ledger, found: list[Found], discovery: Discovery) -> None:
+        for item in found:
+            if item.kind is FoundKind.CONFIG:
+                # Its folder's files (rejected for the old config, say) get another look;
+                # files still being uploaded keep waiting for their close.
+                discovery.scan(item.path.parent)
+                continue
+            company = item.placed.company
+            lane = self._lanes.get(company)
+            if lane is None:
+                if company not in self._unknown_companies:
+                    self._unknown_companies.add(company)
+                    log.warning(
+                        "unknown_company",
+                        company=company,
+                        file=str(item.path),
+                        fix=f"add [companies.{company}] to {self._settings_path}",
+                    )
+                continue
+            if self._already_handled(ledger, item):
+                continue
+            if lane.submit(item):
+                ledger.note_queued(company, str(item.path), time.time())
+
+    @staticmethod
+    def _already_handled(ledger: Ledger, item: Found) -> bool:
+        """Done, or rejected with nothing changed since: no need to look again. Failed and
+        interrupted files are retried; a rejected file is, once its config.json is newer."""
+        p = item.placed
+        run = ledger.latest(p.company, p.kind, p.folder, item.path.name)
+        if run is None or run.state in (FileState.FAILED, FileState.PROCESSING):
+            return False
+        try:
+            info = item.path.stat()
+        except OSError:
+            return True
+        if (info.st_size, info.st_mtime_ns) != (run.identity.size, run.identity.mtime_ns):
+            return False
+        if run.state is FileState.REJECTED and item.kind is FoundKind.DATA:
+            config = item.path.parent / CONFIG_NAME
+            try:
+                return config.stat().st_mtime <= (run.finished_at or 0)
+            except OSError:
+                return True
+        return True
+
+    def _start_lane(self, name: str) -> None:
+        lane = Lane(
+            self.settings.companies[name],
+            self.settings,
+            self._open_ledger,
+            metrics=self._metrics,
+            environ=self._environ,
+            transport=self._transport,
+            on_finished=self._on_finished,
+        )
+        self._lanes[name] = lane
+        lane.start()
+
+    def _reload(self, discovery: Discovery) -> None:
+        """SIGHUP: new companies start, changed ones take effect from their next file,
+        removed ones stop after the batch in flight (their files wait for them)."""
+        self._notifier.notify(
+            RELOADING="1", MONOTONIC_USEC=str(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+        )
+        try:
+            fresh = load_service_settings(self._settings_path)
+        except ConfigError as exc:
+            log.error("reload_failed", reason=str(exc), keeping="the settings in use")
+            self._notifier.notify(READY="1", STATUS=self._status(discovery))
+            return
+        old = self.settings
+        for key in ("drop_root", "state_dir", "metrics_port", "metrics_host"):
+            if getattr(fresh, key) != getattr(old, key):
+                log.warning("reload_needs_restart", setting=key, kept=str(getattr(old, key)))
+        fresh = _keep_fixed(fresh, old)
+        self.settings = fresh
+        discovery.readiness.quiet_period = fresh.quiet_period
+        for name, lane in list(self._lanes.items()):
+            company = fresh.companies.get(name)
+            if company is None or not company.enabled:
+                lane.stop()
+                del self._lanes[name]
+                log.info("company_removed", company=name)
+            else:
+                lane.update(company, fresh)
+        for name, company in fresh.companies.items():
+            if company.enabled and name not in self._lanes:
+                self._start_lane(name)
+                log.info("company_added", company=name)
+        self._unknown_companies.clear()
+        log.info("settings_reloaded", companies=sorted(self._lanes))
+        self._notifier.notify(READY="1", STATUS=self._status(discovery))
+
+    def _handle_signals(self) -> None:
+        def stop(_signum: int, _frame: FrameType | None) -> None:
+            self.request_stop()
+
+        def reload(_signum: int, _frame: FrameType | None) -> None:
+            self.request_reload()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+
+def _keep_fixed(fresh: ServiceSettings, old: ServiceSettings) -> ServiceSettings:
+    """Settings that only a restart can change keep their running values."""
+    return replace(
+        fresh,
+        drop_root=old.drop_root,
+        state_dir=old.state_dir,
+        metrics_port=old.metrics_port,
+        metrics_host=old.metrics_host,
+    )

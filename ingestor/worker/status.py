@@ -1,0 +1,43 @@
+"""What ``ingestor status --config`` shows, read from the ledger (safe while the service runs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ingestor.ledger import FileRun, FileState, Ledger, QueuedFile
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    in_flight: list[FileRun]
+    queued: list[QueuedFile]
+    done: list[FileRun]  # finished in the last 24 h
+    failed: list[FileRun]  # failed or rejected, latest version of each file
+
+
+def records_per_second(run: FileRun, now: float) -> float:
+    """The run's average send rate since it started (or resumed from the start)."""
+    end = run.finished_at or now
+    elapsed = end - run.started_at
+    return run.counts.sent / elapsed if elapsed > 0 else 0.0
+
+
+def service_status(ledger: Ledger, now: float) -> StatusView:
+    runs = ledger.runs()
+    latest: dict[tuple[str, str, str, str], FileRun] = {}
+    for run in runs:  # newest first: the first seen of each file is its latest version
+        i = run.identity
+        latest.setdefault((i.company, i.kind, i.folder, i.name), run)
+    current = list(latest.values())
+    return StatusView(
+        in_flight=[r for r in current if r.state is FileState.PROCESSING],
+        queued=ledger.queued(),
+        done=[
+            r
+            for r in runs
+            if r.state is FileState.DONE and r.finished_at and r.finished_at >= now - DAY
+        ],
+        failed=[r for r in current if r.state in (FileState.FAILED, FileState.REJECTED)],
+    )

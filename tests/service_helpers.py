@@ -1,0 +1,98 @@
+"""Running the real service against a real simulator and a real drop tree, for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingestor.ledger import FileRun
+from ingestor.pipeline import FolderResult
+from ingestor.simulator import Simulator
+from ingestor.worker.service import Service
+from tests.conftest import KEY
+
+BETA_KEY = "pk_test_secret_beta_9876543210"
+
+
+def write_settings(
+    path: Path,
+    drop: Path,
+    state: Path,
+    sim: Simulator,
+    companies: dict[str, str] | None = None,
+    service: str = "",
+) -> Path:
+    """A settings file: each company reads its key from the named environment variable."""
+    companies = companies or {"acme": "ACME_KEY"}
+    lines = [
+        f'drop_root = "{drop}"',
+        f'state_dir = "{state}"',
+        "[service]",
+        "quiet_period_seconds = 0.3",
+        "auth_retry_interval_seconds = 0.5",
+        service,
+        "[api]",
+        f'base_url = "{sim.url}"',
+        "read_timeout_seconds = 5.0",
+        "retry_initial_seconds = 0.01",
+        "retry_max_seconds = 0.1",
+        "[rate_limit]",
+        "burst = 50",
+        "steady = 3000",
+    ]
+    for name, env in companies.items():
+        lines += [f"[companies.{name}]", f'api_key_env = "{env}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+ENVIRON = {"ACME_KEY": KEY, "BETA_KEY": BETA_KEY}
+
+
+@dataclass
+class Running:
+    service: Service
+    results: queue.Queue[FolderResult] = field(default_factory=queue.Queue)
+
+    def next_run(self, timeout: float = 20.0) -> FileRun:
+        """The next file any lane finished (done, failed or rejected)."""
+        while True:
+            result = self.results.get(timeout=timeout)
+            if result.files:
+                return result.files[-1].run
+
+    def run_for(self, name: str, timeout: float = 20.0) -> FileRun:
+        """Wait for the file called ``name`` to finish; other files' results are skipped."""
+        while True:
+            run = self.next_run(timeout)
+            if run.identity.name == name:
+                return run
+
+
+@contextlib.contextmanager
+def running_service(settings: Path, polling: bool = False) -> Iterator[Running]:
+    holder: list[Running] = []
+    service = Service(
+        settings,
+        environ=ENVIRON,
+        install_signals=False,
+        polling=polling,
+        on_finished=lambda _company, result: holder[0].results.put(result),
+    )
+    running = Running(service)
+    holder.append(running)
+    exit_code: list[int] = []
+    thread = threading.Thread(target=lambda: exit_code.append(service.run()), daemon=True)
+    thread.start()
+    assert service.ready.wait(10), "the service did not finish its first scan"
+    try:
+        yield running
+    finally:
+        service.request_stop()
+        thread.join(30)
+        assert not thread.is_alive(), "the service did not stop"
+        assert exit_code == [0]
