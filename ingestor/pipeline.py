@@ -133,6 +133,10 @@ class Pipeline:
                 self._close(r, FileState.REJECTED, reason, listing.ignored) for r, _ in todo
             ]
             return FolderResult(folder, results, reason, listing.ignored)
+        except AuthError as exc:
+            for run, _ in todo:
+                self._close(run, FileState.FAILED, str(exc), listing.ignored)
+            raise
 
         for run, path in todo:
             results.append(self._ingest_file(folder, config, sender, run, path, listing.ignored))

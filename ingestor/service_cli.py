@@ -26,7 +26,7 @@ def cmd_check_config(args: argparse.Namespace, out: Console, err: Console) -> in
     path = Path(args.file)
     settings, problems = check_service_settings(path)
     if problems:
-        err.print(f"[red]{path}: {len(problems)} problem(s)[/]")
+        err.print(f"[red]{path}: {len(problems)} problem(s)[/]", soft_wrap=True)
         for problem in problems:
             err.print(
                 f"  [bold]{problem.key}[/]: {problem.message}", highlight=False, soft_wrap=True

@@ -46,12 +46,10 @@ class KeySource:
     file: str = ""
     credential: str = ""  # a name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
 
-    def describe(self) -> str:
-        if self.env:
-            return f"environment variable {self.env}"
-        if self.file:
-            return f"file {self.file}"
-        return f"systemd credential {self.credential}"
+    @property
+    def complete(self) -> bool:
+        """Exactly one source is named."""
+        return sum(map(bool, (self.env, self.file, self.credential))) == 1
 
     def load(self, environ: Mapping[str, str]) -> ApiKey:
         """Read the key now (so a SIGHUP picks up a rotated key); ConfigError says why not."""
@@ -301,9 +299,11 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
     base = path.parent
 
     def location(key: str) -> Path | None:
+        if key not in data:
+            r.problem(key, "is required (a directory path)")
+            return None
         text = r.value(data, key, "", str, "")
         if not text:
-            r.problem(key, "is required (a directory path)")
             return None
         return (base / Path(text).expanduser()).resolve()
 
@@ -399,8 +399,8 @@ def check_service_settings(
     if "drop_root" not in {p.key for p in problems} and not settings.drop_root.is_dir():
         problems.append(Problem("drop_root", f"{settings.drop_root} is not a directory"))
     for company in settings.companies.values():
-        if not company.enabled:
-            continue
+        if not company.enabled or not company.key_source.complete:
+            continue  # a missing or doubled source is already a problem
         try:
             company.key_source.load(env)
         except ConfigError as exc:

@@ -23,7 +23,7 @@ from ingestor.kinds import KINDS, ImportKind
 from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import ImportFolder, load_folder_config
 from ingestor.ledger import FileRun, Ledger
-from ingestor.pipeline import FolderResult, Pipeline
+from ingestor.pipeline import FileResult, FolderResult, Pipeline
 from ingestor.ratelimit import AccountLimiter
 from ingestor.records import FileCounts
 from ingestor.service_config import CompanySettings, ServiceSettings
@@ -108,6 +108,7 @@ class Lane:
         self._files_done = 0
         self._progress = _Progress(company.name, metrics)
         self._folder_problems: dict[Path, str] = {}  # folder → the config problem logged
+        self._auth_outage = False
         self._thread = threading.Thread(target=self._run, name=f"lane-{company.name}", daemon=True)
 
     # -- called from the service thread -------------------------------------------------
@@ -188,7 +189,6 @@ class Lane:
         """Hold the queue until the retry interval passes, new settings arrive, or stop."""
         with self._wake:
             self._blocked, self._current = reason, ""
-            self._reconfigured = False
             self._wake.wait_for(
                 lambda: self._reconfigured or self._stop.is_set(),
                 timeout=self._service.auth_retry_interval,
@@ -228,10 +228,17 @@ class Lane:
                 )
                 try:
                     self._process(pipeline, item.found)
+                    if self._auth_outage:
+                        self._auth_outage = False
+                        bound.info("auth_recovered")
                 except AuthError as exc:
-                    bound.error("auth_failed", reason=str(exc), file=item.found.path.name)
+                    if not self._auth_outage:  # said once per outage, not once per try
+                        self._auth_outage = True
+                        bound.error("auth_failed", reason=str(exc), file=item.found.path.name)
+                        self._finished_from_ledger(ledger, item.found)
                     self._requeue_front(item)
                     self._pause(f"authentication failed: {exc}")
+                    continue
                 except Interrupted:
                     bound.info("lane_stopping", file=item.found.path.name)
                     return
@@ -289,6 +296,14 @@ class Lane:
                 )
         else:
             self._folder_problems.pop(folder.path, None)
+
+    def _finished_from_ledger(self, ledger: Ledger, found: Found) -> None:
+        """Report a file the pipeline closed before raising (e.g. on a refused key)."""
+        p = found.placed
+        run = ledger.latest(p.company, p.kind, p.folder, found.path.name)
+        if run is not None and p.kind in KINDS:
+            folder = _folder(found, KINDS[p.kind])
+            self._finished(FolderResult(folder, [FileResult(run, None)]))
 
     def _finished(self, result: FolderResult) -> None:
         with self._wake:

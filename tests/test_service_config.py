@@ -1,0 +1,158 @@
+"""``ingestor check-config``: every problem at once, each with its key path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ingestor.errors import ConfigError
+from ingestor.service_config import KeySource, check_service_settings, load_service_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def check_config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ingestor.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
+
+
+def test_every_problem_is_listed_with_its_key_path(tmp_path: Path) -> None:
+    settings = tmp_path / "bad.toml"
+    settings.write_text(
+        """
+drop_root = "missing"
+state_dir = 7
+colour = "blue"
+[service]
+quiet_period_seconds = -1
+log_levle = "debug"
+metrics_host = "0.0.0.0"
+[rate_limit]
+burst = "3"
+[companies.acme]
+api_key = "pk_live_do_not_do_this"
+recipients = ["ops@acme.example", "not an address"]
+[companies.beta]
+api_key_env = "BETA_KEY"
+api_key_file = "/etc/ingestor/beta"
+[companies."bad/name"]
+api_key_env = "X"
+"""
+    )
+    result = check_config(settings)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0].endswith(f"{len(lines) - 1} problem(s)"), result.stderr
+    problems: dict[str, str] = {}
+    for line in lines[1:]:
+        key, message = line.strip().split(": ", 1)
+        problems.setdefault(key, message)
+    assert problems["state_dir"].startswith("must be a string")
+    assert problems["colour"] == "unknown key"
+    assert problems["service.quiet_period_seconds"] == "must be greater than 0"
+    assert problems["service.log_levle"] == "unknown key; did you mean 'log_level'?"
+    assert "loopback" in problems["service.metrics_host"]
+    assert problems["rate_limit.burst"] == "must be an integer, got str '3'"
+    assert "never put a secret" in problems["companies.acme.api_key"]
+    assert "'not an address' is not an e-mail address" in problems["companies.acme.recipients"]
+    assert "found api_key_env, api_key_file" in problems["companies.beta.api_key_env"]
+    assert "letters, digits" in problems["companies.bad/name"]
+    assert "drop_root" not in problems or "not a directory" in problems["drop_root"]
+    assert "pk_live_do_not_do_this" not in result.stderr + result.stdout
+
+
+def test_a_good_file_passes_and_names_its_companies(tmp_path: Path) -> None:
+    (tmp_path / "drop").mkdir()
+    settings = tmp_path / "ok.toml"
+    settings.write_text(
+        'drop_root = "drop"\nstate_dir = "state"\n'
+        '[companies.acme]\napi_key_env = "ACME_KEY"\nrecipients = ["ops@acme.example"]\n'
+        "[companies.acme.rate_limit]\nsteady = 15\n"
+    )
+    result = check_config(settings, ACME_KEY="pk_x")
+    assert result.returncode == 0, result.stderr
+    assert "1 companies: acme" in result.stdout
+    loaded = load_service_settings(settings)
+    assert loaded.drop_root == tmp_path / "drop"  # relative to the settings file
+    assert loaded.companies["acme"].rate_limit.steady == 15
+    assert loaded.companies["acme"].rate_limit.burst == 3  # the default where not overridden
+
+
+def test_a_missing_key_is_a_problem_but_only_check_config_reads_keys(tmp_path: Path) -> None:
+    (tmp_path / "drop").mkdir()
+    settings = tmp_path / "s.toml"
+    settings.write_text(
+        'drop_root = "drop"\nstate_dir = "state"\n[companies.acme]\napi_key_env = "NOPE_KEY"\n'
+    )
+    _, problems = check_service_settings(settings, environ={})
+    assert [str(p) for p in problems] == [
+        "companies.acme: environment variable NOPE_KEY is empty or not set; put the API key there"
+    ]
+    load_service_settings(settings)  # the service still starts: other companies are not held up
+
+
+def test_key_files_must_be_private_and_credentials_need_systemd(tmp_path: Path) -> None:
+    key = tmp_path / "acme.key"
+    key.write_text("pk_secret\n")
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"readable by others.*chmod 600"):
+        KeySource(file=str(key)).load({})
+    key.chmod(0o600)
+    assert KeySource(file=str(key)).load({}).value == "pk_secret"
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
+        KeySource(credential="acme").load({})
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    shutil.copy(key, credentials / "acme")
+    source = KeySource(credential="acme")
+    assert source.load({"CREDENTIALS_DIRECTORY": str(credentials)}).value == "pk_secret"
+
+
+def test_the_example_settings_file_is_valid(tmp_path: Path) -> None:
+    example = (REPO / "deploy" / "ingestor.example.toml").read_text()
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = tmp_path / "ingestor.toml"
+    settings.write_text(example.replace("/srv/ingestor/drop", str(drop)))
+    result = check_config(settings, ACME_KLAVIYO_KEY="pk_example")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+    unit = (REPO / "deploy" / "ingestor.service").read_text()
+    ingestor = Path(sys.executable).parent / "ingestor"
+    assert ingestor.exists()
+    # verify checks that ExecStart exists: point it at this checkout's venv.
+    (tmp_path / "ingestor.service").write_text(
+        unit.replace("/opt/ingestor/.venv/bin/ingestor", str(ingestor))
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "ingestor.service")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ingestor.service" not in result.stderr  # no warnings about our unit
+    for directive in (
+        "Type=notify",
+        "WatchdogSec=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service",
+        "StateDirectory=ingestor",
+        "ReadWritePaths=",
+    ):
+        assert directive in unit

@@ -1,0 +1,145 @@
+"""Operating the service: metrics, status, retention, key trouble, files that change mid-run."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
+from ingestor.simulator import Simulator
+from ingestor.worker.retention import DAY, sweep
+from tests.conftest import DS_ID, FAST_LIMITS, KEY, make_folder
+from tests.service_helpers import BETA_KEY, running_service, write_settings
+
+
+def jsonl(start: int, count: int) -> bytes:
+    return b"".join(b'{"id": %d}\n' % i for i in range(start, start + count))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one series, ``name`` with its labels exactly as exposed."""
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series == name:
+            return float(value)
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_metrics_count_what_was_sent_skipped_and_asked(tmp_path: Path, sim: Simulator) -> None:
+    drop, port = tmp_path / "drop", free_port()
+    folder = make_folder(drop)
+    settings = write_settings(
+        tmp_path / "s.toml", drop, tmp_path / "state", sim, service=f"metrics_port = {port}"
+    )
+    with running_service(settings) as svc:
+        (folder / "pets.jsonl").write_bytes(jsonl(0, 1100) + b"not json\n")
+        svc.run_for("pets.jsonl")
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert metric(text, 'ingestor_records_sent_total{company="acme"}') == 1100
+    assert metric(text, 'ingestor_records_skipped_total{company="acme"}') == 1
+    assert metric(text, 'ingestor_requests_total{company="acme",status="204"}') == 3
+    assert metric(text, 'ingestor_files_total{company="acme",state="done"}') == 1
+    assert metric(text, 'ingestor_queue_depth{company="acme"}') == 0
+    assert metric(text, 'ingestor_file_lag_seconds_count{company="acme"}') == 1
+
+
+def test_status_shows_done_and_failed_files_from_the_ledger(tmp_path: Path, sim) -> None:
+    drop = tmp_path / "drop"
+    folder = make_folder(drop)
+    (make_folder(drop, "broken", ds=None) / "b.jsonl").write_bytes(jsonl(0, 2))
+    (folder / "pets.jsonl").write_bytes(jsonl(0, 50))
+    settings = write_settings(tmp_path / "s.toml", drop, tmp_path / "state", sim)
+    with running_service(settings) as svc:
+        names = {svc.next_run().identity.name, svc.next_run().identity.name}
+    assert names == {"pets.jsonl", "b.jsonl"}
+    out = subprocess.run(
+        [sys.executable, "-m", "ingestor.cli", "status", "--config", str(settings)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "in flight (0)" in out and "queued (0)" in out
+    assert "done, last 24 h (1)" in out and "pets.jsonl" in out
+    assert "failed or rejected (1)" in out and "config.json" in out
+
+
+def test_retention_deletes_old_processed_files_and_reports_only(tmp_path: Path, sim) -> None:
+    drop, state = tmp_path / "drop", tmp_path / "state"
+    folder = make_folder(drop)
+    settings = write_settings(tmp_path / "s.toml", drop, state, sim)
+    with running_service(settings) as svc:
+        (folder / "old.jsonl").write_bytes(jsonl(0, 5) + b"[1]\n")
+        old = svc.run_for("old.jsonl")
+        (folder / "edited.jsonl").write_bytes(jsonl(0, 5))
+        svc.run_for("edited.jsonl")
+    (folder / "edited.jsonl").write_bytes(jsonl(0, 6))  # a new version nobody processed yet
+    ledger = SqliteLedger(state / LEDGER_NAME)
+    try:
+        assert sweep(ledger, 30, time.time()).data_files == []  # nothing is 30 days old yet
+        result = sweep(ledger, 30, time.time() + 31 * DAY)
+    finally:
+        ledger.close()
+    assert result.data_files == [folder / "old.jsonl"]
+    assert not (folder / "old.jsonl").exists()
+    assert (folder / "edited.jsonl").exists()
+    assert Path(old.report_path) in result.reports and not Path(old.report_path).exists()
+    assert Path(old.rejects_path) in result.reports
+
+
+def test_a_bad_key_pauses_only_its_company_until_the_key_is_fixed(tmp_path: Path) -> None:
+    keys = {KEY: "acme", BETA_KEY: "beta"}
+    with Simulator(keys, bulk_limits=FAST_LIMITS, read_limits=FAST_LIMITS) as sim:
+        sim.add_data_source("acme", DS_ID)
+        sim.add_data_source("beta", DS_ID)
+        drop, key_file = tmp_path / "drop", tmp_path / "acme.key"
+        key_file.write_text("pk_revoked_key")
+        key_file.chmod(0o600)
+        settings = write_settings(
+            tmp_path / "s.toml", drop, tmp_path / "state", sim, companies={"beta": "BETA_KEY"}
+        )
+        settings.write_text(
+            settings.read_text() + f'[companies.acme]\napi_key_file = "{key_file}"\n'
+        )
+        (make_folder(drop) / "a.jsonl").write_bytes(jsonl(0, 20))
+        with running_service(settings) as svc:
+            failed = svc.run_for("a.jsonl")
+            assert failed.state is FileState.FAILED and "401" in failed.reason
+            (make_folder(drop, company="beta") / "b.jsonl").write_bytes(jsonl(0, 20))
+            assert svc.run_for("b.jsonl").state is FileState.DONE  # beta is not held up
+            key_file.write_text(KEY)
+            svc.service.request_reload()
+            done = svc.run_for("a.jsonl")
+        assert done.state is FileState.DONE and done.counts.sent == 20
+        assert len(sim.records("acme")) == 20
+        assert "pk_revoked_key" not in failed.reason
+
+
+def test_a_file_changed_mid_run_is_stopped_and_redone_as_a_new_version(tmp_path, sim) -> None:
+    drop, state = tmp_path / "drop", tmp_path / "state"
+    folder = make_folder(drop)
+    settings = write_settings(tmp_path / "s.toml", drop, state, sim)
+    sim.faults.latency = 0.05
+    with running_service(settings) as svc:
+        (folder / "pets.jsonl").write_bytes(jsonl(0, 6000))
+        assert sim.wait_for_records("acme", 1000, timeout=20)
+        with (folder / "pets.jsonl").open("ab") as more:
+            more.write(jsonl(6000, 500))
+        first = svc.run_for("pets.jsonl")
+        sim.faults.latency = 0.0
+        second = svc.run_for("pets.jsonl")
+    assert first.state is FileState.FAILED and "changed while being processed" in first.reason
+    assert first.version == 1 and second.version == 2
+    assert second.state is FileState.DONE and second.counts.sent == 6500
+    assert {r["id"] for r in sim.records("acme")} == set(range(6500))
