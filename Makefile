@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/parse_bench.py
+	$(BIN)/python bench/service_bench.py
 
 clean:
 	rm -rf $(VENV) .demo-state .pytest_cache .mypy_cache .ruff_cache

@@ -16,6 +16,7 @@ import enum
 import os
 import stat
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -227,6 +228,11 @@ def start_observer(
     drop_root: Path, sink: Callable[[FileSystemEvent], None], polling: bool = False
 ) -> BaseObserver:
     """Watch the whole drop root (symlinks not followed), forwarding every event to ``sink``."""
+    # watchdog warns when a directory created in a burst is added to its watch twice; the
+    # second add replaces the first with the same callback, so nothing is lost.
+    warnings.filterwarnings(
+        "ignore", message="Callback with id .* already exists", category=RuntimeWarning
+    )
     observer: BaseObserver = PollingObserver() if polling else Observer()
     observer.schedule(_Forwarder(sink), str(drop_root), recursive=True, follow_symlink=False)
     observer.daemon = True

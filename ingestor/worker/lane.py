@@ -198,6 +198,8 @@ class Lane:
     def _run(self) -> None:
         ledger = self._ledger_factory()
         client: KlaviyoClient | None = None
+        pipeline: Pipeline | None = None
+        reread_key = False
         bound = log.bind(company=self.name)
         try:
             while (item := self._next()) is not None:
@@ -206,26 +208,26 @@ class Lane:
                     self._metrics.file_lag.labels(self.name).observe(
                         time.monotonic() - item.ready_at
                     )
-                if client is None or self._reconfigured:
+                if pipeline is None or self._reconfigured or reread_key:
+                    # New settings or key: a new client (and a fresh data-source cache).
                     if client is not None:
                         client.close()
-                    self._reconfigured = False
+                    client, pipeline, self._reconfigured, reread_key = None, None, False, False
                     try:
                         client = self._client()
                     except ConfigError as exc:
-                        client = None
                         bound.error("api_key_unavailable", reason=str(exc))
                         self._requeue_front(item)
                         self._pause(f"API key unavailable: {exc}")
                         continue
-                pipeline = Pipeline(
-                    self._service.pipeline_settings(self._company),
-                    ledger,
-                    client,
-                    self._limiter,
-                    self._stop,
-                    self._progress,
-                )
+                    pipeline = Pipeline(
+                        self._service.pipeline_settings(self._company),
+                        ledger,
+                        client,
+                        self._limiter,
+                        self._stop,
+                        self._progress,
+                    )
                 try:
                     self._process(pipeline, item.found)
                     if self._auth_outage:
@@ -238,6 +240,7 @@ class Lane:
                         self._finished_from_ledger(ledger, item.found)
                     self._requeue_front(item)
                     self._pause(f"authentication failed: {exc}")
+                    reread_key = True  # a key rotated in its file needs no reload
                     continue
                 except Interrupted:
                     bound.info("lane_stopping", file=item.found.path.name)
