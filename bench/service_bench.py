@@ -71,16 +71,19 @@ def folder_of(drop: Path, i: int) -> Path:
     return folder
 
 
-def requests_of(sim: Simulator, account: str, since: float, bulk: bool = True) -> list[float]:
-    """When the account's requests (accepted bulk ones, or any) arrived, since ``since``."""
+def requests_of(sim: Simulator, account: str, since: float) -> list[float]:
+    """Arrival times of the account's accepted bulk requests since ``since``."""
     with sim.state.lock:
         return [
             r.at
             for r in sim.state.requests
-            if r.account == account
-            and r.at >= since
-            and (not bulk or (r.path == BULK_PATH and r.status < 300))
+            if r.account == account and r.at >= since and r.path == BULK_PATH and r.status < 300
         ]
+
+
+def log_of(sim: Simulator, account: str, since: float) -> list[float]:
+    """Arrival times of the account's requests since ``since`` (caller holds the lock)."""
+    return [r.at for r in sim.state.requests if r.account == account and r.at >= since]
 
 
 def wait_until(sim: Simulator, check: Callable[[], bool], timeout: float) -> None:
@@ -150,7 +153,9 @@ def main() -> None:
                     handle.write(records(0, 10))
                 closed = time.time()  # the simulator stamps requests with wall time
                 wait_until(sim, lambda a=account, b=before: sim.state.account(a).stored > b, 30)  # type: ignore[misc]
-                latencies.append(requests_of(sim, account, closed, bulk=False)[0] - closed)
+                # The request is logged once answered (the stamp is its arrival).
+                wait_until(sim, lambda a=account, c=closed: bool(log_of(sim, a, c)), 30)  # type: ignore[misc]
+                latencies.append(min(log_of(sim, account, closed)) - closed)
                 # Let this account's windows drain so every sample starts unthrottled.
                 time.sleep(limits.burst_window)
 

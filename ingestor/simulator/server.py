@@ -72,6 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.simulator
         state = sim.state
         path = self.path.split("?", 1)[0]
+        arrived = time.time()
         body = self._read_body()
         account_name, records = "", 0
         try:
@@ -110,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status = answer.status
             state.log(
                 RequestLog(
-                    time.time(),
+                    arrived,
                     account_name,
                     method,
                     path,

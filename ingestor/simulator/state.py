@@ -86,7 +86,7 @@ class Faults:
 
 @dataclass(frozen=True, slots=True)
 class RequestLog:
-    at: float
+    at: float  # wall-clock time the request arrived
     account: str
     method: str
     path: str
@@ -107,7 +107,8 @@ class SimulatorState:
         integer_retry_after: bool,
     ) -> None:
         self.lock = threading.Lock()
-        self.stored = threading.Condition(self.lock)  # notified whenever records are stored
+        # Notified whenever records are stored or a request is logged.
+        self.stored = threading.Condition(self.lock)
         self.integer_retry_after = integer_retry_after
         self.faults = Faults()
         self.requests: list[RequestLog] = []
@@ -141,8 +142,9 @@ class SimulatorState:
         return f"{max(0.001, seconds):.3f}"
 
     def log(self, entry: RequestLog) -> None:
-        with self.lock:
+        with self.stored:
             self.requests.append(entry)
+            self.stored.notify_all()
 
     @staticmethod
     def now() -> float:
