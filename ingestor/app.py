@@ -24,6 +24,7 @@ from ingestor.layout import (
     place,
 )
 from ingestor.ledger import LEDGER_NAME, SqliteLedger
+from ingestor.notify.notifier import Notifier, NotifySettings
 from ingestor.parsers import ParseLimits, parse_file
 from ingestor.pipeline import FolderResult, Pipeline, ProgressFn
 from ingestor.ratelimit import AccountLimiter
@@ -148,6 +149,22 @@ def scan_drop(drop_root: Path) -> DropScan:
                 elif placed.placement is Placement.STRAY:
                     strays.append(entry)
     return DropScan(folders, strays)
+
+
+def write_emails(
+    results: list[FolderResult], state_dir: Path, recipients: tuple[str, ...]
+) -> list[Path]:
+    """One completion message per finished file, as .eml files in ``<state_dir>/outbox/``."""
+    notifier = Notifier(state_dir, NotifySettings(), environ={})
+    written: list[Path] = []
+    for result in results:
+        for file in result.files:
+            report = file.report.data if file.report else None
+            if report is not None:
+                path = notifier.send([report], recipients)
+                if path is not None:
+                    written.append(path)
+    return written
 
 
 def reset_demo_state(state_dir: Path) -> None:

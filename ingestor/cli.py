@@ -25,6 +25,7 @@ from ingestor.app import (
     reset_demo_state,
     scan_drop,
     validate_path,
+    write_emails,
 )
 from ingestor.config import ApiKey, ApiSettings, RateLimitSettings, Settings
 from ingestor.errors import AuthError, ConfigError, IngestorError, Interrupted, LayoutError
@@ -289,6 +290,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"reports (*.report.json) and rejected rows (*.rejected.jsonl) are in "
         f"{state_dir / 'reports'}/<company>/"
     )
+    emails = write_emails(results, state_dir, ("data-team@example.com",))
+    out.print(
+        f"{len(emails)} completion e-mails (no SMTP server configured, so as .eml files) are in "
+        f"{state_dir / 'outbox'}/"
+    )
     return EXIT_OK
 
 
@@ -393,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--state-dir", default=str(default_state_dir()))
     status.add_argument("--config", help="the service's settings file (its state dir is used)")
     status.set_defaults(handler=cmd_status)
-    add_service_commands(commands, out, err)
+    add_service_commands(commands, out, err, default_state_dir())
     return parser
 
 

@@ -8,6 +8,8 @@ and the sender adapts to what the server actually answers.
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,3 +95,58 @@ class ApiKey:
                 f"environment variable {var} is empty or not set; put the API key there"
             )
         return cls(value)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretSource:
+    """Where a secret (an API key, an SMTP password) is read from; exactly one of ``env``,
+    ``file`` and ``credential`` is set. The secret itself is never in the settings file."""
+
+    env: str = ""
+    file: str = ""
+    credential: str = ""  # a name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
+    what: str = "API key"
+
+    @property
+    def complete(self) -> bool:
+        """Exactly one source is named."""
+        return sum(map(bool, (self.env, self.file, self.credential))) == 1
+
+    def load_text(self, environ: Mapping[str, str]) -> str:
+        """Read the secret now (so a reload picks up a rotated one); ConfigError says why not."""
+        if self.env:
+            value = environ.get(self.env, "").strip()
+            if not value:
+                raise ConfigError(
+                    f"environment variable {self.env} is empty or not set; put the {self.what} "
+                    "there"
+                )
+            return value
+        if self.file:
+            return _secret_from_file(Path(self.file), self.what, check_mode=True)
+        directory = environ.get("CREDENTIALS_DIRECTORY", "")
+        if not directory:
+            raise ConfigError(
+                f"systemd credential {self.credential}: $CREDENTIALS_DIRECTORY is not set "
+                "(add LoadCredential= to the unit, or name an environment variable or a file)"
+            )
+        return _secret_from_file(Path(directory) / self.credential, self.what, check_mode=False)
+
+    def load(self, environ: Mapping[str, str]) -> ApiKey:
+        return ApiKey(self.load_text(environ))
+
+
+def _secret_from_file(path: Path, what: str, check_mode: bool) -> str:
+    try:
+        info = path.stat()
+        if check_mode and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"{what} file {path} is readable by others "
+                f"(mode {stat.S_IMODE(info.st_mode):o}); run: chmod 600 {path}"
+            )
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise ConfigError(f"{what} file {path} is empty")
+    return value

@@ -15,11 +15,15 @@ from rich.table import Table
 from ingestor.errors import ConfigError
 from ingestor.ledger import LEDGER_NAME, FileRun, SqliteLedger
 from ingestor.logs import configure_logging
+from ingestor.notify.message import compose, render
+from ingestor.notify.notifier import load_report
+from ingestor.notify.outbox import Outbox
+from ingestor.notify.smtp import DeliveryError, send
 from ingestor.service_config import check_service_settings, load_service_settings
 from ingestor.worker.service import Service
 from ingestor.worker.status import records_per_second, service_status
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 
 
 def cmd_check_config(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -160,6 +164,7 @@ def add_service_commands(
     commands: argparse._SubParsersAction,  # type: ignore[type-arg]
     out: Console,
     err: Console,
+    default_state_dir: Path,
 ) -> None:
     run = commands.add_parser("run", help="run the service: watch the drop tree, ingest")
     run.add_argument("--config", required=True, help="the settings file (TOML)")
@@ -174,3 +179,89 @@ def add_service_commands(
     check = commands.add_parser("check-config", help="validate a settings file; list problems")
     check.add_argument("file")
     check.set_defaults(handler=lambda args: cmd_check_config(args, out, err))
+    report = commands.add_parser("report", help="print a file's report (by run id or file)")
+    report.add_argument("which", help="a run id (see `status`), or the file's path or name")
+    where = report.add_mutually_exclusive_group()
+    where.add_argument("--config", help="the service's settings file (for its state dir)")
+    where.add_argument("--state-dir", default=str(default_state_dir))
+    report.add_argument("--json", action="store_true", help="the report as JSON")
+    report.set_defaults(handler=lambda args: cmd_report(args, out))
+    notify = commands.add_parser("notify", help="e-mail a file's report again")
+    notify.add_argument("--resend", required=True, metavar="RUN", help="run id or file")
+    notify.add_argument("--config", required=True, help="the service's settings file")
+    notify.add_argument("--to", action="append", default=[], help="instead of the company's")
+    notify.set_defaults(handler=lambda args: cmd_notify(args, out, err))
+
+
+def _find_run(ledger: SqliteLedger, which: str) -> FileRun:
+    """A run by ledger id, or the newest run of a file given by path or name."""
+    if which.isdigit():
+        run = ledger.get(int(which))
+        if run is None:
+            raise ConfigError(f"the ledger has no run {which}")
+        return run
+    path = str(Path(which).resolve())
+    for run in ledger.runs():
+        if run.identity.path == path or run.identity.name == which:
+            return run
+    raise ConfigError(f"the ledger knows no file {which!r}; give a run id from `ingestor status`")
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.config:
+        return load_service_settings(Path(args.config)).state_dir
+    return Path(args.state_dir)
+
+
+def cmd_report(args: argparse.Namespace, out: Console) -> int:
+    ledger = SqliteLedger(_state_dir(args) / LEDGER_NAME)
+    try:
+        run = _find_run(ledger, args.which)
+    finally:
+        ledger.close()
+    report = load_report(run.report_path)
+    if report is None:
+        raise ConfigError(f"run {run.id} has no report yet (state {run.state.value})")
+    if args.json:
+        out.print_json(data=report)
+    else:
+        text, _html = render([report])
+        out.print(text, highlight=False, markup=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def cmd_notify(args: argparse.Namespace, out: Console, err: Console) -> int:
+    settings = load_service_settings(Path(args.config))
+    ledger = SqliteLedger(settings.state_dir / LEDGER_NAME)
+    try:
+        run = _find_run(ledger, args.resend)
+    finally:
+        ledger.close()
+    report = load_report(run.report_path)
+    company = settings.companies.get(run.identity.company)
+    recipients = tuple(args.to) or (company.recipients if company else ())
+    if report is None or not recipients:
+        raise ConfigError(
+            f"run {run.id}: " + ("no report yet" if report is None else "no recipients configured")
+        )
+    notify = settings.notify
+    message = compose(
+        [report],
+        sender=notify.sender,
+        recipients=recipients,
+        attach_max_bytes=notify.attach_max_bytes,
+    )
+    outbox = Outbox(settings.state_dir / "outbox", queued=notify.smtp is not None)
+    label = f"{run.identity.company}-{run.identity.folder}-{run.identity.name}-resend"
+    if notify.smtp is None:
+        out.print(f"written to {outbox.put(message, label)}", highlight=False)
+        return EXIT_OK
+    try:
+        send(message.as_bytes(), notify.smtp, os.environ)
+    except DeliveryError as exc:
+        path = outbox.put(message, label)
+        err.print(f"[yellow]not delivered now ({exc}); queued for the service: {path}[/]")
+        return EXIT_INCOMPLETE
+    outbox.put(message, label, sent=True)
+    out.print(f"sent to {', '.join(recipients)}", highlight=False)
+    return EXIT_OK

@@ -11,15 +11,18 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ingestor.config import ApiKey, ApiSettings, RateLimitSettings, RetrySettings, Settings
+from ingestor.config import ApiSettings, RateLimitSettings, RetrySettings, SecretSource, Settings
 from ingestor.errors import ConfigError
+from ingestor.notify.message import DEFAULT_ATTACH_MAX
+from ingestor.notify.notifier import DEFAULT_SENDER, NotifySettings
+from ingestor.notify.smtp import SECURITY, SmtpSettings
 
 T = TypeVar("T")
 
@@ -39,56 +42,13 @@ class Problem:
 
 
 @dataclass(frozen=True, slots=True)
-class KeySource:
-    """Where one company's API key is read from; exactly one field is set."""
-
-    env: str = ""
-    file: str = ""
-    credential: str = ""  # a name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
-
-    @property
-    def complete(self) -> bool:
-        """Exactly one source is named."""
-        return sum(map(bool, (self.env, self.file, self.credential))) == 1
-
-    def load(self, environ: Mapping[str, str]) -> ApiKey:
-        """Read the key now (so a SIGHUP picks up a rotated key); ConfigError says why not."""
-        if self.env:
-            return ApiKey.from_env(self.env, dict(environ))
-        if self.file:
-            return _key_from_file(Path(self.file), check_mode=True)
-        directory = environ.get("CREDENTIALS_DIRECTORY", "")
-        if not directory:
-            raise ConfigError(
-                f"systemd credential {self.credential}: $CREDENTIALS_DIRECTORY is not set "
-                "(add LoadCredential= to the unit, or use api_key_env / api_key_file)"
-            )
-        return _key_from_file(Path(directory) / self.credential, check_mode=False)
-
-
-def _key_from_file(path: Path, check_mode: bool) -> ApiKey:
-    try:
-        info = path.stat()
-        if check_mode and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"key file {path} is readable by others (mode {stat.S_IMODE(info.st_mode):o}); "
-                f"run: chmod 600 {path}"
-            )
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-    if not value:
-        raise ConfigError(f"key file {path} is empty")
-    return ApiKey(value)
-
-
-@dataclass(frozen=True, slots=True)
 class CompanySettings:
     name: str
-    key_source: KeySource
+    key_source: SecretSource
     recipients: tuple[str, ...] = ()
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     enabled: bool = True
+    digest: bool = False  # one e-mail per folder run instead of one per file
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +67,7 @@ class ServiceSettings:
     log_format: str = "auto"
     log_level: str = "info"
     report_skip_samples: int = 20
+    notify: NotifySettings = field(default_factory=NotifySettings)
     companies: Mapping[str, CompanySettings] = field(default_factory=dict)
 
     def pipeline_settings(self, company: CompanySettings) -> Settings:
@@ -187,7 +148,31 @@ def _one_of(options: tuple[str, ...]) -> Callable[[str], str | None]:
     return lambda value: None if value in options else f"must be one of {', '.join(options)}"
 
 
-_TOP_KEYS = {"drop_root", "state_dir", "service", "api", "rate_limit", "reports", "companies"}
+_TOP_KEYS = {
+    "drop_root",
+    "state_dir",
+    "service",
+    "api",
+    "rate_limit",
+    "reports",
+    "notify",
+    "smtp",
+    "companies",
+}
+_NOTIFY_KEYS = {"from", "attach_max_bytes", "digest"}
+_SMTP_KEYS = {
+    "host",
+    "port",
+    "security",
+    "username",
+    "password_env",
+    "password_file",
+    "password_credential",
+    "ca_file",
+    "timeout_seconds",
+    "retry_initial_seconds",
+    "retry_max_seconds",
+}
 _SERVICE_KEYS = {
     "quiet_period_seconds",
     "rescan_interval_seconds",
@@ -209,6 +194,7 @@ _API_KEYS = {
 }
 _RATE_KEYS = {"burst", "burst_window_seconds", "steady", "steady_window_seconds"}
 _COMPANY_KEYS = {
+    "digest",
     "api_key_env",
     "api_key_file",
     "api_key_credential",
@@ -233,8 +219,62 @@ def _rate_limit(r: _Reader, table: Mapping[str, Any], prefix: str, base: RateLim
     )
 
 
+def _mailbox(value: str) -> str | None:
+    address = parseaddr(value)[1]
+    return None if _EMAIL.fullmatch(address) else f"{value!r} is not an e-mail address"
+
+
+def _smtp(r: _Reader, data: Mapping[str, Any]) -> SmtpSettings | None:
+    """[smtp]: absent means messages are written to <state_dir>/outbox/ only."""
+    if "smtp" not in data:
+        return None
+    table, p = r.table(data, "smtp", ""), "smtp."
+    r.known(table, _SMTP_KEYS, p)
+    host = r.value(table, "host", p, str, "")
+    if not host:
+        r.problem(
+            p + "host", "is required when [smtp] is present (remove [smtp] to use the outbox)"
+        )
+    security = r.value(table, "security", p, str, "starttls", _one_of(SECURITY))
+    if security == "none" and host not in ("127.0.0.1", "::1", "localhost"):
+        r.problem(p + "security", '"none" (no TLS) is allowed only for a loopback host')
+    sources = {
+        k: r.value(table, k, p, str, "")
+        for k in ("password_env", "password_file", "password_credential")
+    }
+    password = SecretSource(
+        env=sources["password_env"],
+        file=sources["password_file"],
+        credential=sources["password_credential"],
+        what="SMTP password",
+    )
+    username = r.value(table, "username", p, str, "")
+    if sum(map(bool, sources.values())) > 1:
+        r.problem(
+            p + "password_env",
+            "name at most one of password_env, password_file, password_credential",
+        )
+    if username and not password.complete:
+        r.problem(
+            p + "username",
+            "a username needs a password source: password_env, password_file or "
+            "password_credential",
+        )
+    return SmtpSettings(
+        host=host,
+        port=r.value(table, "port", p, int, 465 if security == "tls" else 587),
+        security=security,
+        username=username,
+        password=password if password.complete else None,
+        ca_file=r.value(table, "ca_file", p, str, ""),
+        timeout=r.value(table, "timeout_seconds", p, float, 30.0, _positive),
+        retry_initial=r.value(table, "retry_initial_seconds", p, float, 5.0, _positive),
+        retry_max=r.value(table, "retry_max_seconds", p, float, 300.0, _positive),
+    )
+
+
 def _company(
-    r: _Reader, name: str, table: Any, default_limits: RateLimitSettings
+    r: _Reader, name: str, table: Any, default_limits: RateLimitSettings, default_digest: bool
 ) -> CompanySettings | None:
     prefix = f"companies.{name}."
     if not isinstance(table, dict):
@@ -276,7 +316,7 @@ def _company(
     )
     return CompanySettings(
         name=name,
-        key_source=KeySource(
+        key_source=SecretSource(
             env=sources["api_key_env"],
             file=sources["api_key_file"],
             credential=sources["api_key_credential"],
@@ -284,6 +324,7 @@ def _company(
         recipients=tuple(recipients),
         rate_limit=limits,
         enabled=r.value(table, "enabled", prefix, bool, True),
+        digest=r.value(table, "digest", prefix, bool, default_digest),
     )
 
 
@@ -317,9 +358,19 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
     default_limits = _rate_limit(
         r, r.table(data, "rate_limit", ""), "rate_limit.", RateLimitSettings()
     )
+    notify_table = r.table(data, "notify", "")
+    r.known(notify_table, _NOTIFY_KEYS, "notify.")
+    notify_digest = r.value(notify_table, "digest", "notify.", bool, False)
+    notify = NotifySettings(
+        sender=r.value(notify_table, "from", "notify.", str, DEFAULT_SENDER, _mailbox),
+        attach_max_bytes=r.value(
+            notify_table, "attach_max_bytes", "notify.", int, DEFAULT_ATTACH_MAX, _positive
+        ),
+        smtp=_smtp(r, data),
+    )
     companies: dict[str, CompanySettings] = {}
     for name, table in r.table(data, "companies", "").items():
-        company = _company(r, name, table, default_limits)
+        company = _company(r, name, table, default_limits, notify_digest)
         if company is not None:
             companies[name] = company
     if not companies:
@@ -383,6 +434,7 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
             reports, "skip_samples", "reports.", int, d.report_skip_samples, _positive
         ),
         companies=companies,
+        notify=notify,
     )
     return settings, r.problems
 
@@ -398,6 +450,12 @@ def check_service_settings(
         return None, problems
     if "drop_root" not in {p.key for p in problems} and not settings.drop_root.is_dir():
         problems.append(Problem("drop_root", f"{settings.drop_root} is not a directory"))
+    smtp = settings.notify.smtp
+    if smtp is not None and smtp.password is not None:
+        try:
+            smtp.password.load_text(env)
+        except ConfigError as exc:
+            problems.append(Problem("smtp", str(exc)))
     for company in settings.companies.values():
         if not company.enabled or not company.key_source.complete:
             continue  # a missing or doubled source is already a problem

@@ -25,6 +25,8 @@ def write_settings(
     sim: Simulator,
     companies: dict[str, str] | None = None,
     service: str = "",
+    company_lines: str = "",
+    extra: str = "",
 ) -> Path:
     """A settings file: each company reads its key from the named environment variable."""
     companies = companies or {"acme": "ACME_KEY"}
@@ -45,12 +47,13 @@ def write_settings(
         "steady = 3000",
     ]
     for name, env in companies.items():
-        lines += [f"[companies.{name}]", f'api_key_env = "{env}"']
-    path.write_text("\n".join(lines) + "\n")
+        lines += [f"[companies.{name}]", f'api_key_env = "{env}"', company_lines]
+    path.write_text("\n".join([*lines, extra]) + "\n")
     return path
 
 
-ENVIRON = {"ACME_KEY": KEY, "BETA_KEY": BETA_KEY}
+SMTP_PASSWORD = "smtp-secret-Pa55"
+ENVIRON = {"ACME_KEY": KEY, "BETA_KEY": BETA_KEY, "SMTP_PASSWORD": SMTP_PASSWORD}
 
 
 @dataclass
@@ -81,7 +84,7 @@ def running_service(settings: Path, polling: bool = False) -> Iterator[Running]:
         environ=ENVIRON,
         install_signals=False,
         polling=polling,
-        on_finished=lambda _company, result: holder[0].results.put(result),
+        on_finished=lambda finished: holder[0].results.put(finished.result),
     )
     running = Running(service)
     holder.append(running)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from ingestor.config import SecretSource
 from ingestor.errors import ConfigError
-from ingestor.service_config import KeySource, check_service_settings, load_service_settings
+from ingestor.service_config import check_service_settings, load_service_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,15 +106,15 @@ def test_key_files_must_be_private_and_credentials_need_systemd(tmp_path: Path) 
     key.write_text("pk_secret\n")
     key.chmod(0o644)
     with pytest.raises(ConfigError, match=r"readable by others.*chmod 600"):
-        KeySource(file=str(key)).load({})
+        SecretSource(file=str(key)).load({})
     key.chmod(0o600)
-    assert KeySource(file=str(key)).load({}).value == "pk_secret"
+    assert SecretSource(file=str(key)).load({}).value == "pk_secret"
     with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
-        KeySource(credential="acme").load({})
+        SecretSource(credential="acme").load({})
     credentials = tmp_path / "creds"
     credentials.mkdir()
     shutil.copy(key, credentials / "acme")
-    source = KeySource(credential="acme")
+    source = SecretSource(credential="acme")
     assert source.load({"CREDENTIALS_DIRECTORY": str(credentials)}).value == "pk_secret"
 
 

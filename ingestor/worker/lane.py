@@ -32,7 +32,19 @@ from ingestor.worker.metrics import Metrics
 log = structlog.get_logger("ingestor.lane")
 
 LedgerFactory = Callable[[], Ledger]
-FinishedFn = Callable[[str, FolderResult], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A lane finished a file (or rejected it unread)."""
+
+    company: str
+    result: FolderResult
+    folder_drained: bool  # no more files of the same folder are queued in the lane
+    announce: bool = True  # False: the same problem was already reported (say it once)
+
+
+FinishedFn = Callable[[Finished], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,27 +290,30 @@ class Lane:
                 self._finished(FolderResult(_folder(found, kind), [stray]))
             return
         folder = _folder(found, kind)
-        self._note_config_problem(folder)
+        new_problem = self._note_config_problem(folder)
         result = pipeline.ingest_files(folder, [found.path])
         if any(not f.unchanged for f in result.files):
-            self._finished(result)
+            self._finished(result, announce=new_problem is not False)
 
-    def _note_config_problem(self, folder: ImportFolder) -> None:
-        """Say once (per folder and reason) that a folder cannot be processed."""
+    def _note_config_problem(self, folder: ImportFolder) -> bool | None:
+        """Say once (per folder and reason) that a folder cannot be processed: True for a
+        new problem, False for one already said, None when config.json is valid."""
         try:
             load_folder_config(folder.path, folder.kind)
         except LayoutError as exc:
-            if self._folder_problems.get(folder.path) != str(exc):
-                self._folder_problems[folder.path] = str(exc)
-                log.warning(
-                    "folder_not_processed",
-                    company=self.name,
-                    folder=folder.name,
-                    reason=str(exc),
-                    fix="correct config.json in place; waiting files are processed then",
-                )
-        else:
-            self._folder_problems.pop(folder.path, None)
+            if self._folder_problems.get(folder.path) == str(exc):
+                return False
+            self._folder_problems[folder.path] = str(exc)
+            log.warning(
+                "folder_not_processed",
+                company=self.name,
+                folder=folder.name,
+                reason=str(exc),
+                fix="correct config.json in place; waiting files are processed then",
+            )
+            return True
+        self._folder_problems.pop(folder.path, None)
+        return None
 
     def _finished_from_ledger(self, ledger: Ledger, found: Found) -> None:
         """Report a file the pipeline closed before raising (e.g. on a refused key)."""
@@ -308,14 +323,15 @@ class Lane:
             folder = _folder(found, KINDS[p.kind])
             self._finished(FolderResult(folder, [FileResult(run, None)]))
 
-    def _finished(self, result: FolderResult) -> None:
+    def _finished(self, result: FolderResult, announce: bool = True) -> None:
         with self._wake:
             self._files_done += len(result.files)
+            drained = not any(q.found.path.parent == result.folder.path for q in self._queue)
         if self._metrics:
             for f in result.files:
                 self._metrics.files.labels(self.name, f.run.state.value).inc()
         if self._on_finished:
-            self._on_finished(self.name, result)
+            self._on_finished(Finished(self.name, result, drained, announce))
 
 
 def _folder(found: Found, kind: ImportKind) -> ImportFolder:

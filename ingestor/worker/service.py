@@ -8,6 +8,7 @@ feed. Each company's lane is its own thread (see ``lane``).
 from __future__ import annotations
 
 import enum
+import os
 import queue
 import signal
 import threading
@@ -33,8 +34,9 @@ from ingestor.discovery import (
 from ingestor.errors import ConfigError
 from ingestor.layout import CONFIG_NAME
 from ingestor.ledger import LEDGER_NAME, FileState, Ledger, SqliteLedger
+from ingestor.notify.notifier import Notifier, load_report
 from ingestor.service_config import ServiceSettings, load_service_settings
-from ingestor.worker.lane import FinishedFn, Lane, LaneView
+from ingestor.worker.lane import Finished, FinishedFn, Lane, LaneView
 from ingestor.worker.metrics import Metrics
 from ingestor.worker.retention import sweep
 from ingestor.worker.sdnotify import SystemdNotifier
@@ -80,8 +82,7 @@ class Service:
         install_signals: bool = True,
         on_finished: FinishedFn | None = None,
     ) -> None:
-        """``on_finished(company, result)`` hears about every file a lane finishes (from the
-        lane's thread)."""
+        """``on_finished`` hears about every file a lane finishes (from the lane's thread)."""
         self._settings_path = settings_path
         self.settings = load_service_settings(settings_path)
         self._environ = environ
@@ -91,8 +92,9 @@ class Service:
         self._inbox: queue.Queue[FileSystemEvent | _Signal] = queue.Queue()
         self._lanes: dict[str, Lane] = {}
         self._unknown_companies: set[str] = set()
-        self._notifier = SystemdNotifier(environ)
+        self._systemd = SystemdNotifier(environ)
         self._metrics: Metrics | None = None
+        self._notifier: Notifier | None = None  # e-mail
         self._on_finished = on_finished
         self.ready = threading.Event()  # set after the first scan
 
@@ -120,6 +122,12 @@ class Service:
             log.info("metrics_serving", host=settings.metrics_host, port=settings.metrics_port)
         if self._install_signals:
             self._handle_signals()
+        self._notifier = Notifier(
+            settings.state_dir,
+            settings.notify,
+            os.environ if self._environ is None else self._environ,
+        )
+        self._notifier.start()
         for company in settings.companies.values():
             if company.enabled:
                 self._start_lane(company.name)
@@ -129,7 +137,7 @@ class Service:
         try:
             self._loop(ledger, discovery, observer)
         finally:
-            self._notifier.notify(STOPPING="1", STATUS="stopping: finishing batches in flight")
+            self._systemd.notify(STOPPING="1", STATUS="stopping: finishing batches in flight")
             observer.stop()
             for lane in self._lanes.values():
                 lane.stop()
@@ -137,6 +145,7 @@ class Service:
                 if not lane.join(timeout=settings.api.read_timeout + 5):
                     log.error("lane_did_not_stop", company=lane.name)
             observer.join(timeout=5)
+            self._notifier.stop()
             ledger.close()
             log.info("service_stopped")
         return 0
@@ -157,11 +166,11 @@ class Service:
             observer=type(observer).__name__,
         )
         self.ready.set()
-        self._notifier.notify(READY="1", STATUS=self._status(discovery))
+        self._systemd.notify(READY="1", STATUS=self._status(discovery))
         next_rescan = now + settings.rescan_interval
         next_sweep = now
         next_ping = now
-        ping_every = self._notifier.watchdog_interval
+        ping_every = self._systemd.watchdog_interval
         tick = min(TICK, settings.quiet_period / 4)
         while True:
             now = time.monotonic()
@@ -209,9 +218,9 @@ class Service:
             dead.append("observer")
         if dead:
             log.error("service_unhealthy", dead=dead)
-            self._notifier.notify(STATUS=f"unhealthy: {', '.join(dead)} stopped")
+            self._systemd.notify(STATUS=f"unhealthy: {', '.join(dead)} stopped")
             return
-        self._notifier.notify(WATCHDOG="1", STATUS=self._status(discovery))
+        self._systemd.notify(WATCHDOG="1", STATUS=self._status(discovery))
 
     def _route(self, ledger: Ledger, found: list[Found], discovery: Discovery) -> None:
         for item in found:
@@ -259,6 +268,34 @@ class Service:
                 return True
         return True
 
+    def _file_finished(self, finished: Finished) -> None:
+        """From a lane's thread: tell the people (never raising), then the hook."""
+        try:
+            self._announce(finished)
+        finally:
+            if self._on_finished:
+                self._on_finished(finished)
+
+    def _announce(self, finished: Finished) -> None:
+        company = self.settings.companies.get(finished.company)
+        if not finished.announce or company is None or self._notifier is None:
+            return
+        files = finished.result.files
+        for index, file in enumerate(files):
+            report = file.report.data if file.report else load_report(file.run.report_path)
+            if report is None:
+                log.warning("report_missing", company=company.name, run=file.run.id)
+                continue
+            try:
+                self._notifier.file_finished(
+                    report,
+                    company.recipients,
+                    company.digest,
+                    folder_drained=finished.folder_drained and index == len(files) - 1,
+                )
+            except Exception:  # e-mail must never stop ingestion
+                log.exception("email_not_queued", company=company.name, run=file.run.id)
+
     def _start_lane(self, name: str) -> None:
         lane = Lane(
             self.settings.companies[name],
@@ -267,7 +304,7 @@ class Service:
             metrics=self._metrics,
             environ=self._environ,
             transport=self._transport,
-            on_finished=self._on_finished,
+            on_finished=self._file_finished,
         )
         self._lanes[name] = lane
         lane.start()
@@ -275,14 +312,14 @@ class Service:
     def _reload(self, discovery: Discovery) -> None:
         """SIGHUP: new companies start, changed ones take effect from their next file,
         removed ones stop after the batch in flight (their files wait for them)."""
-        self._notifier.notify(
+        self._systemd.notify(
             RELOADING="1", MONOTONIC_USEC=str(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
         )
         try:
             fresh = load_service_settings(self._settings_path)
         except ConfigError as exc:
             log.error("reload_failed", reason=str(exc), keeping="the settings in use")
-            self._notifier.notify(READY="1", STATUS=self._status(discovery))
+            self._systemd.notify(READY="1", STATUS=self._status(discovery))
             return
         old = self.settings
         for key in ("drop_root", "state_dir", "metrics_port", "metrics_host"):
@@ -305,7 +342,7 @@ class Service:
                 log.info("company_added", company=name)
         self._unknown_companies.clear()
         log.info("settings_reloaded", companies=sorted(self._lanes))
-        self._notifier.notify(READY="1", STATUS=self._status(discovery))
+        self._systemd.notify(READY="1", STATUS=self._status(discovery))
 
     def _handle_signals(self) -> None:
         def stop(_signum: int, _frame: FrameType | None) -> None:

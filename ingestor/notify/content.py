@@ -1,0 +1,173 @@
+"""What a completion message says, derived from one or more file reports (their JSON dicts).
+
+Names in a report come from untrusted uploads: everything here is plain data; escaping is the
+templates' job (HTML autoescaped) and header safety is ``message``'s.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+EXCERPT_CHARS = 120
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Control characters (CR, LF, tabs…) become one space; long text is cut with an ellipsis."""
+    flat = _CONTROL.sub(" ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size:,} bytes" if unit == "bytes" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{size:,} bytes"
+
+
+def outcome(report: dict[str, Any]) -> str:
+    """The result at a glance, as the subject line states it."""
+    sent, skipped = report["records_sent"], report["records_skipped"]
+    state = report["state"]
+    if state == "done":
+        return f"{sent:,} imported, {skipped:,} skipped"
+    if state == "rejected":
+        return f"not processed: {one_line(report['reason'], 90)}"
+    return f"stopped after {sent:,} imported: {one_line(report['reason'], 80)}"
+
+
+def next_steps(report: dict[str, Any]) -> list[str]:
+    """What the reader should do now, most specific first."""
+    state, reason = report["state"], report["reason"]
+    if state == "done":
+        if not report["records_skipped"]:
+            return ["Nothing to do: every record was imported."]
+        return [
+            "Correct the skipped rows listed below (line numbers refer to the file as "
+            "uploaded; the attached or referenced rejected-rows file has all of them).",
+            "Upload only the corrected rows, in a new file in the same folder: rows already "
+            "imported need not be sent again.",
+        ]
+    if "config.json" in reason:
+        return [
+            f"Fix the folder's config.json: {reason}",
+            "Save it in place; the folder's waiting files are processed as soon as it is "
+            "valid. (Klaviyo's own import needs a re-upload under a new name; ingestor does "
+            "not.)",
+        ]
+    if "data source" in reason and "does not exist" in reason:
+        return [
+            reason[0].upper() + reason[1:] + ".",
+            "Then save config.json again (even unchanged) to have the folder retried.",
+        ]
+    if "directly under imports/" in reason:
+        return [reason[0].upper() + reason[1:] + "."]
+    if "authentication" in reason or "401" in reason or "403" in reason:
+        return [
+            "The company's API key was refused. Check that it is valid and has the "
+            "custom-objects:write scope, update it where the service reads it, then reload "
+            "the service (systemctl reload ingestor).",
+            "The file resumes where it stopped; nothing already imported is sent again.",
+        ]
+    if "changed while being processed" in reason:
+        return [
+            "The file changed while it was being imported; its new version is imported from "
+            "its start. Upload under a temporary name and rename it when complete to avoid this.",
+        ]
+    if state == "rejected":
+        return [f"Correct the file and upload it again (the same name is fine): {reason}"]
+    return [
+        f"The file stopped with its place kept: {reason}",
+        "It is retried at the next rescan or restart, from where it stopped.",
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRow:
+    line: int
+    reason: str
+    excerpt: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileFacts:
+    """One file's outcome, ready for the templates."""
+
+    company: str
+    folder: str
+    file: str
+    state: str
+    outcome: str
+    facts: list[tuple[str, str]]
+    skipped: list[SkippedRow]
+    skipped_total: int
+    next_steps: list[str]
+    rejected_rows_file: str
+    ignored_files: list[str]
+
+
+def file_facts(report: dict[str, Any]) -> FileFacts:
+    rate = report.get("records_per_second")
+    facts = [
+        ("Company", report["company"]),
+        ("Folder", report["folder"] or "-"),
+        ("File", f"{report['file']} ({_size(report['size'])})"),
+        ("Data source", report["data_source_id"] or "-"),
+        ("Outcome", report["state"]),
+        ("Started", _when(report["started_at"])),
+        ("Finished", _when(report["finished_at"])),
+        ("Duration", f"{report['duration_seconds']:,.1f} s"),
+        ("Records read", f"{report['records_read']:,}"),
+        ("Records sent", f"{report['records_sent']:,}"),
+        ("Records skipped", f"{report['records_skipped']:,}"),
+        ("Batches", f"{report['batches']:,}"),
+        ("Retries", f"{report['retries']:,}"),
+        ("Waited for rate limits", f"{report['throttled_seconds']:,.1f} s"),
+        ("Records/s", f"{rate:,.0f}" if rate else "-"),
+    ]
+    if report["reason"]:
+        facts.append(("Reason", report["reason"]))
+    skipped = [
+        SkippedRow(row["line"], row["reason"], one_line(row["raw"], EXCERPT_CHARS))
+        for row in report["skipped_samples"]
+    ]
+    return FileFacts(
+        company=report["company"],
+        folder=report["folder"],
+        file=report["file"],
+        state=report["state"],
+        outcome=outcome(report),
+        facts=facts,
+        skipped=skipped,
+        skipped_total=report["records_skipped"],
+        next_steps=next_steps(report),
+        rejected_rows_file=report["rejected_rows_file"],
+        ignored_files=report["ignored_files"],
+    )
+
+
+def subject(reports: list[dict[str, Any]]) -> str:
+    """``[ingestor] acme / pets / pets.csv: 19,998 imported, 2 skipped``, or for a digest
+    ``[ingestor] acme / pets: 3 files, 40,000 imported, 2 skipped, 1 not finished``."""
+    first = reports[0]
+    where = f"{first['company']} / {first['folder'] or 'custom_objects'}"
+    if len(reports) == 1:
+        return one_line(f"[ingestor] {where} / {first['file']}: {outcome(first)}", 250)
+    sent = sum(r["records_sent"] for r in reports)
+    skipped = sum(r["records_skipped"] for r in reports)
+    unfinished = sum(1 for r in reports if r["state"] != "done")
+    text = f"[ingestor] {where}: {len(reports)} files, {sent:,} imported, {skipped:,} skipped"
+    if unfinished:
+        text += f", {unfinished} not finished"
+    return one_line(text, 250)

@@ -1,0 +1,116 @@
+"""Turning finished files into messages: one per file, or one per folder run (digest), queued
+in the outbox and handed to the courier. Called from lane threads; never blocks on SMTP."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from ingestor.notify.message import DEFAULT_ATTACH_MAX, compose
+from ingestor.notify.outbox import Outbox
+from ingestor.notify.smtp import Courier, SmtpSettings
+
+log = structlog.get_logger("ingestor.notify")
+
+DEFAULT_SENDER = "ingestor <ingestor@localhost>"
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    sender: str = DEFAULT_SENDER
+    attach_max_bytes: int = DEFAULT_ATTACH_MAX
+    smtp: SmtpSettings | None = None  # None: messages are written to the outbox only
+
+
+def load_report(path: str) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data
+
+
+class Notifier:
+    def __init__(
+        self, state_dir: Path, settings: NotifySettings, environ: Mapping[str, str]
+    ) -> None:
+        self.settings = settings
+        self.outbox = Outbox(state_dir / "outbox", queued=settings.smtp is not None)
+        self._courier = (
+            Courier(self.outbox, settings.smtp, environ) if settings.smtp is not None else None
+        )
+        self._lock = threading.Lock()
+        self._digests: dict[tuple[str, str], list[dict[str, Any]]] = {}
+
+    def start(self) -> None:
+        if self._courier:
+            self._courier.start()
+
+    def stop(self) -> None:
+        """Send what digests hold, then stop the courier (queued messages wait on disk)."""
+        with self._lock:
+            held = list(self._digests.items())
+            self._digests.clear()
+        for (company, _folder), reports in held:
+            self._queue(company, reports, self._recipients_of(reports))
+        if self._courier:
+            self._courier.stop()
+
+    def send(self, reports: list[dict[str, Any]], recipients: tuple[str, ...]) -> Path | None:
+        """Queue one message about ``reports`` (all of one company); return where it is."""
+        if not reports:
+            return None
+        return self._queue(reports[0]["company"], reports, recipients)
+
+    def file_finished(
+        self,
+        report: dict[str, Any],
+        recipients: tuple[str, ...],
+        digest: bool,
+        folder_drained: bool,
+    ) -> Path | None:
+        """A file is finished. In digest mode its report waits until its folder's run ends
+        (``folder_drained``: no more of the folder's files are queued)."""
+        if not recipients:
+            log.debug("email_skipped_no_recipients", company=report["company"])
+            return None
+        if not digest:
+            return self._queue(report["company"], [report], recipients)
+        key = (report["company"], report["folder"])
+        with self._lock:
+            held = self._digests.setdefault(key, [])
+            held.append({**report, "_recipients": recipients})
+            if not folder_drained:
+                return None
+            reports = self._digests.pop(key)
+        return self._queue(key[0], reports, recipients)
+
+    @staticmethod
+    def _recipients_of(reports: list[dict[str, Any]]) -> tuple[str, ...]:
+        recipients: tuple[str, ...] = reports[-1].get("_recipients", ())
+        return recipients
+
+    def _queue(
+        self, company: str, reports: list[dict[str, Any]], recipients: tuple[str, ...]
+    ) -> Path:
+        clean = [{k: v for k, v in r.items() if k != "_recipients"} for r in reports]
+        message = compose(
+            clean,
+            sender=self.settings.sender,
+            recipients=recipients,
+            attach_max_bytes=self.settings.attach_max_bytes,
+        )
+        label = (
+            f"{company}-{clean[0]['folder']}-{clean[0]['file'] if len(clean) == 1 else 'digest'}"
+        )
+        path = self.outbox.put(message, label)
+        log.info("email_queued", company=company, message=path.name, files=len(clean))
+        if self._courier:
+            self._courier.wake()
+        return path
