@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,16 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check ingestor tests bench
-	$(BIN)/ruff format --check ingestor tests bench
+	$(BIN)/ruff check ingestor tests bench docs
+	$(BIN)/ruff format --check ingestor tests bench docs
 	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/parse_bench.py
 	$(BIN)/python bench/service_bench.py
+
+screenshots: demo
+	$(BIN)/python docs/screenshots.py .demo-state/outbox --out docs/sample-email.png
 
 clean:
 	rm -rf $(VENV) .demo-state .pytest_cache .mypy_cache .ruff_cache

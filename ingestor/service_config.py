@@ -8,37 +8,26 @@ user can read, or a systemd credential).
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ingestor.config import ApiSettings, RateLimitSettings, RetrySettings, SecretSource, Settings
 from ingestor.errors import ConfigError
 from ingestor.notify.message import DEFAULT_ATTACH_MAX
 from ingestor.notify.notifier import DEFAULT_SENDER, NotifySettings
 from ingestor.notify.smtp import SECURITY, SmtpSettings
-
-T = TypeVar("T")
+from ingestor.toml_reader import Problem, TableReader, one_of, positive
 
 _COMPANY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
+_EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>.][^@\s<>]*")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,69 +72,6 @@ class ServiceSettings:
             ),
             report_skip_samples=self.report_skip_samples,
         )
-
-
-class _Reader:
-    """Typed reads from TOML tables; wrong or unknown keys become Problems, not exceptions."""
-
-    def __init__(self) -> None:
-        self.problems: list[Problem] = []
-
-    def problem(self, key: str, message: str) -> None:
-        self.problems.append(Problem(key, message))
-
-    def table(self, parent: Mapping[str, Any], name: str, prefix: str) -> dict[str, Any]:
-        value = parent.get(name, {})
-        if not isinstance(value, dict):
-            self.problem(prefix + name, f"must be a table ([{prefix}{name}])")
-            return {}
-        return value
-
-    def known(self, table: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
-        for key in table:
-            if key not in allowed:
-                close = difflib.get_close_matches(key, sorted(allowed), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                self.problem(prefix + key, f"unknown key{hint}")
-
-    def value(
-        self,
-        table: Mapping[str, Any],
-        key: str,
-        prefix: str,
-        kind: type[T],
-        default: T,
-        check: Callable[[T], str | None] | None = None,
-    ) -> T:
-        if key not in table:
-            return default
-        value = table[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            self.problem(
-                prefix + key, f"must be {_type_name(kind)}, got {type(value).__name__} {value!r}"
-            )
-            return default
-        message = check(value) if check else None
-        if message:
-            self.problem(prefix + key, message)
-            return default
-        return value
-
-
-def _type_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
-        kind, kind.__name__
-    )
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def _one_of(options: tuple[str, ...]) -> Callable[[str], str | None]:
-    return lambda value: None if value in options else f"must be one of {', '.join(options)}"
 
 
 _TOP_KEYS = {
@@ -205,16 +131,18 @@ _COMPANY_KEYS = {
 _SECRET_KEYS = {"api_key", "key", "private_key", "token", "password"}
 
 
-def _rate_limit(r: _Reader, table: Mapping[str, Any], prefix: str, base: RateLimitSettings) -> Any:
+def _rate_limit(
+    r: TableReader, table: Mapping[str, Any], prefix: str, base: RateLimitSettings
+) -> RateLimitSettings:
     r.known(table, _RATE_KEYS, prefix)
     return RateLimitSettings(
-        burst=r.value(table, "burst", prefix, int, base.burst, _positive),
+        burst=r.value(table, "burst", prefix, int, base.burst, positive),
         burst_window=r.value(
-            table, "burst_window_seconds", prefix, float, base.burst_window, _positive
+            table, "burst_window_seconds", prefix, float, base.burst_window, positive
         ),
-        steady=r.value(table, "steady", prefix, int, base.steady, _positive),
+        steady=r.value(table, "steady", prefix, int, base.steady, positive),
         steady_window=r.value(
-            table, "steady_window_seconds", prefix, float, base.steady_window, _positive
+            table, "steady_window_seconds", prefix, float, base.steady_window, positive
         ),
     )
 
@@ -224,7 +152,7 @@ def _mailbox(value: str) -> str | None:
     return None if _EMAIL.fullmatch(address) else f"{value!r} is not an e-mail address"
 
 
-def _smtp(r: _Reader, data: Mapping[str, Any]) -> SmtpSettings | None:
+def _smtp(r: TableReader, data: Mapping[str, Any]) -> SmtpSettings | None:
     """[smtp]: absent means messages are written to <state_dir>/outbox/ only."""
     if "smtp" not in data:
         return None
@@ -235,7 +163,7 @@ def _smtp(r: _Reader, data: Mapping[str, Any]) -> SmtpSettings | None:
         r.problem(
             p + "host", "is required when [smtp] is present (remove [smtp] to use the outbox)"
         )
-    security = r.value(table, "security", p, str, "starttls", _one_of(SECURITY))
+    security = r.value(table, "security", p, str, "starttls", one_of(SECURITY))
     if security == "none" and host not in ("127.0.0.1", "::1", "localhost"):
         r.problem(p + "security", '"none" (no TLS) is allowed only for a loopback host')
     sources = {
@@ -267,14 +195,14 @@ def _smtp(r: _Reader, data: Mapping[str, Any]) -> SmtpSettings | None:
         username=username,
         password=password if password.complete else None,
         ca_file=r.value(table, "ca_file", p, str, ""),
-        timeout=r.value(table, "timeout_seconds", p, float, 30.0, _positive),
-        retry_initial=r.value(table, "retry_initial_seconds", p, float, 5.0, _positive),
-        retry_max=r.value(table, "retry_max_seconds", p, float, 300.0, _positive),
+        timeout=r.value(table, "timeout_seconds", p, float, 30.0, positive),
+        retry_initial=r.value(table, "retry_initial_seconds", p, float, 5.0, positive),
+        retry_max=r.value(table, "retry_max_seconds", p, float, 300.0, positive),
     )
 
 
 def _company(
-    r: _Reader, name: str, table: Any, default_limits: RateLimitSettings, default_digest: bool
+    r: TableReader, name: str, table: Any, default_limits: RateLimitSettings, default_digest: bool
 ) -> CompanySettings | None:
     prefix = f"companies.{name}."
     if not isinstance(table, dict):
@@ -329,7 +257,7 @@ def _company(
 
 
 def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
-    r = _Reader()
+    r = TableReader()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -364,7 +292,7 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
     notify = NotifySettings(
         sender=r.value(notify_table, "from", "notify.", str, DEFAULT_SENDER, _mailbox),
         attach_max_bytes=r.value(
-            notify_table, "attach_max_bytes", "notify.", int, DEFAULT_ATTACH_MAX, _positive
+            notify_table, "attach_max_bytes", "notify.", int, DEFAULT_ATTACH_MAX, positive
         ),
         smtp=_smtp(r, data),
     )
@@ -401,37 +329,37 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
                 "api.",
                 float,
                 api_defaults.connect_timeout,
-                _positive,
+                positive,
             ),
             read_timeout=r.value(
-                api, "read_timeout_seconds", "api.", float, api_defaults.read_timeout, _positive
+                api, "read_timeout_seconds", "api.", float, api_defaults.read_timeout, positive
             ),
             retry=RetrySettings(
                 initial_delay=r.value(
-                    api, "retry_initial_seconds", "api.", float, retry.initial_delay, _positive
+                    api, "retry_initial_seconds", "api.", float, retry.initial_delay, positive
                 ),
                 max_delay=r.value(
-                    api, "retry_max_seconds", "api.", float, retry.max_delay, _positive
+                    api, "retry_max_seconds", "api.", float, retry.max_delay, positive
                 ),
             ),
         ),
-        quiet_period=r.value(service, "quiet_period_seconds", s, float, d.quiet_period, _positive),
+        quiet_period=r.value(service, "quiet_period_seconds", s, float, d.quiet_period, positive),
         rescan_interval=r.value(
-            service, "rescan_interval_seconds", s, float, d.rescan_interval, _positive
+            service, "rescan_interval_seconds", s, float, d.rescan_interval, positive
         ),
-        retention_days=r.value(service, "retention_days", s, float, d.retention_days, _positive),
+        retention_days=r.value(service, "retention_days", s, float, d.retention_days, positive),
         sweep_interval=r.value(
-            service, "retention_sweep_interval_seconds", s, float, d.sweep_interval, _positive
+            service, "retention_sweep_interval_seconds", s, float, d.sweep_interval, positive
         ),
         auth_retry_interval=r.value(
-            service, "auth_retry_interval_seconds", s, float, d.auth_retry_interval, _positive
+            service, "auth_retry_interval_seconds", s, float, d.auth_retry_interval, positive
         ),
         metrics_host=host,
         metrics_port=port,
-        log_format=r.value(service, "log_format", s, str, d.log_format, _one_of(LOG_FORMATS)),
-        log_level=r.value(service, "log_level", s, str, d.log_level, _one_of(LOG_LEVELS)),
+        log_format=r.value(service, "log_format", s, str, d.log_format, one_of(LOG_FORMATS)),
+        log_level=r.value(service, "log_level", s, str, d.log_level, one_of(LOG_LEVELS)),
         report_skip_samples=r.value(
-            reports, "skip_samples", "reports.", int, d.report_skip_samples, _positive
+            reports, "skip_samples", "reports.", int, d.report_skip_samples, positive
         ),
         companies=companies,
         notify=notify,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import email
+import os
 import socket
 import subprocess
 import sys
 import time
+from email.policy import default
 from pathlib import Path
 
 import httpx
@@ -110,7 +113,8 @@ def test_a_bad_key_pauses_only_its_company_until_the_key_is_fixed(tmp_path: Path
             tmp_path / "s.toml", drop, tmp_path / "state", sim, companies={"beta": "BETA_KEY"}
         )
         settings.write_text(
-            settings.read_text() + f'[companies.acme]\napi_key_file = "{key_file}"\n'
+            settings.read_text()
+            + f'[companies.acme]\napi_key_file = "{key_file}"\nrecipients = ["ops@acme.example"]\n'
         )
         (make_folder(drop) / "a.jsonl").write_bytes(jsonl(0, 20))
         with running_service(settings) as svc:
@@ -124,6 +128,14 @@ def test_a_bad_key_pauses_only_its_company_until_the_key_is_fixed(tmp_path: Path
         assert done.state is FileState.DONE and done.counts.sent == 20
         assert len(sim.records("acme")) == 20
         assert "pk_revoked_key" not in failed.reason
+        # One e-mail for the outage (however many retries), one for the file once done.
+        subjects = sorted(
+            email.message_from_bytes(p.read_bytes(), policy=default)["Subject"]
+            for p in (tmp_path / "state" / "outbox").glob("*.eml")
+        )
+        assert len(subjects) == 2
+        assert subjects[0].startswith("[ingestor] acme / pets / a.jsonl: 20 imported")
+        assert "stopped after 0 imported" in subjects[1] and "401" in subjects[1]
 
 
 def test_a_file_changed_mid_run_is_stopped_and_redone_as_a_new_version(tmp_path, sim) -> None:
@@ -143,3 +155,19 @@ def test_a_file_changed_mid_run_is_stopped_and_redone_as_a_new_version(tmp_path,
     assert first.version == 1 and second.version == 2
     assert second.state is FileState.DONE and second.counts.sent == 6500
     assert {r["id"] for r in sim.records("acme")} == set(range(6500))
+
+
+def test_a_second_service_on_the_same_state_dir_refuses_to_start(tmp_path: Path, sim) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = write_settings(tmp_path / "s.toml", drop, tmp_path / "state", sim)
+    with running_service(settings):
+        second = subprocess.run(
+            [sys.executable, "-m", "ingestor.cli", "run", "--config", str(settings)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ACME_KEY": KEY},
+            timeout=30,
+        )
+    assert second.returncode == 2
+    assert "another ingestor service" in second.stderr and str(os.getpid()) in second.stderr

@@ -7,13 +7,15 @@ feed. Each company's lane is its own thread (see ``lane``).
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -114,6 +116,11 @@ class Service:
     def run(self) -> int:
         settings = self.settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(settings.state_dir / "service.lock"):
+            return self._run_locked()
+
+    def _run_locked(self) -> int:
+        settings = self.settings
         ledger = self._open_ledger()
         ledger.clear_queue()
         if settings.metrics_port:
@@ -354,6 +361,26 @@ class Service:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One service per state directory: two would deliver the same e-mails twice."""
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            raise ConfigError(
+                f"another ingestor service (pid {owner}) is running with state dir "
+                f"{path.parent}; stop it first or give this one its own state_dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def _keep_fixed(fresh: ServiceSettings, old: ServiceSettings) -> ServiceSettings:
