@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from ingestor.notify.notifier import load_report
 from ingestor.notify.outbox import Outbox
 from ingestor.notify.smtp import DeliveryError, send
 from ingestor.service_config import check_service_settings, load_service_settings
+from ingestor.sftp.auth import fingerprint, hash_password
+from ingestor.sftp.server import SftpEndpoint
 from ingestor.worker.service import Service
 from ingestor.worker.status import records_per_second, service_status
 
@@ -59,6 +64,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         stream=sys.stdout,
     )
     return Service(path, polling=args.polling).run()
+
+
+def cmd_sftp(args: argparse.Namespace, out: Console) -> int:
+    """The SFTP endpoint alone (uploads land in the drop tree; nothing is ingested)."""
+    settings = load_service_settings(Path(args.config))
+    if settings.sftp is None:
+        raise ConfigError(f"{args.config} has no [sftp] table")
+    configure_logging(args.log_format or settings.log_format, settings.log_level, stream=sys.stdout)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with SftpEndpoint(settings.sftp, settings.drop_root, settings.state_dir) as endpoint:
+        out.print(
+            f"SFTP on {settings.sftp.host}:{endpoint.port}, host key "
+            f"{fingerprint(endpoint.host_key)}; Ctrl-C stops it",
+            highlight=False,
+        )
+        stop.wait()
+    return EXIT_OK
+
+
+def cmd_sftp_password(args: argparse.Namespace, out: Console) -> int:
+    """Hash a password for ``sftp_password_hash`` (read from stdin, never from argv)."""
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline()
+    password = password.rstrip("\n")
+    if len(password) < 12:
+        raise ConfigError("use at least 12 characters")
+    out.print(hash_password(password), highlight=False)
+    return EXIT_OK
 
 
 def _rate(run: FileRun, now: float) -> str:
@@ -191,6 +225,14 @@ def add_service_commands(
     notify.add_argument("--config", required=True, help="the service's settings file")
     notify.add_argument("--to", action="append", default=[], help="instead of the company's")
     notify.set_defaults(handler=lambda args: cmd_notify(args, out, err))
+    sftp = commands.add_parser("sftp", help="run the SFTP endpoint alone (for testing)")
+    sftp.add_argument("--config", required=True, help="the settings file, with [sftp]")
+    sftp.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
+    sftp.set_defaults(handler=lambda args: cmd_sftp(args, out))
+    hasher = commands.add_parser(
+        "sftp-password", help="hash a password (stdin) for sftp_password_hash"
+    )
+    hasher.set_defaults(handler=lambda args: cmd_sftp_password(args, out))
 
 
 def _find_run(ledger: SqliteLedger, which: str) -> FileRun:

@@ -22,6 +22,7 @@ from ingestor.errors import ConfigError
 from ingestor.notify.message import DEFAULT_ATTACH_MAX
 from ingestor.notify.notifier import DEFAULT_SENDER, NotifySettings
 from ingestor.notify.smtp import SECURITY, SmtpSettings
+from ingestor.sftp.config import COMPANY_SFTP_KEYS, SftpSettings, parse_sftp
 from ingestor.toml_reader import Problem, TableReader, one_of, positive
 
 _COMPANY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -57,6 +58,7 @@ class ServiceSettings:
     log_level: str = "info"
     report_skip_samples: int = 20
     notify: NotifySettings = field(default_factory=NotifySettings)
+    sftp: SftpSettings | None = None  # None: no embedded SFTP endpoint
     companies: Mapping[str, CompanySettings] = field(default_factory=dict)
 
     def pipeline_settings(self, company: CompanySettings) -> Settings:
@@ -83,6 +85,7 @@ _TOP_KEYS = {
     "reports",
     "notify",
     "smtp",
+    "sftp",
     "companies",
 }
 _NOTIFY_KEYS = {"from", "attach_max_bytes", "digest"}
@@ -120,6 +123,7 @@ _API_KEYS = {
 }
 _RATE_KEYS = {"burst", "burst_window_seconds", "steady", "steady_window_seconds"}
 _COMPANY_KEYS = {
+    *COMPANY_SFTP_KEYS,
     "digest",
     "api_key_env",
     "api_key_file",
@@ -363,6 +367,7 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
         ),
         companies=companies,
         notify=notify,
+        sftp=parse_sftp(r, data, base, r.table(data, "companies", "")),
     )
     return settings, r.problems
 

@@ -17,12 +17,12 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import FrameType
 
 import httpx
 import structlog
-from watchdog.events import FileSystemEvent
+from watchdog.events import FileMovedEvent, FileSystemEvent
 from watchdog.observers.api import BaseObserver
 
 from ingestor.discovery import (
@@ -34,10 +34,11 @@ from ingestor.discovery import (
     start_observer,
 )
 from ingestor.errors import ConfigError
-from ingestor.layout import CONFIG_NAME
+from ingestor.layout import CONFIG_NAME, place
 from ingestor.ledger import LEDGER_NAME, FileState, Ledger, SqliteLedger
 from ingestor.notify.notifier import Notifier, load_report
 from ingestor.service_config import ServiceSettings, load_service_settings
+from ingestor.sftp.server import SftpEndpoint
 from ingestor.worker.lane import Finished, FinishedFn, Lane, LaneView
 from ingestor.worker.metrics import Metrics
 from ingestor.worker.retention import sweep
@@ -99,6 +100,7 @@ class Service:
         self._notifier: Notifier | None = None  # e-mail
         self._on_finished = on_finished
         self.ready = threading.Event()  # set after the first scan
+        self.sftp: SftpEndpoint | None = None
 
     # -- control, from any thread or a signal handler ------------------------------------
 
@@ -139,12 +141,25 @@ class Service:
             if company.enabled:
                 self._start_lane(company.name)
         observer = start_observer(settings.drop_root, self._inbox.put, self._polling)
+        if settings.sftp is not None:
+            self.sftp = SftpEndpoint(
+                settings.sftp,
+                settings.drop_root,
+                settings.state_dir,
+                # An upload is in place: hand it over now, whatever the observer sees.
+                on_upload=lambda temp, final: self._inbox.put(
+                    FileMovedEvent(str(temp), str(final))
+                ),
+                busy=self._busy,
+            ).start()
         readiness = Readiness(settings.quiet_period, observer_reports_close(observer))
         discovery = Discovery(settings.drop_root, readiness)
         try:
             self._loop(ledger, discovery, observer)
         finally:
             self._systemd.notify(STOPPING="1", STATUS="stopping: finishing batches in flight")
+            if self.sftp is not None:
+                self.sftp.stop()
             observer.stop()
             for lane in self._lanes.values():
                 lane.stop()
@@ -275,6 +290,21 @@ class Service:
                 return True
         return True
 
+    def _busy(self, path: Path) -> bool:
+        """Whether a file is queued or being processed (SFTP refuses to delete it then)."""
+        try:
+            placed = place(PurePosixPath(path.relative_to(self.settings.drop_root).as_posix()))
+        except ValueError:
+            return False
+        ledger = self._open_ledger()
+        try:
+            run = ledger.latest(placed.company, placed.kind, placed.folder, placed.name)
+            if run is not None and run.state is FileState.PROCESSING:
+                return True
+            return any(q.path == str(path) for q in ledger.queued())
+        finally:
+            ledger.close()
+
     def _file_finished(self, finished: Finished) -> None:
         """From a lane's thread: tell the people (never raising), then the hook."""
         try:
@@ -334,6 +364,10 @@ class Service:
                 log.warning("reload_needs_restart", setting=key, kept=str(getattr(old, key)))
         fresh = _keep_fixed(fresh, old)
         self.settings = fresh
+        if self.sftp is not None and fresh.sftp is not None:
+            self.sftp.settings = replace(
+                fresh.sftp, host=self.sftp.settings.host, port=self.sftp.settings.port
+            )
         discovery.readiness.quiet_period = fresh.quiet_period
         for name, lane in list(self._lanes.items()):
             company = fresh.companies.get(name)

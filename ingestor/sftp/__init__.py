@@ -1,0 +1,1 @@
+"""The embedded SFTP endpoint: one chrooted, key-authenticated user per company."""

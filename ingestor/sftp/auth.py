@@ -1,0 +1,108 @@
+"""Who may log in: authorized_keys per company, optional scrypt password hashes, and a
+per-address throttle that makes password- or key-spraying pointless."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import paramiko
+
+KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+)
+
+
+def authorized_blobs(path: Path) -> set[bytes]:
+    """The public-key blobs in an OpenSSH authorized_keys file (options before the type are
+    allowed and ignored; unknown types are skipped)."""
+    blobs: set[bytes] = set()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return blobs
+    for line in text.splitlines():
+        fields = line.strip().split()
+        for index, token in enumerate(fields[:-1]):
+            if token in KEY_TYPES:
+                with contextlib.suppress(binascii.Error, ValueError):
+                    blobs.add(base64.b64decode(fields[index + 1], validate=True))
+                break
+    return blobs
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's SHA256 fingerprint, as `ssh-keygen -l` prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$n$r$p$salt$hash`` (base64), for ``sftp_password_hash``."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    parts = [str(_SCRYPT[k]) for k in ("n", "r", "p")]
+    parts += [base64.b64encode(salt).decode(), base64.b64encode(digest).decode()]
+    return "$".join(["scrypt", *parts])
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        computed = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(base64.b64decode(digest)),
+        )
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(computed, base64.b64decode(digest))
+
+
+class AuthThrottle:
+    """After ``limit`` failed logins from one address within ``window`` seconds, that address
+    is refused (before any key or password is checked) until the window has passed."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self._limit = limit
+        self._window = window
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def banned(self, address: str) -> bool:
+        with self._lock:
+            return len(self._recent(address, time.monotonic())) >= self._limit
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._recent(address, now).append(now)
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        stamps = self._failures.setdefault(address, deque())
+        while stamps and stamps[0] <= now - self._window:
+            stamps.popleft()
+        if not stamps:
+            self._failures.pop(address, None)
+            stamps = self._failures.setdefault(address, deque())
+        return stamps

@@ -1,0 +1,370 @@
+"""A company's view of the drop tree over SFTP: ``/`` is ``<drop_root>/<company>/``.
+
+Every client path is normalised inside that root (``..`` stops at ``/``, as in a chroot) and
+refused if any part of it is a symlink. Writes are allowed only under ``/imports/<kind>/``.
+An upload is written to a hidden temporary name and renamed into place only when the client
+closes it: a client that disconnects mid-upload, or goes over a size limit, leaves nothing
+for discovery to pick up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import secrets
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paramiko
+from paramiko.sftp import (
+    SFTP_FAILURE,
+    SFTP_NO_SUCH_FILE,
+    SFTP_OK,
+    SFTP_OP_UNSUPPORTED,
+    SFTP_PERMISSION_DENIED,
+)
+
+from ingestor.kinds import KINDS
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+UPLOAD_SUFFIX = ".upload"  # hidden temporaries: ".<name>.<token>.upload"
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+@dataclass(frozen=True, slots=True)
+class Company:
+    """What one company's sessions need: where its root is, its limits, and the hooks."""
+
+    name: str
+    root: Path
+    max_file_bytes: int
+    quota_bytes: int
+    on_upload: Callable[[Path, Path], None]  # (temporary, final) once a file is in place
+    busy: Callable[[Path], bool]  # is this file queued or being processed?
+
+
+def _code(exc: OSError) -> int:
+    """The SFTP status for an OS error."""
+    return int(paramiko.SFTPServer.convert_errno(exc.errno or errno.EIO))
+
+
+class Refused(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _is_upload_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(UPLOAD_SUFFIX)
+
+
+def disk_usage(root: Path) -> int:
+    total = 0
+    for directory, _dirs, files in os.walk(root, followlinks=False):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
+
+
+class Jail:
+    """Client paths → real paths under one root, refusing symlinks anywhere on the way."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @staticmethod
+    def virtual(path: str) -> str:
+        normal = posixpath.normpath("/" + path)
+        return "/" + normal.lstrip("/")
+
+    def local(self, path: str) -> Path:
+        parts = [p for p in self.virtual(path).split("/") if p]
+        current = self.root
+        for part in parts:
+            current = current / part
+            try:
+                if stat.S_ISLNK(os.lstat(current).st_mode):
+                    raise Refused(SFTP_PERMISSION_DENIED, "symbolic links are not followed")
+            except FileNotFoundError:
+                break  # the rest does not exist yet (a new file or folder)
+        return self.root.joinpath(*parts)
+
+    def writable_file(self, path: str) -> bool:
+        parts = [p for p in self.virtual(path).split("/") if p]
+        return len(parts) >= 3 and parts[0] == "imports" and parts[1] in KINDS
+
+    def creatable_dir(self, path: str) -> bool:
+        parts = [p for p in self.virtual(path).split("/") if p]
+        return len(parts) >= 3 and parts[0] == "imports" and parts[1] in KINDS
+
+
+class ReadHandle(paramiko.SFTPHandle):
+    def __init__(self, fd: int, flags: int) -> None:
+        super().__init__(flags)
+        self._fd = fd
+
+    def read(self, offset: int, length: int) -> bytes | int:
+        return os.pread(self._fd, length, offset)
+
+    def write(self, offset: int, data: Buffer) -> int:
+        return SFTP_PERMISSION_DENIED
+
+    def stat(self) -> paramiko.SFTPAttributes | int:
+        return paramiko.SFTPAttributes.from_stat(os.fstat(self._fd))
+
+    def chattr(self, attr: Any) -> int:
+        return SFTP_OK
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class UploadHandle(paramiko.SFTPHandle):
+    """Writes go to a hidden temporary; ``close`` renames it into place, unless the session
+    ended without a close or a limit was hit, in which case the temporary is removed."""
+
+    def __init__(
+        self, fs: CompanyFs, fd: int, flags: int, temporary: Path, final: Path, allowed: int
+    ) -> None:
+        super().__init__(flags)
+        self._fs, self._fd = fs, fd
+        self._temporary, self._final = temporary, final
+        self._allowed = allowed  # bytes this file may grow to (size and quota limits)
+        self._size = 0
+        self._failed = False
+
+    def write(self, offset: int, data: Buffer) -> int:
+        end = offset + memoryview(data).nbytes
+        if end > self._allowed:
+            self._failed = True
+            return self._fs.refuse(SFTP_FAILURE, self._fs.limit_message(end))
+        try:
+            os.pwrite(self._fd, data, offset)
+        except OSError as exc:
+            self._failed = True
+            return self._fs.refuse(_code(exc), f"write failed: {exc.strerror}")
+        self._size = max(self._size, end)
+        self._fs.touch()
+        return SFTP_OK
+
+    def read(self, offset: int, length: int) -> bytes | int:
+        return os.pread(self._fd, length, offset)
+
+    def stat(self) -> paramiko.SFTPAttributes | int:
+        return paramiko.SFTPAttributes.from_stat(os.fstat(self._fd))
+
+    def chattr(self, attr: Any) -> int:
+        return SFTP_OK
+
+    def close(self) -> None:
+        try:
+            if not self._failed and not self._fs.ended:
+                os.fsync(self._fd)  # the file is whole on disk before it has its name
+        finally:
+            os.close(self._fd)
+        if self._failed or self._fs.ended:
+            self._temporary.unlink(missing_ok=True)
+            return
+        os.replace(self._temporary, self._final)
+        self._fs.company.on_upload(self._temporary, self._final)
+
+
+class CompanyFs(paramiko.SFTPServerInterface):
+    """One SFTP session of one company. ``server`` is the session's ``ServerInterface``
+    (it carries the logged-in company and the activity clock)."""
+
+    def __init__(self, server: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(server, *args, **kwargs)
+        self.company: Company = server.company
+        self._server = server
+        self.jail = Jail(self.company.root)
+        self.ended = False
+        self.message: str | None = None  # the text of the next error status
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def touch(self) -> None:
+        self._server.touch()
+
+    def refuse(self, code: int, message: str) -> int:
+        self.message = message
+        return code
+
+    def limit_message(self, size: int) -> str:
+        c = self.company
+        if size > c.max_file_bytes:
+            return f"file too large: the limit is {c.max_file_bytes:,} bytes per file"
+        return f"quota exceeded: {c.name} may store at most {c.quota_bytes:,} bytes"
+
+    def _local(self, path: str) -> Path:
+        self.touch()
+        return self.jail.local(path)
+
+    # -- the SFTP operations ---------------------------------------------------------------
+
+    def session_ended(self) -> None:
+        self.ended = True
+
+    def canonicalize(self, path: str) -> str:
+        return self.jail.virtual(path)
+
+    def list_folder(self, path: str) -> list[paramiko.SFTPAttributes] | int:
+        try:
+            local = self._local(path)
+            entries = []
+            with os.scandir(local) as listing:
+                for entry in listing:
+                    if entry.is_symlink() or _is_upload_temp(entry.name):
+                        continue
+                    info = entry.stat(follow_symlinks=False)
+                    entries.append(paramiko.SFTPAttributes.from_stat(info, entry.name))
+            return entries
+        except Refused as exc:
+            return self.refuse(exc.code, str(exc))
+        except OSError as exc:
+            return _code(exc)
+
+    def stat(self, path: str) -> paramiko.SFTPAttributes | int:
+        return self.lstat(path)
+
+    def lstat(self, path: str) -> paramiko.SFTPAttributes | int:
+        try:
+            local = self._local(path)
+            info = os.lstat(local)
+        except Refused as exc:
+            return self.refuse(exc.code, str(exc))
+        except OSError as exc:
+            return _code(exc)
+        if stat.S_ISLNK(info.st_mode) or _is_upload_temp(local.name):
+            return SFTP_NO_SUCH_FILE
+        return paramiko.SFTPAttributes.from_stat(info, local.name)
+
+    def open(self, path: str, flags: int, attr: Any) -> paramiko.SFTPHandle | int:
+        try:
+            local = self._local(path)
+            if not flags & _WRITE_FLAGS:
+                fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    return SFTP_PERMISSION_DENIED
+                return ReadHandle(fd, flags)
+            return self._upload(path, local, flags)
+        except Refused as exc:
+            return self.refuse(exc.code, str(exc))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return self.refuse(SFTP_PERMISSION_DENIED, "symbolic links are not followed")
+            return _code(exc)
+
+    def _upload(self, path: str, local: Path, flags: int) -> paramiko.SFTPHandle | int:
+        if not self.jail.writable_file(path) or _is_upload_temp(local.name):
+            return self.refuse(
+                SFTP_PERMISSION_DENIED,
+                "uploads go to /imports/<kind>/<folder>/ (e.g. /imports/custom_objects/pets/)",
+            )
+        if local.exists() and not flags & os.O_TRUNC:
+            return self.refuse(
+                SFTP_OP_UNSUPPORTED, "resuming or appending is not supported; upload the whole file"
+            )
+        if not local.parent.is_dir():
+            return SFTP_NO_SUCH_FILE
+        c = self.company
+        room = c.quota_bytes - disk_usage(c.root)
+        if local.exists():
+            room += local.stat().st_size  # it is being replaced
+        allowed = min(c.max_file_bytes, room)
+        temporary = local.parent / f".{local.name}.{secrets.token_hex(4)}{UPLOAD_SUFFIX}"
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+        return UploadHandle(self, fd, flags, temporary, local, allowed)
+
+    def remove(self, path: str) -> int:
+        try:
+            local = self._local(path)
+            if not self.jail.writable_file(path):
+                return SFTP_PERMISSION_DENIED
+            if self.company.busy(local):
+                return self.refuse(
+                    SFTP_PERMISSION_DENIED, "this file is being processed; delete it afterwards"
+                )
+            os.unlink(local)
+        except Refused as exc:
+            return self.refuse(exc.code, str(exc))
+        except OSError as exc:
+            return _code(exc)
+        return SFTP_OK
+
+    def rename(self, oldpath: str, newpath: str) -> int:
+        return self._rename(oldpath, newpath, overwrite=False)
+
+    def posix_rename(self, oldpath: str, newpath: str) -> int:
+        return self._rename(oldpath, newpath, overwrite=True)
+
+    def _rename(self, oldpath: str, newpath: str, overwrite: bool) -> int:
+        try:
+            old, new = self._local(oldpath), self._local(newpath)
+            if not (self.jail.writable_file(oldpath) and self.jail.writable_file(newpath)):
+                return SFTP_PERMISSION_DENIED
+            if new.exists() and not overwrite:
+                return self.refuse(SFTP_FAILURE, f"{new.name} already exists")
+            if self.company.busy(old):
+                return self.refuse(SFTP_PERMISSION_DENIED, "this file is being processed")
+            os.replace(old, new)
+        except Refused as exc:
+            return self.refuse(exc.code, str(exc))
+        except OSError as exc:
+            return _code(exc)
+        return SFTP_OK
+
+    def mkdir(self, path: str, attr: Any) -> int:
+        try:
+            local = self._local(path)
+            if not self.jail.creatable_dir(path):
+                return self.refuse(SFTP_PERMISSION_DENIED, "folders go under /imports/<kind>/ only")
+            os.mkdir(local, 0o750)
+        except Refused as exc:
+            return self.refuse(exc.code, str(exc))
+        except OSError as exc:
+            return _code(exc)
+        return SFTP_OK
+
+    def rmdir(self, path: str) -> int:
+        try:
+            local = self._local(path)
+            if not self.jail.creatable_dir(path):
+                return SFTP_PERMISSION_DENIED
+            os.rmdir(local)
+        except Refused as exc:
+            return self.refuse(exc.code, str(exc))
+        except OSError as exc:
+            return _code(exc)
+        return SFTP_OK
+
+    def chattr(self, path: str, attr: Any) -> int:
+        return SFTP_OK  # modes and times stay the service's business
+
+    def readlink(self, path: str) -> str | int:
+        return SFTP_OP_UNSUPPORTED
+
+    def symlink(self, target_path: str, path: str) -> int:
+        return self.refuse(SFTP_PERMISSION_DENIED, "symbolic links cannot be created")
+
+
+class StatusWithReason(paramiko.SFTPServer):
+    """paramiko's SFTP server, sending our reason with an error status instead of the
+    generic text for its code (e.g. "file too large: the limit is …")."""
+
+    def _send_status(  # private in paramiko, absent from its stubs
+        self, request_number: int, code: int, desc: str | None = None
+    ) -> None:
+        fs = self.server
+        if desc is None and code != SFTP_OK and isinstance(fs, CompanyFs) and fs.message:
+            desc, fs.message = fs.message, None
+        super()._send_status(request_number, code, desc)  # type: ignore[misc]

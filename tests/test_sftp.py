@@ -1,0 +1,292 @@
+"""Companies upload over SFTP to the embedded endpoint: paramiko's client and OpenSSH's sftp."""
+
+from __future__ import annotations
+
+import email
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from email.policy import default
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
+from ingestor.simulator import Simulator
+from tests.conftest import DS_ID
+from tests.service_helpers import Running, running_service, write_settings
+
+CONFIG = b'{"data_source_id": "%s"}' % DS_ID.encode()
+PETS_CSV = b"id,name,species\n" + b"".join(b"%d,pet %d,cat\n" % (i, i) for i in range(300))
+
+
+def keypair(directory: Path, name: str) -> Path:
+    key = directory / name
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True
+    )
+    return key
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    return {name: keypair(directory, name) for name in ("acme", "beta", "stranger")}
+
+
+def sftp_settings(tmp_path: Path, sim: Simulator, keys: dict[str, Path], sftp: str = "") -> Path:
+    lines = '[sftp]\nlisten = "127.0.0.1:0"\n' + sftp
+    drop = tmp_path / "drop"
+    drop.mkdir(exist_ok=True)
+    settings = write_settings(
+        tmp_path / "s.toml",
+        drop,
+        tmp_path / "state",
+        sim,
+        companies={"acme": "ACME_KEY", "beta": "BETA_KEY"},
+        company_lines='recipients = ["ops@example.com"]',
+        extra=lines,
+    )
+    text = settings.read_text()
+    for name in ("acme", "beta"):
+        text = text.replace(
+            f"[companies.{name}]\n",
+            f'[companies.{name}]\nsftp_authorized_keys = "{keys[name]}.pub"\n',
+        )
+    settings.write_text(text)
+    return settings
+
+
+class Client:
+    """A paramiko SFTP client that checks the server's host key."""
+
+    def __init__(self, svc: Running, user: str, key: Path) -> None:
+        endpoint = svc.service.sftp
+        assert endpoint is not None
+        self.transport = paramiko.Transport(("127.0.0.1", endpoint.port))
+        self.transport.connect(
+            hostkey=endpoint.host_key,
+            username=user,
+            pkey=paramiko.Ed25519Key.from_private_key_file(str(key)),
+        )
+        self.sftp = paramiko.SFTPClient.from_transport(self.transport)
+        assert self.sftp is not None
+
+    def put(self, data: bytes, remote: str) -> None:
+        with self.sftp.open(remote, "wb") as handle:
+            handle.write(data)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+@pytest.fixture
+def service(tmp_path: Path, sim: Simulator, keys: dict[str, Path]) -> Iterator[Running]:
+    with running_service(sftp_settings(tmp_path, sim, keys, "max_sessions = 2\n")) as svc:
+        yield svc
+
+
+def upload_folder(client: Client, folder: str, name: str, data: bytes) -> None:
+    base = f"/imports/custom_objects/{folder}"
+    client.sftp.mkdir(base)
+    client.put(CONFIG, f"{base}/config.json")
+    client.put(data, f"{base}/{name}")
+
+
+def test_a_paramiko_upload_is_ingested_and_emailed(service: Running, sim, keys, tmp_path) -> None:
+    client = Client(service, "acme", keys["acme"])
+    try:
+        upload_folder(client, "pets", "pet_records.csv", PETS_CSV)
+        run = service.run_for("pet_records.csv")
+        names = sorted(client.sftp.listdir("/imports/custom_objects/pets"))
+        with client.sftp.open("/imports/custom_objects/pets/pet_records.csv", "rb") as f:
+            read_back = f.read()
+    finally:
+        client.close()
+    assert run.state is FileState.DONE and run.counts.sent == 300
+    assert len(sim.records("acme")) == 300
+    assert names == ["config.json", "pet_records.csv"]  # no upload temporaries shown
+    assert read_back == PETS_CSV
+    (eml,) = (tmp_path / "state" / "outbox").glob("*.eml")
+    subject = email.message_from_bytes(eml.read_bytes(), policy=default)["Subject"]
+    assert subject == "[ingestor] acme / pets / pet_records.csv: 300 imported, 0 skipped"
+
+
+@pytest.mark.skipif(shutil.which("sftp") is None, reason="needs OpenSSH's sftp")
+def test_openssh_sftp_batch_upload_is_ingested(service: Running, sim, keys, tmp_path) -> None:
+    endpoint = service.service.sftp
+    assert endpoint is not None
+    known_hosts = tmp_path / "known_hosts"
+    host_key = endpoint.host_key
+    known_hosts.write_text(
+        f"[127.0.0.1]:{endpoint.port} {host_key.get_name()} {host_key.get_base64()}\n"
+    )
+    (tmp_path / "config.json").write_bytes(CONFIG)
+    (tmp_path / "owners.jsonl").write_bytes(b'{"id": 1, "pets": [{"name": "Rex"}]}\n' * 5)
+    batch = tmp_path / "batch"
+    batch.write_text(
+        "mkdir imports/custom_objects/owners\n"
+        "cd imports/custom_objects/owners\n"
+        f"put {tmp_path / 'config.json'} config.json\n"
+        f"put {tmp_path / 'owners.jsonl'} upload.tmp\n"
+        "rename upload.tmp owners.jsonl\n"
+        "ls\n"
+    )
+    result = subprocess.run(
+        [
+            "sftp",
+            "-b",
+            str(batch),
+            "-i",
+            str(keys["acme"]),
+            "-P",
+            str(endpoint.port),
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={known_hosts}",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "acme@127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "owners.jsonl" in result.stdout
+    run = service.run_for("owners.jsonl")
+    assert run.state is FileState.DONE and run.counts.sent == 5
+    assert len(sim.records("acme")) == 5
+    ledger = SqliteLedger(tmp_path / "state" / LEDGER_NAME)
+    try:
+        assert [r.identity.name for r in ledger.runs()] == ["owners.jsonl"]  # not upload.tmp
+    finally:
+        ledger.close()
+
+
+def test_a_wrong_key_is_refused_and_sprays_are_throttled(tmp_path, sim, keys) -> None:
+    settings = sftp_settings(tmp_path, sim, keys, "auth_failures_before_ban = 3\n")
+    with running_service(settings) as svc:
+        for _ in range(3):
+            with pytest.raises(paramiko.AuthenticationException):
+                Client(svc, "acme", keys["stranger"])
+        # Banned now: even the right key is turned away.
+        with pytest.raises((paramiko.SSHException, EOFError, OSError)):
+            Client(svc, "acme", keys["acme"])
+
+
+def test_a_company_cannot_reach_another_companys_tree(service: Running, keys, tmp_path) -> None:
+    drop = tmp_path / "drop"
+    beta_folder = drop / "beta" / "imports" / "custom_objects" / "secret"
+    beta_folder.mkdir(parents=True)
+    (beta_folder / "secret.csv").write_text("id\n1\n")
+    acme_folder = drop / "acme" / "imports" / "custom_objects" / "pets"
+    acme_folder.mkdir(parents=True)
+    (acme_folder / "link").symlink_to(beta_folder)  # planted by another means
+    (acme_folder / "link.csv").symlink_to(beta_folder / "secret.csv")
+    client = Client(service, "acme", keys["acme"])
+    sftp = client.sftp
+    try:
+        assert sftp.normalize("/../../..") == "/"
+        assert sorted(sftp.listdir("/../..")) == ["imports"]  # its own root, nothing above
+        for path in (
+            "/../beta/imports/custom_objects/secret/secret.csv",
+            f"{beta_folder}/secret.csv",
+            "/imports/custom_objects/pets/link/secret.csv",
+            "/imports/custom_objects/pets/link.csv",
+        ):
+            with pytest.raises(OSError):
+                sftp.open(path, "rb").read()
+        with pytest.raises(OSError):
+            sftp.listdir("/imports/custom_objects/pets/link")
+        with pytest.raises(OSError):
+            client.put(b"id\n2\n", "/imports/custom_objects/pets/link/planted.csv")
+        with pytest.raises(OSError):
+            sftp.symlink("/imports", "/imports/custom_objects/pets/mine")
+        with pytest.raises(OSError, match="uploads go to /imports"):
+            client.put(b"x", "/outside.csv")
+        assert sorted(sftp.listdir("/imports/custom_objects/pets")) == []  # links hidden
+    finally:
+        client.close()
+    assert sorted(p.name for p in beta_folder.iterdir()) == ["secret.csv"]
+
+
+def test_an_oversize_upload_is_refused_and_nothing_is_processed(tmp_path, sim, keys) -> None:
+    settings = sftp_settings(tmp_path, sim, keys, "max_file_bytes = 2000\n")
+    with running_service(settings) as svc:
+        client = Client(svc, "acme", keys["acme"])
+        try:
+            with pytest.raises(OSError, match="file too large: the limit is 2,000 bytes"):
+                upload_folder(client, "pets", "big.csv", PETS_CSV)
+            client.put(b"id\n1\n", "/imports/custom_objects/pets/small.csv")
+            assert svc.run_for("small.csv").state is FileState.DONE
+            listed = sorted(client.sftp.listdir("/imports/custom_objects/pets"))
+            assert listed == ["config.json", "small.csv"]
+        finally:
+            client.close()
+    folder = tmp_path / "drop" / "acme" / "imports" / "custom_objects" / "pets"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "small.csv"]
+
+
+def test_a_client_that_disconnects_mid_upload_leaves_nothing(
+    service: Running, keys, tmp_path
+) -> None:
+    folder = tmp_path / "drop" / "acme" / "imports" / "custom_objects" / "pets"
+    client = Client(service, "acme", keys["acme"])
+    upload_folder(client, "pets", "ok.csv", b"id\n1\n")
+    assert service.run_for("ok.csv").state is FileState.DONE
+    handle = client.sftp.open("/imports/custom_objects/pets/cut.csv", "wb")
+    handle.write(PETS_CSV[:2000])
+    handle.flush()
+    assert any(p.name.endswith(".upload") for p in folder.iterdir())  # in progress, hidden
+    client.transport.close()  # gone without closing the file
+    deadline = time.monotonic() + 10
+    while any(p.name.endswith(".upload") for p in folder.iterdir()):
+        assert time.monotonic() < deadline, "the partial upload was not removed"
+        time.sleep(0.02)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "ok.csv"]
+    second = Client(service, "acme", keys["acme"])
+    try:
+        second.put(b"id\n2\n", "/imports/custom_objects/pets/after.csv")
+        assert service.run_for("after.csv").state is FileState.DONE
+    finally:
+        second.close()
+    ledger = SqliteLedger(tmp_path / "state" / LEDGER_NAME)
+    try:
+        assert sorted(r.identity.name for r in ledger.runs()) == ["after.csv", "ok.csv"]
+    finally:
+        ledger.close()
+
+
+def test_sessions_per_company_are_capped(service: Running, keys) -> None:
+    first, second = Client(service, "acme", keys["acme"]), Client(service, "acme", keys["acme"])
+    try:
+        with pytest.raises(paramiko.AuthenticationException):
+            Client(service, "acme", keys["acme"])  # max_sessions = 2
+        Client(service, "beta", keys["beta"]).close()  # another company is not affected
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_file_being_processed_cannot_be_deleted(service: Running, sim, keys) -> None:
+    sim.faults.latency = 0.05
+    client = Client(service, "acme", keys["acme"])
+    try:
+        big = b"".join(b'{"id": %d}\n' % i for i in range(5000))
+        upload_folder(client, "pets", "big.jsonl", big)
+        assert sim.wait_for_records("acme", 500, timeout=20)
+        with pytest.raises(PermissionError):
+            client.sftp.remove("/imports/custom_objects/pets/big.jsonl")
+        sim.faults.latency = 0.0
+        assert service.run_for("big.jsonl").state is FileState.DONE
+        client.sftp.remove("/imports/custom_objects/pets/big.jsonl")  # done: allowed now
+        assert "big.jsonl" not in client.sftp.listdir("/imports/custom_objects/pets")
+    finally:
+        client.close()
