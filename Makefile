@@ -26,6 +26,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/parse_bench.py
 	$(BIN)/python bench/service_bench.py
+	$(BIN)/python bench/sftp_bench.py
 
 screenshots: demo
 	$(BIN)/python docs/screenshots.py .demo-state/outbox --out docs/sample-email.png

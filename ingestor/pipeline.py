@@ -23,7 +23,7 @@ from ingestor.errors import (
     ParseError,
     SystemicRejection,
 )
-from ingestor.identity import identify
+from ingestor.identity import KnownHashes, identify
 from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import FolderConfig, ImportFolder, data_format, list_folder, load_folder_config
 from ingestor.ledger import FileIdentity, FileRun, FileState, Ledger
@@ -71,7 +71,9 @@ class Pipeline:
         limiter: AccountLimiter,
         stop: threading.Event | None = None,
         progress: ProgressFn | None = None,
+        known_hashes: KnownHashes | None = None,
     ) -> None:
+        self._known_hashes = known_hashes
         self._settings = settings
         self._ledger = ledger
         self._client = client
@@ -148,7 +150,7 @@ class Pipeline:
             f"{path.name} is directly under imports/{kind}/; put it in a named folder with a "
             "config.json (imports/" + kind + "/<folder>/" + path.name + ")"
         )
-        identity = identify(path, company, kind, "", self._ledger)
+        identity = identify(path, company, kind, "", self._ledger, self._known_hashes)
         run = self._ledger.register(identity)
         if run.state is FileState.REJECTED:
             return FileResult(run, None, unchanged=True)
@@ -163,7 +165,9 @@ class Pipeline:
         self._verified[target_id] = time.monotonic()
 
     def _register(self, folder: ImportFolder, path: Path) -> FileRun:
-        identity = identify(path, folder.company, folder.kind.folder, folder.name, self._ledger)
+        identity = identify(
+            path, folder.company, folder.kind.folder, folder.name, self._ledger, self._known_hashes
+        )
         return self._ledger.register(identity)
 
     def _ingest_file(

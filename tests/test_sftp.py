@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import email
+import hashlib
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from email.policy import default
@@ -107,6 +109,7 @@ def test_a_paramiko_upload_is_ingested_and_emailed(service: Running, sim, keys, 
     finally:
         client.close()
     assert run.state is FileState.DONE and run.counts.sent == 300
+    assert run.identity.sha256 == hashlib.sha256(PETS_CSV).hexdigest()  # hashed in flight
     assert len(sim.records("acme")) == 300
     assert names == ["config.json", "pet_records.csv"]  # no upload temporaries shown
     assert read_back == PETS_CSV
@@ -289,4 +292,52 @@ def test_a_file_being_processed_cannot_be_deleted(service: Running, sim, keys) -
         client.sftp.remove("/imports/custom_objects/pets/big.jsonl")  # done: allowed now
         assert "big.jsonl" not in client.sftp.listdir("/imports/custom_objects/pets")
     finally:
+        client.close()
+
+
+def test_password_login_only_against_a_stored_hash(tmp_path, sim, keys) -> None:
+    hashed = subprocess.run(
+        [sys.executable, "-m", "ingestor.cli", "sftp-password"],
+        input="correct horse battery staple\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert hashed.startswith("scrypt$") and "staple" not in hashed
+    settings = sftp_settings(tmp_path, sim, keys, "password_login = true\n")
+    settings.write_text(
+        settings.read_text().replace(
+            "[companies.acme]\n", f'[companies.acme]\nsftp_password_hash = "{hashed}"\n'
+        )
+    )
+    with running_service(settings) as svc:
+        endpoint = svc.service.sftp
+        assert endpoint is not None
+        for password, works in (("wrong password!", False), ("correct horse battery staple", True)):
+            transport = paramiko.Transport(("127.0.0.1", endpoint.port))
+            try:
+                if works:
+                    transport.connect(endpoint.host_key, "acme", password)
+                    assert transport.is_authenticated()
+                else:
+                    with pytest.raises(paramiko.AuthenticationException):
+                        transport.connect(endpoint.host_key, "acme", password)
+            finally:
+                transport.close()
+        transport = paramiko.Transport(("127.0.0.1", endpoint.port))
+        try:  # beta has no hash: password login is not even offered
+            with pytest.raises(paramiko.BadAuthenticationType):
+                transport.connect(endpoint.host_key, "beta", "correct horse battery staple")
+        finally:
+            transport.close()
+
+
+def test_an_idle_session_is_closed(tmp_path, sim, keys) -> None:
+    settings = sftp_settings(tmp_path, sim, keys, "idle_timeout_seconds = 0.4\n")
+    with running_service(settings) as svc:
+        client = Client(svc, "acme", keys["acme"])
+        deadline = time.monotonic() + 10
+        while client.transport.is_active():  # the server hangs up on an idle client
+            assert time.monotonic() < deadline, "the idle session stayed open"
+            time.sleep(0.05)
         client.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import posixpath
 import secrets
@@ -46,7 +47,8 @@ class Company:
     root: Path
     max_file_bytes: int
     quota_bytes: int
-    on_upload: Callable[[Path, Path], None]  # (temporary, final) once a file is in place
+    # (temporary, final, sha256 or None) once a file is in place
+    on_upload: Callable[[Path, Path, str | None], None]
     busy: Callable[[Path], bool]  # is this file queued or being processed?
 
 
@@ -140,6 +142,8 @@ class UploadHandle(paramiko.SFTPHandle):
         self._allowed = allowed  # bytes this file may grow to (size and quota limits)
         self._size = 0
         self._failed = False
+        # Clients write in order: hash as the bytes arrive, so nobody reads the file again.
+        self._hash: Any = hashlib.sha256()
 
     def write(self, offset: int, data: Buffer) -> int:
         end = offset + memoryview(data).nbytes
@@ -151,6 +155,10 @@ class UploadHandle(paramiko.SFTPHandle):
         except OSError as exc:
             self._failed = True
             return self._fs.refuse(_code(exc), f"write failed: {exc.strerror}")
+        if self._hash is not None and offset == self._size:
+            self._hash.update(data)
+        else:
+            self._hash = None  # out of order: identity hashes the file itself
         self._size = max(self._size, end)
         self._fs.touch()
         return SFTP_OK
@@ -174,7 +182,8 @@ class UploadHandle(paramiko.SFTPHandle):
             self._temporary.unlink(missing_ok=True)
             return
         os.replace(self._temporary, self._final)
-        self._fs.company.on_upload(self._temporary, self._final)
+        digest = self._hash.hexdigest() if self._hash is not None else None
+        self._fs.company.on_upload(self._temporary, self._final, digest)
 
 
 class CompanyFs(paramiko.SFTPServerInterface):

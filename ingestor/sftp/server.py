@@ -30,7 +30,7 @@ from ingestor.sftp.fs import Company, CompanyFs, StatusWithReason
 
 log = structlog.get_logger("ingestor.sftp")
 
-UploadFn = Callable[[Path, Path], None]
+UploadFn = Callable[[Path, Path, str | None], None]
 BusyFn = Callable[[Path], bool]
 
 
@@ -139,7 +139,7 @@ class SftpEndpoint:
         self.settings = settings
         self._drop_root = drop_root
         self._host_key = load_host_key(state_dir / settings.host_key)
-        self._on_upload = on_upload or (lambda _temporary, _final: None)
+        self._on_upload = on_upload or (lambda _temporary, _final, _sha: None)
         self._busy = busy or (lambda _path: False)
         self.throttle = AuthThrottle(settings.auth_failures_before_ban, settings.ban_seconds)
         self._sessions: dict[str, int] = {}

@@ -19,6 +19,7 @@ import structlog
 
 from ingestor.discovery import Found, FoundKind
 from ingestor.errors import AuthError, ConfigError, IngestorError, Interrupted, LayoutError
+from ingestor.identity import KnownHashes
 from ingestor.kinds import KINDS, ImportKind
 from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import ImportFolder, load_folder_config
@@ -100,8 +101,10 @@ class Lane:
         environ: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
         on_finished: FinishedFn | None = None,
+        known_hashes: KnownHashes | None = None,
     ) -> None:
         self.name = company.name
+        self._known_hashes = known_hashes
         self._company = company
         self._service = service
         self._ledger_factory = ledger_factory
@@ -239,6 +242,7 @@ class Lane:
                         self._limiter,
                         self._stop,
                         self._progress,
+                        self._known_hashes,
                     )
                 try:
                     self._process(pipeline, item.found)

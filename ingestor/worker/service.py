@@ -34,6 +34,7 @@ from ingestor.discovery import (
     start_observer,
 )
 from ingestor.errors import ConfigError
+from ingestor.identity import KnownHashes
 from ingestor.layout import CONFIG_NAME, place
 from ingestor.ledger import LEDGER_NAME, FileState, Ledger, SqliteLedger
 from ingestor.notify.notifier import Notifier, load_report
@@ -101,6 +102,7 @@ class Service:
         self._on_finished = on_finished
         self.ready = threading.Event()  # set after the first scan
         self.sftp: SftpEndpoint | None = None
+        self._known_hashes = KnownHashes()
 
     # -- control, from any thread or a signal handler ------------------------------------
 
@@ -146,10 +148,7 @@ class Service:
                 settings.sftp,
                 settings.drop_root,
                 settings.state_dir,
-                # An upload is in place: hand it over now, whatever the observer sees.
-                on_upload=lambda temp, final: self._inbox.put(
-                    FileMovedEvent(str(temp), str(final))
-                ),
+                on_upload=self._uploaded,
                 busy=self._busy,
             ).start()
         readiness = Readiness(settings.quiet_period, observer_reports_close(observer))
@@ -290,6 +289,14 @@ class Service:
                 return True
         return True
 
+    def _uploaded(self, temporary: Path, final: Path, sha: str | None) -> None:
+        """An SFTP upload is in place: hand it over now (whatever the observer sees), with
+        the hash the endpoint computed as the bytes arrived."""
+        if sha is not None:
+            info = final.stat()
+            self._known_hashes.put(final, info.st_size, info.st_mtime_ns, sha)
+        self._inbox.put(FileMovedEvent(str(temporary), str(final)))
+
     def _busy(self, path: Path) -> bool:
         """Whether a file is queued or being processed (SFTP refuses to delete it then)."""
         try:
@@ -342,6 +349,7 @@ class Service:
             environ=self._environ,
             transport=self._transport,
             on_finished=self._file_finished,
+            known_hashes=self._known_hashes,
         )
         self._lanes[name] = lane
         lane.start()
