@@ -14,6 +14,8 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
@@ -25,11 +27,22 @@ PETS_CSV = b"id,name,species\n" + b"".join(b"%d,pet %d,cat\n" % (i, i) for i in 
 
 
 def keypair(directory: Path, name: str) -> Path:
-    key = directory / name
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True
+    """An Ed25519 key pair in OpenSSH's formats (``name`` and ``name.pub``)."""
+    key = Ed25519PrivateKey.generate()
+    private = directory / name
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
     )
-    return key
+    private.chmod(0o600)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    (directory / f"{name}.pub").write_bytes(public + f" {name}\n".encode())
+    return private
 
 
 @pytest.fixture
