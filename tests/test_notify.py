@@ -121,6 +121,21 @@ def smtp_table(port: int, ca_file: Path | None = None, security: str = "starttls
     return "\n".join(lines) + '\n[notify]\nfrom = "Ingestor <ingestor@ops.example>"\n'
 
 
+def plain_smtp_setup(tmp_path: Path, sim: Simulator, port: int) -> tuple[Path, Path, Path]:
+    """A pets folder, the state dir, and settings sending to a plain SMTP server on ``port``."""
+    drop, state = tmp_path / "drop", tmp_path / "state"
+    folder = make_folder(drop)
+    settings = write_settings(
+        tmp_path / "s.toml",
+        drop,
+        state,
+        sim,
+        company_lines=f'recipients = ["{TO}"]',
+        extra=smtp_table(port, security="none"),
+    )
+    return folder, state, settings
+
+
 def bodies(message: EmailMessage) -> tuple[str, str]:
     text = message.get_body(("plain",))
     html = message.get_body(("html",))
@@ -207,16 +222,7 @@ def test_smtp_down_queues_then_delivers_exactly_once_across_restarts(
     tmp_path: Path, sim: Simulator
 ) -> None:
     port = free_port()  # nothing listens here yet
-    drop, state = tmp_path / "drop", tmp_path / "state"
-    folder = make_folder(drop)
-    settings = write_settings(
-        tmp_path / "s.toml",
-        drop,
-        state,
-        sim,
-        company_lines=f'recipients = ["{TO}"]',
-        extra=smtp_table(port, security="none"),
-    )
+    folder, state, settings = plain_smtp_setup(tmp_path, sim, port)
     with running_service(settings) as svc:
         (folder / "pets.jsonl").write_bytes(jsonl(10))
         assert svc.run_for("pets.jsonl").state is FileState.DONE
@@ -249,16 +255,7 @@ def test_a_refused_recipient_moves_the_message_to_failed(tmp_path: Path, sim: Si
     sink.refuse.add(TO)
     controller = Controller(sink, hostname="127.0.0.1", port=free_port())
     controller.start()
-    drop, state = tmp_path / "drop", tmp_path / "state"
-    folder = make_folder(drop)
-    settings = write_settings(
-        tmp_path / "s.toml",
-        drop,
-        state,
-        sim,
-        company_lines=f'recipients = ["{TO}"]',
-        extra=smtp_table(controller.port, security="none"),
-    )
+    folder, state, settings = plain_smtp_setup(tmp_path, sim, controller.port)
     try:
         with running_service(settings) as svc:
             (folder / "pets.jsonl").write_bytes(jsonl(1))

@@ -7,16 +7,14 @@ feed. Each company's lane is its own thread (see ``lane``).
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import fcntl
 import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from types import FrameType
 
@@ -40,10 +38,12 @@ from ingestor.ledger import LEDGER_NAME, FileState, Ledger, SqliteLedger
 from ingestor.notify.notifier import Notifier, load_report
 from ingestor.service_config import ServiceSettings, load_service_settings
 from ingestor.sftp.server import SftpEndpoint
-from ingestor.worker.lane import Finished, FinishedFn, Lane, LaneView
+from ingestor.worker.lane import Finished, FinishedFn, Lane
+from ingestor.worker.lock import state_dir_lock
 from ingestor.worker.metrics import Metrics
 from ingestor.worker.retention import sweep
 from ingestor.worker.sdnotify import SystemdNotifier
+from ingestor.worker.status import ServiceView
 
 log = structlog.get_logger("ingestor.service")
 
@@ -54,23 +54,6 @@ class _Signal(enum.Enum):
     STOP = "stop"
     RELOAD = "reload"
     RESCAN = "rescan"
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceView:
-    lanes: list[LaneView]
-    waiting_uploads: int
-
-    def summary(self) -> str:
-        busy = sum(1 for lane in self.lanes if lane.current)
-        queued = sum(lane.queued for lane in self.lanes)
-        sent = sum(lane.records_sent for lane in self.lanes)
-        blocked = [lane.company for lane in self.lanes if lane.blocked]
-        text = (
-            f"{len(self.lanes)} companies; {busy} files in flight, {queued} queued, "
-            f"{self.waiting_uploads} uploads in progress; {sent:,} records sent"
-        )
-        return text + (f"; blocked: {', '.join(blocked)}" if blocked else "")
 
 
 class Service:
@@ -120,7 +103,7 @@ class Service:
     def run(self) -> int:
         settings = self.settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive(settings.state_dir / "service.lock"):
+        with state_dir_lock(settings.state_dir / "service.lock"):
             return self._run_locked()
 
     def _run_locked(self) -> int:
@@ -403,26 +386,6 @@ class Service:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """One service per state directory: two would deliver the same e-mails twice."""
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "?"
-            raise ConfigError(
-                f"another ingestor service (pid {owner}) is running with state dir "
-                f"{path.parent}; stop it first or give this one its own state_dir"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
 
 
 def _keep_fixed(fresh: ServiceSettings, old: ServiceSettings) -> ServiceSettings:

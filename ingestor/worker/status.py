@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ingestor.ledger import FileRun, FileState, Ledger, QueuedFile
+from ingestor.worker.lane import LaneView
 
 DAY = 86400.0
 
@@ -41,3 +42,20 @@ def service_status(ledger: Ledger, now: float) -> StatusView:
         ],
         failed=[r for r in current if r.state in (FileState.FAILED, FileState.REJECTED)],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceView:
+    lanes: list[LaneView]
+    waiting_uploads: int
+
+    def summary(self) -> str:
+        busy = sum(1 for lane in self.lanes if lane.current)
+        queued = sum(lane.queued for lane in self.lanes)
+        sent = sum(lane.records_sent for lane in self.lanes)
+        blocked = [lane.company for lane in self.lanes if lane.blocked]
+        text = (
+            f"{len(self.lanes)} companies; {busy} files in flight, {queued} queued, "
+            f"{self.waiting_uploads} uploads in progress; {sent:,} records sent"
+        )
+        return text + (f"; blocked: {', '.join(blocked)}" if blocked else "")

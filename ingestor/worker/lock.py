@@ -1,0 +1,31 @@
+"""One service per state directory: two would deliver the same e-mails and race on files."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ingestor.errors import ConfigError
+
+
+@contextlib.contextmanager
+def state_dir_lock(path: Path) -> Iterator[None]:
+    """One service per state directory: two would deliver the same e-mails twice."""
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            raise ConfigError(
+                f"another ingestor service (pid {owner}) is running with state dir "
+                f"{path.parent}; stop it first or give this one its own state_dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
