@@ -53,3 +53,38 @@ def make_folder(
     if ds is not None:
         (folder / "config.json").write_text(json.dumps({"data_source_id": ds}))
     return folder
+
+
+# -- Secrets never leak: every test's output and every file the suite writes is searched ----
+
+SECRETS = (
+    KEY,
+    "pk_test_secret_beta_9876543210",  # tests.service_helpers.BETA_KEY
+    "smtp-secret-Pa55",  # tests.service_helpers.SMTP_PASSWORD
+)
+_LEAKS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Captured stdout, stderr and logs, and any failure text, of every test phase."""
+    texts = [report.longreprtext, *(content for _, content in report.sections)]
+    for secret in SECRETS:
+        if any(secret in text for text in texts):
+            _LEAKS.append(f"{report.nodeid} ({report.when}): output shows {secret[:8]}…")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secrets_never_leak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole suite: logs, reports, rejected rows, e-mails, ledgers — no secret."""
+    yield
+    for path in tmp_path_factory.getbasetemp().rglob("*"):
+        # Key files and systemd credentials hold a key on purpose.
+        if path.is_symlink() or not path.is_file() or path.suffix == ".key":
+            continue
+        if "creds" in path.parts or path.stat().st_size > 50 * 1024 * 1024:
+            continue
+        data = path.read_bytes()
+        for secret in SECRETS:
+            if secret.encode() in data:
+                _LEAKS.append(f"{path}: contains {secret[:8]}…")
+    assert not _LEAKS, "secrets leaked:\n" + "\n".join(_LEAKS)

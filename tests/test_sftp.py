@@ -292,7 +292,7 @@ def test_sessions_per_company_are_capped(service: Running, keys) -> None:
 
 
 def test_a_file_being_processed_cannot_be_deleted(service: Running, sim, keys) -> None:
-    sim.faults.latency = 0.05
+    sim.faults.latency = 0.2  # ten batches: about two seconds in flight
     client = Client(service, "acme", keys["acme"])
     try:
         big = b"".join(b'{"id": %d}\n' % i for i in range(5000))
