@@ -4,12 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench screenshots clean
+.PHONY: demo test lint bench screenshots audit constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +30,20 @@ bench: $(STAMP)
 
 screenshots: demo
 	$(BIN)/python docs/screenshots.py .demo-state/outbox --out docs/sample-email.png
+
+# Known vulnerabilities in the pinned dependencies (needs pypi.org's JSON API or OSV).
+audit: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt pip-audit
+	$(BIN)/pip-audit -r constraints.txt --progress-spinner off
+
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install --quiet -e '.[dev]' pip-audit
+	{ echo "# Exact versions CI and make install (pip -c). Regenerate after changing pyproject.toml:"; \
+	  echo "#   make constraints"; \
+	  .venv-constraints/bin/pip freeze --exclude-editable | grep -v '^-e\|^ingestor\|^pip=='; } > constraints.txt
+	rm -rf .venv-constraints
 
 clean:
 	rm -rf $(VENV) .demo-state .pytest_cache .mypy_cache .ruff_cache
