@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/parse_bench.py
 	$(BIN)/python bench/service_bench.py
 	$(BIN)/python bench/sftp_bench.py
+	$(BIN)/python bench/bound_bench.py
 
 screenshots: demo
 	$(BIN)/python docs/screenshots.py .demo-state/outbox --out docs/sample-email.png

@@ -51,7 +51,10 @@ def default_state_dir() -> Path:
 
 def _api_settings(args: argparse.Namespace, base_url: str | None = None) -> ApiSettings:
     limits = RateLimitSettings(
-        burst=args.burst, steady=args.steady, steady_window=args.steady_window
+        burst=args.burst,
+        burst_window=args.burst_window,
+        steady=args.steady,
+        steady_window=args.steady_window,
     )
     return ApiSettings(
         base_url=base_url or args.base_url, revision=args.revision, rate_limit=limits
@@ -363,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--company", help="tenant name (default: from the drop-tree path)")
     ingest.add_argument("--state-dir", default=str(default_state_dir()))
     ingest.add_argument("--burst", type=int, default=RateLimitSettings().burst)
+    ingest.add_argument("--burst-window", type=float, default=RateLimitSettings().burst_window)
     ingest.add_argument("--steady", type=int, default=RateLimitSettings().steady)
     ingest.add_argument("--steady-window", type=float, default=RateLimitSettings().steady_window)
     _add_common(ingest)

@@ -48,11 +48,18 @@ def _error(status: int, code: str, title: str, detail: str, pointer: str = "") -
 class _Answer(Exception):
     """Raised inside a handler to end the request with this status and body."""
 
-    def __init__(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        records: int = 0,
+    ):
         super().__init__(status)
         self.status = status
         self.body = body
         self.headers = headers or {}
+        self.records = records  # stored by this request (for the request log)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -92,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
                     ),
                 )
             if method == "POST" and path == CUSTOM_OBJECTS.endpoint:
-                records = sim.bulk_create(self, account, body)
+                sim.bulk_create(self, account, body)
             elif method == "GET" and path.startswith("/api/data-sources/"):
                 sim.get_data_source(account, path.rsplit("/", 1)[1])
             elif path == "/api/data-sources" and method == "POST":
@@ -102,6 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 raise _Answer(404, _error(404, "not_found", "Not found", f"no route {path}"))
         except _Answer as answer:
+            records = answer.records
             if answer.status < 0:  # a dropped connection: no answer at all
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -282,7 +290,7 @@ class Simulator:
                 {"Retry-After": state.retry_after_header(wait)},
             )
 
-    def bulk_create(self, handler: _Handler, account: Account, body: bytes) -> int:
+    def bulk_create(self, handler: _Handler, account: Account, body: bytes) -> None:
         faults, state, limits = self.state.faults, self.state, self.batch_limits
         with state.lock:  # at most one injected fault per request, in this order
             throttle = faults.take("throttle_next")
@@ -376,7 +384,7 @@ class Simulator:
             state.stored.notify_all()
         if hang:
             time.sleep(faults.hang_seconds)
-        raise _Answer(self.success_status)
+        raise _Answer(self.success_status, records=len(records))
 
     def _parse_and_validate(self, body: bytes, operation: str) -> dict[str, Any]:
         try:

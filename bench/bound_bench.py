@@ -1,0 +1,162 @@
+"""One account against the rate-limit bound, and CPU per million records with the limiter off.
+
+    python bench/bound_bench.py [--records 200000] [--clock-factor 10] [--cpu-records 1000000]
+
+1. ``ingestor ingest`` sends ``--records`` small records to the simulator enforcing the guide's
+   limits (burst 3/s, steady 60/min) on a clock ``--clock-factor`` times faster, with our
+   limiter set to the same limits. The theoretical minimum time is computed by placing every
+   request at the earliest moment the server's sliding windows allow (zero latency).
+   Reported: time ÷ minimum, achieved ÷ allowed request rate, records per request ÷ 500, 429s.
+2. The same command with both limiters off on ``--cpu-records`` records: CPU seconds of the
+   ingest process per million records, parse to HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+from ingestor.config import RateLimitSettings
+from ingestor.simulator import Simulator
+from ingestor.simulator.state import GUIDE_BULK_LIMITS
+
+DS_ID = "01KTMWCZ8ZMNZS0HG5HQNX0H6E"
+KEY = "pk_bench_bound_0123456789abcdef"
+BULK = "/api/data-source-record-bulk-create-jobs"
+
+
+def minimum_span(requests: int, limits: RateLimitSettings) -> float:
+    """Seconds from the first to the last of ``requests`` requests, each sent at the earliest
+    moment both sliding windows allow."""
+    burst: deque[float] = deque()
+    steady: deque[float] = deque()
+    t = 0.0
+    for _ in range(requests):
+        if len(burst) == limits.burst:
+            t = max(t, burst[0] + limits.burst_window)
+        if len(steady) == limits.steady:
+            t = max(t, steady[0] + limits.steady_window)
+        burst.append(t)
+        steady.append(t)
+        if len(burst) > limits.burst:
+            burst.popleft()
+        if len(steady) > limits.steady:
+            steady.popleft()
+    return t
+
+
+def drop_folder(root: Path, records: int) -> Path:
+    folder = root / "drop" / "acme" / "imports" / "custom_objects" / "bench"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"data_source_id": DS_ID}))
+    with (folder / "records.jsonl").open("wb") as handle:
+        for i in range(records):
+            handle.write(b'{"id": %d, "status": "active"}\n' % i)
+    return folder
+
+
+def ingest(folder: Path, sim: Simulator, state: Path, limits: RateLimitSettings) -> float:
+    """Run ``ingestor ingest`` and return its CPU seconds (user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ingestor.cli",
+            "ingest",
+            str(folder),
+            "--api-key-env",
+            "BENCH_KEY",
+            "--base-url",
+            sim.url,
+            "--state-dir",
+            str(state),
+            "--burst",
+            str(limits.burst),
+            "--burst-window",
+            str(limits.burst_window),
+            "--steady",
+            str(limits.steady),
+            "--steady-window",
+            str(limits.steady_window),
+            "--log-format",
+            "json",
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, "BENCH_KEY": KEY},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--clock-factor", type=float, default=10.0)
+    parser.add_argument("--cpu-records", type=int, default=1_000_000)
+    args = parser.parse_args()
+    limits = GUIDE_BULK_LIMITS.scaled(args.clock_factor)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folder = drop_folder(root / "bound", args.records)
+        with Simulator(
+            {KEY: "acme"},
+            bulk_limits=GUIDE_BULK_LIMITS,
+            clock_factor=args.clock_factor,
+            keep_records=False,
+        ) as sim:
+            sim.add_data_source("acme", DS_ID)
+            began = time.monotonic()
+            ingest(folder, sim, root / "state-bound", limits)
+            wall = time.monotonic() - began
+            with sim.state.lock:
+                bulk = [r for r in sim.state.requests if r.path == BULK]
+            stats = sim.stats()
+        accepted = [r for r in bulk if r.status < 300]
+        span = accepted[-1].at - accepted[0].at
+        best = minimum_span(len(accepted), limits)
+        per_request = sum(r.records for r in accepted) / len(accepted)
+        print(
+            f"{args.records:,} records at the guide's limits x{args.clock_factor:g} "
+            f"(steady {limits.requests_per_second:g} req/s): {len(accepted)} requests in "
+            f"{span:.2f} s (minimum {best:.2f} s), {wall:.1f} s wall for the whole command"
+        )
+        print("| measure | value | target |\n|---|---|---|")
+        print(f"| time ÷ theoretical minimum | {span / best:.3f} | ≤ 1.05 |")
+        print(f"| achieved ÷ allowed request rate | {best / span:.3f} | ≥ 0.97 |")
+        print(f"| records per request ÷ 500 | {per_request / 500:.3f} | ≥ 0.99 |")
+        print(
+            f"| 429s received | {sum(1 for r in bulk if r.status == 429)} | 0 |"
+            f"\n| records stored | {stats['records']:,} of {args.records:,} | all |"
+        )
+
+        off = RateLimitSettings(burst=10**6, steady=10**6, enabled=False)
+        folder = drop_folder(root / "cpu", args.cpu_records)
+        with Simulator({KEY: "acme"}, bulk_limits=off, read_limits=off, keep_records=False) as sim:
+            sim.add_data_source("acme", DS_ID)
+            began = time.monotonic()
+            cpu = ingest(folder, sim, root / "state-cpu", off)
+            wall = time.monotonic() - began
+            stored = sim.stats()["records"]
+        assert stored == args.cpu_records, stored
+        print(
+            f"\nlimiter off: {args.cpu_records:,} records in {wall:.1f} s wall "
+            f"({args.cpu_records / wall:,.0f} records/s, simulator on the same 2 cores); "
+            f"ingest process CPU {cpu:.2f} s = {cpu / args.cpu_records * 1e6:.2f} CPU-s per "
+            "million records, parse to HTTP"
+        )
+
+
+if __name__ == "__main__":
+    main()
