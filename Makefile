@@ -24,10 +24,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/parse_bench.py
 	$(BIN)/python bench/service_bench.py
 	$(BIN)/python bench/sftp_bench.py
 	$(BIN)/python bench/bound_bench.py
+	$(BIN)/python bench/sdk_bench.py
 
 screenshots: demo
 	$(BIN)/python docs/screenshots.py .demo-state/outbox --out docs/sample-email.png
