@@ -87,3 +87,27 @@ def test_final_counts_match_after_the_drill(tmp_path: Path, sim: Simulator) -> N
     assert run.state is FileState.DONE
     assert (run.counts.read, run.counts.sent, run.counts.skipped) == (3_001, 3_000, 1)
     assert run.counts.retries >= 30
+
+
+def test_a_drop_file_truncated_or_deleted_mid_run_is_stopped_and_said(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    drop = tmp_path / "drop"
+    folder = make_folder(drop)
+    settings = write_settings(tmp_path / "s.toml", drop, tmp_path / "state", sim)
+    sim.faults.latency = 0.1
+    with running_service(settings) as svc:
+        (folder / "cut.jsonl").write_bytes(jsonl(0, 5_000))
+        assert sim.wait_for_records("acme", 500, timeout=20)
+        with (folder / "cut.jsonl").open("r+b") as handle:
+            handle.truncate(1_000)  # mid-line, too
+        stopped = svc.run_for("cut.jsonl")
+        assert stopped.state is FileState.FAILED
+        assert "changed while being processed" in stopped.reason
+        (folder / "gone.jsonl").write_bytes(jsonl(10_000, 5_000))
+        assert sim.wait_for_records("acme", len(sim.records("acme")) + 500, timeout=20)
+        (folder / "gone.jsonl").unlink()
+        removed = svc.run_for("gone.jsonl")
+        sim.faults.latency = 0.0
+    assert removed.state is FileState.FAILED and "was removed" in removed.reason
+    assert removed.counts.sent < 5_000  # stopped, not run to the end of a deleted file
