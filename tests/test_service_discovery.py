@@ -138,3 +138,13 @@ def test_a_symlink_is_never_followed(tree, sim, tmp_path) -> None:
 
 
 DS = "01KTMWCZ8ZMNZS0HG5HQNX0H6E"
+
+
+def test_a_polling_observer_uses_the_quiet_period(tree, sim) -> None:
+    """Network file systems send no inotify events: files are ready once they hold still."""
+    drop, _state, settings = tree
+    folder = make_folder(drop)
+    with running_service(settings, polling=True) as svc:
+        (folder / "nfs.jsonl").write_bytes(rows(0, 50))
+        run = svc.run_for("nfs.jsonl")
+    assert run.state is FileState.DONE and run.counts.sent == 50

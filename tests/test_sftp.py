@@ -354,3 +354,25 @@ def test_an_idle_session_is_closed(tmp_path, sim, keys) -> None:
             assert time.monotonic() < deadline, "the idle session stayed open"
             time.sleep(0.05)
         client.close()
+
+
+def test_a_company_over_its_quota_is_refused_with_a_message(tmp_path, sim, keys) -> None:
+    settings = sftp_settings(tmp_path, sim, keys)
+    settings.write_text(
+        settings.read_text().replace(
+            "[companies.acme]\n", "[companies.acme]\nsftp_quota_bytes = 6000\n"
+        )
+    )
+    with running_service(settings) as svc:
+        client = Client(svc, "acme", keys["acme"])
+        try:
+            upload_folder(client, "pets", "first.csv", PETS_CSV[:4000])
+            assert svc.run_for("first.csv").state is FileState.DONE
+            with pytest.raises(OSError, match="quota exceeded: acme may store at most 6,000 bytes"):
+                client.put(PETS_CSV[:4000], "/imports/custom_objects/pets/second.csv")
+            assert sorted(client.sftp.listdir("/imports/custom_objects/pets")) == [
+                "config.json",
+                "first.csv",
+            ]
+        finally:
+            client.close()

@@ -193,12 +193,14 @@ class Lane:
             self._publish_depth()
             return item
 
-    def _requeue_front(self, item: Queued) -> None:
+    def _requeue_front(self, item: Queued, ledger: Ledger) -> None:
+        """Put a file back at the head of the queue (it waits for the lane to unblock)."""
         with self._wake:
             if item.found.path not in self._queued_paths:
                 self._queued_paths.add(item.found.path)
                 self._queue.appendleft(item)
                 self._publish_depth()
+        ledger.note_queued(self.name, str(item.found.path), time.time())
 
     def _pause(self, reason: str) -> None:
         """Hold the queue until the retry interval passes, new settings arrive, or stop."""
@@ -232,7 +234,7 @@ class Lane:
                         client = self._client()
                     except ConfigError as exc:
                         bound.error("api_key_unavailable", reason=str(exc))
-                        self._requeue_front(item)
+                        self._requeue_front(item, ledger)
                         self._pause(f"API key unavailable: {exc}")
                         continue
                     pipeline = Pipeline(
@@ -254,7 +256,7 @@ class Lane:
                         self._auth_outage = True
                         bound.error("auth_failed", reason=str(exc), file=item.found.path.name)
                         self._finished_from_ledger(ledger, item.found)
-                    self._requeue_front(item)
+                    self._requeue_front(item, ledger)
                     self._pause(f"authentication failed: {exc}")
                     reread_key = True  # a key rotated in its file needs no reload
                     continue
