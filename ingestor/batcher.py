@@ -30,44 +30,51 @@ def batches(
     """
     pending: list[Record] = []
     fixed_size = envelope.fixed_size
-    body_size = fixed_size
+    body_size = fixed_size - 1  # each record adds itself and a comma; the first needs none
     item_overhead = len(envelope.item_prefix) + len(envelope.item_suffix)
     max_body, max_records, max_record = (
         limits.max_body_bytes,
         limits.max_records,
         limits.max_record_bytes,
     )
-    end_offset = end_line = 0
+    end_offset = end_line = 0  # where the last item before ``pending`` ended
+    last: Record | None = None  # the newest pending record (its end is read only when needed)
     rejects_since_batch = 0
     for item in items:
         if type(item) is Reject:
             yield item
+            if last is not None:  # a reject after pending records ends further on
+                last = None
             end_offset, end_line = item.end_offset, item.end_line
             rejects_since_batch += 1
             if not pending and rejects_since_batch >= REJECTS_PER_MARKER:
                 yield Batch((), end_offset, end_line, 0)
                 rejects_since_batch = 0
             continue
-        assert type(item) is Record
-        size = len(item.json)
+        size = len(item.json)  # type: ignore[union-attr]
         item_size = size + item_overhead
         if size > max_record or fixed_size + item_size > max_body:
+            if last is not None:
+                last = None
             yield Reject(
                 item.line,
                 item.end_line,
                 item.end_offset,
                 oversize_reason(size, max_record),
-                item.json[:200].decode("utf-8", "replace"),
+                item.json[:200].decode("utf-8", "replace"),  # type: ignore[union-attr]
             )
             end_offset, end_line = item.end_offset, item.end_line
             continue
-        added = item_size + (1 if pending else 0)
-        if pending and (len(pending) == max_records or body_size + added > max_body):
+        if pending and (len(pending) == max_records or body_size + item_size + 1 > max_body):
+            if last is not None:
+                end_offset, end_line = last.end_offset, last.end_line
             yield Batch(tuple(pending), end_offset, end_line, body_size)
-            pending, body_size, added = [], fixed_size, item_size
+            pending, body_size = [], fixed_size - 1  # the comma below is not needed first
             rejects_since_batch = 0
-        pending.append(item)
-        body_size += added
-        end_offset, end_line = item.end_offset, item.end_line
+        pending.append(item)  # type: ignore[arg-type]
+        body_size += item_size + 1
+        last = item  # type: ignore[assignment]
+    if last is not None:
+        end_offset, end_line = last.end_offset, last.end_line
     if pending or end_offset:
         yield Batch(tuple(pending), end_offset, end_line, body_size if pending else 0)

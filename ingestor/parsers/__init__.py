@@ -20,11 +20,12 @@ __all__ = ["ParseLimits", "parse_csv", "parse_file", "parse_jsonl"]
 def parse_file(
     path: Path, fmt: str, limits: ParseLimits, start_offset: int = 0, start_line: int = 0
 ) -> Iterator[Record | Reject]:
-    """Parse ``path`` as ``fmt`` ('csv' or 'jsonl') from a checkpoint."""
-    with path.open("rb") as handle:
-        if fmt == "csv":
-            yield from parse_csv(handle, limits, start_offset, start_line)
-        elif fmt == "jsonl":
-            yield from parse_jsonl(handle, limits, start_offset, start_line)
-        else:
-            raise ValueError(f"unknown format {fmt!r}")
+    """Parse ``path`` as ``fmt`` ('csv' or 'jsonl') from a checkpoint. The parser's own
+    generator is returned (no wrapper in between); it closes the file when done."""
+    parser = _PARSERS.get(fmt)
+    if parser is None:
+        raise ValueError(f"unknown format {fmt!r}")
+    return parser(path.open("rb"), limits, start_offset, start_line, close=True)
+
+
+_PARSERS = {"csv": parse_csv, "jsonl": parse_jsonl}

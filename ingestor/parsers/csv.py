@@ -100,55 +100,64 @@ def _read_header(handle: BinaryIO, limits: ParseLimits) -> tuple[list[str], int,
 
 
 def parse_csv(
-    handle: BinaryIO, limits: ParseLimits, start_offset: int = 0, start_line: int = 0
+    handle: BinaryIO,
+    limits: ParseLimits,
+    start_offset: int = 0,
+    start_line: int = 0,
+    close: bool = False,
 ) -> Iterator[Record | Reject]:
-    """Yield a Record per data row and a Reject per bad row, from a checkpoint.
+    """Yield a Record per data row and a Reject per bad row, from a checkpoint (closing
+    ``handle`` at the end if ``close``).
 
     Raises ParseError before yielding anything if the header is unusable.
     """
-    csv.field_size_limit(limits.max_record_bytes)
-    header, header_end, header_line = _read_header(handle, limits)
-    if start_offset < header_end:
-        start_offset, start_line = header_end, header_line
-    handle.seek(start_offset)
-    cursor = _Cursor(start_offset, start_line)
-    reader = csv.reader(_lines(handle, cursor, limits.max_line_bytes), strict=True)
-    width = len(header)
-    dumps = orjson.dumps
-    row_start, row_first_line = start_offset, start_line + 1
+    try:
+        csv.field_size_limit(limits.max_record_bytes)
+        header, header_end, header_line = _read_header(handle, limits)
+        if start_offset < header_end:
+            start_offset, start_line = header_end, header_line
+        handle.seek(start_offset)
+        cursor = _Cursor(start_offset, start_line)
+        reader = csv.reader(_lines(handle, cursor, limits.max_line_bytes), strict=True)
+        width = len(header)
+        dumps = orjson.dumps
+        row_start, row_first_line = start_offset, start_line + 1
 
-    def reject(reason: str) -> Reject:
-        raw = read_span(handle, row_start, cursor.offset, limits.max_excerpt)
-        cursor.bad_utf8 = cursor.too_long = False
-        return Reject(
-            row_first_line, cursor.line, cursor.offset, reason, excerpt(raw, limits.max_excerpt)
-        )
+        def reject(reason: str) -> Reject:
+            raw = read_span(handle, row_start, cursor.offset, limits.max_excerpt)
+            cursor.bad_utf8 = cursor.too_long = False
+            return Reject(
+                row_first_line, cursor.line, cursor.offset, reason, excerpt(raw, limits.max_excerpt)
+            )
 
-    while True:
-        try:
-            for row in reader:
-                if cursor.too_long:
-                    yield reject(
-                        f"a line of this row is over {limits.max_line_bytes:,} bytes; "
-                        "skipped unread"
-                    )
-                elif cursor.bad_utf8:
-                    yield reject("row is not valid UTF-8")
-                elif len(row) > width:
-                    yield reject(f"row has {len(row)} cells but the header has {width} columns")
-                elif row:
-                    # Only a cell starting with {, [ or whitespace can hold JSON: test inline.
-                    record = {
-                        key: cell if cell[0] not in _MAYBE_JSON else _cell_value(cell)
-                        for key, cell in zip(header, row, strict=False)
-                        if cell
-                    }
-                    if record:
-                        yield Record(row_first_line, cursor.line, cursor.offset, dumps(record))
-                    else:
-                        yield reject("row has no values (every cell empty)")
+        while True:
+            try:
+                for row in reader:
+                    if cursor.too_long:
+                        yield reject(
+                            f"a line of this row is over {limits.max_line_bytes:,} bytes; "
+                            "skipped unread"
+                        )
+                    elif cursor.bad_utf8:
+                        yield reject("row is not valid UTF-8")
+                    elif len(row) > width:
+                        yield reject(f"row has {len(row)} cells but the header has {width} columns")
+                    elif row:
+                        # Only a cell starting with {, [ or whitespace can hold JSON: test inline.
+                        record = {
+                            key: cell if cell[0] not in _MAYBE_JSON else _cell_value(cell)
+                            for key, cell in zip(header, row, strict=False)
+                            if cell
+                        }
+                        if record:
+                            yield Record(row_first_line, cursor.line, cursor.offset, dumps(record))
+                        else:
+                            yield reject("row has no values (every cell empty)")
+                    row_start, row_first_line = cursor.offset, cursor.line + 1
+                return
+            except csv.Error as exc:  # the reader resumes at the next line
+                yield reject(f"malformed CSV: {exc}")
                 row_start, row_first_line = cursor.offset, cursor.line + 1
-            return
-        except csv.Error as exc:  # the reader resumes at the next line
-            yield reject(f"malformed CSV: {exc}")
-            row_start, row_first_line = cursor.offset, cursor.line + 1
+    finally:
+        if close:
+            handle.close()

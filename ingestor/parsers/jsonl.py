@@ -32,49 +32,62 @@ def _invalid_reason(exc: orjson.JSONDecodeError) -> str:
 
 
 def parse_jsonl(
-    handle: BinaryIO, limits: ParseLimits, start_offset: int = 0, start_line: int = 0
+    handle: BinaryIO,
+    limits: ParseLimits,
+    start_offset: int = 0,
+    start_line: int = 0,
+    close: bool = False,
 ) -> Iterator[Record | Reject]:
-    """Yield a Record per JSON-object line and a Reject per bad line, from a checkpoint."""
-    handle.seek(start_offset)
-    offset, line_no = start_offset, start_line
-    max_line = limits.max_line_bytes
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    while True:
-        raw = handle.readline(max_line)
-        if not raw:
-            return
-        line_no += 1
-        offset += len(raw)
-        if len(raw) == max_line and not raw.endswith(b"\n"):
-            offset += skip_long_line(handle, max_line)
-            yield Reject(
-                line_no,
-                line_no,
-                offset,
-                f"line is over {max_line:,} bytes, larger than a record may be; skipped unread",
-                excerpt(raw, limits.max_excerpt),
-            )
-            continue
-        if offset == len(raw) and raw.startswith(UTF8_BOM):
-            raw = raw[len(UTF8_BOM) :]
-        body = raw.strip()
-        if not body:
-            continue
-        try:
-            value = loads(body)
-        except decode_error as exc:
-            yield Reject(
-                line_no, line_no, offset, _invalid_reason(exc), excerpt(body, limits.max_excerpt)
-            )
-            continue
-        if type(value) is not dict:
-            kind = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
-            yield Reject(
-                line_no,
-                line_no,
-                offset,
-                f"line is {kind}, not a JSON object",
-                excerpt(body, limits.max_excerpt),
-            )
-            continue
-        yield Record(line_no, line_no, offset, body)
+    """Yield a Record per JSON-object line and a Reject per bad line, from a checkpoint
+    (closing ``handle`` at the end if ``close``)."""
+    try:
+        handle.seek(start_offset)
+        offset, line_no = start_offset, start_line
+        max_line = limits.max_line_bytes
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        while True:
+            raw = handle.readline(max_line)
+            if not raw:
+                return
+            line_no += 1
+            offset += len(raw)
+            if len(raw) == max_line and not raw.endswith(b"\n"):
+                offset += skip_long_line(handle, max_line)
+                yield Reject(
+                    line_no,
+                    line_no,
+                    offset,
+                    f"line is over {max_line:,} bytes, larger than a record may be; skipped unread",
+                    excerpt(raw, limits.max_excerpt),
+                )
+                continue
+            if offset == len(raw) and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM) :]
+            body = raw.strip()
+            if not body:
+                continue
+            try:
+                value = loads(body)
+            except decode_error as exc:
+                yield Reject(
+                    line_no,
+                    line_no,
+                    offset,
+                    _invalid_reason(exc),
+                    excerpt(body, limits.max_excerpt),
+                )
+                continue
+            if type(value) is not dict:
+                kind = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+                yield Reject(
+                    line_no,
+                    line_no,
+                    offset,
+                    f"line is {kind}, not a JSON object",
+                    excerpt(body, limits.max_excerpt),
+                )
+                continue
+            yield Record(line_no, line_no, offset, body)
+    finally:
+        if close:
+            handle.close()
