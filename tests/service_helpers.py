@@ -13,7 +13,7 @@ from ingestor.ledger import FileRun
 from ingestor.pipeline import FolderResult
 from ingestor.simulator import Simulator
 from ingestor.worker.service import Service
-from tests.conftest import KEY
+from tests.conftest import DS_ID, FAST_LIMITS, KEY
 
 BETA_KEY = "pk_test_secret_beta_9876543210"
 
@@ -54,6 +54,21 @@ def write_settings(
 
 SMTP_PASSWORD = "smtp-secret-Pa55"
 ENVIRON = {"ACME_KEY": KEY, "BETA_KEY": BETA_KEY, "SMTP_PASSWORD": SMTP_PASSWORD}
+
+
+def jsonl(start: int, count: int) -> bytes:
+    """``count`` JSONL records with ids from ``start``."""
+    return b"".join(b'{"id": %d}\n' % i for i in range(start, start + count))
+
+
+@contextlib.contextmanager
+def two_companies() -> Iterator[Simulator]:
+    """A fast simulator with the accounts acme and beta, each holding the data source DS_ID."""
+    keys = {KEY: "acme", BETA_KEY: "beta"}
+    with Simulator(keys, bulk_limits=FAST_LIMITS, read_limits=FAST_LIMITS) as sim:
+        sim.add_data_source("acme", DS_ID)
+        sim.add_data_source("beta", DS_ID)
+        yield sim
 
 
 @dataclass

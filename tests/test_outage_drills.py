@@ -11,19 +11,12 @@ from pathlib import Path
 
 from ingestor.ledger import FileState
 from ingestor.simulator import Simulator
-from tests.conftest import DS_ID, FAST_LIMITS, KEY, make_folder
-from tests.service_helpers import BETA_KEY, running_service, write_settings
-
-
-def jsonl(start: int, count: int) -> bytes:
-    return b"".join(b'{"id": %d}\n' % i for i in range(start, start + count))
+from tests.conftest import make_folder
+from tests.service_helpers import jsonl, running_service, two_companies, write_settings
 
 
 def test_the_service_rides_out_every_kind_of_outage(tmp_path: Path) -> None:
-    keys = {KEY: "acme", BETA_KEY: "beta"}
-    with Simulator(keys, bulk_limits=FAST_LIMITS, read_limits=FAST_LIMITS) as sim:
-        sim.add_data_source("acme", DS_ID)
-        sim.add_data_source("beta", DS_ID)
+    with two_companies() as sim:
         drop, state = tmp_path / "drop", tmp_path / "state"
         settings = write_settings(
             tmp_path / "s.toml",

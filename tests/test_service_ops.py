@@ -16,12 +16,8 @@ import httpx
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from ingestor.worker.retention import DAY, sweep
-from tests.conftest import DS_ID, FAST_LIMITS, KEY, make_folder
-from tests.service_helpers import BETA_KEY, running_service, write_settings
-
-
-def jsonl(start: int, count: int) -> bytes:
-    return b"".join(b'{"id": %d}\n' % i for i in range(start, start + count))
+from tests.conftest import KEY, make_folder
+from tests.service_helpers import jsonl, running_service, two_companies, write_settings
 
 
 def free_port() -> int:
@@ -102,10 +98,7 @@ def test_retention_deletes_old_processed_files_and_reports_only(tmp_path: Path, 
 
 
 def test_a_bad_key_pauses_only_its_company_until_the_key_is_fixed(tmp_path: Path) -> None:
-    keys = {KEY: "acme", BETA_KEY: "beta"}
-    with Simulator(keys, bulk_limits=FAST_LIMITS, read_limits=FAST_LIMITS) as sim:
-        sim.add_data_source("acme", DS_ID)
-        sim.add_data_source("beta", DS_ID)
+    with two_companies() as sim:
         drop, key_file = tmp_path / "drop", tmp_path / "acme.key"
         key_file.write_text("pk_revoked_key")
         key_file.chmod(0o600)

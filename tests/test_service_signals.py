@@ -18,7 +18,7 @@ import pytest
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, FAST_LIMITS, KEY, make_folder
-from tests.service_helpers import BETA_KEY, ENVIRON, write_settings
+from tests.service_helpers import ENVIRON, jsonl, two_companies, write_settings
 
 
 class NotifySocket:
@@ -78,10 +78,6 @@ def start(settings: Path, notify: NotifySocket, log: Path) -> subprocess.Popen[b
 def stop(process: subprocess.Popen[bytes]) -> int:
     process.send_signal(signal.SIGTERM)
     return process.wait(timeout=30)
-
-
-def jsonl(start: int, count: int) -> bytes:
-    return b"".join(b'{"id": %d}\n' % i for i in range(start, start + count))
 
 
 def test_sd_notify_ready_status_watchdog_stopping(tmp_path, sim, notify) -> None:
@@ -150,10 +146,7 @@ def test_sigterm_mid_file_then_restart_resumes_with_nothing_lost(tmp_path, notif
 
 
 def test_sighup_adds_a_company_and_survives_a_broken_settings_file(tmp_path, notify) -> None:
-    keys = {KEY: "acme", BETA_KEY: "beta"}
-    with Simulator(keys, bulk_limits=FAST_LIMITS, read_limits=FAST_LIMITS) as sim:
-        sim.add_data_source("acme", DS_ID)
-        sim.add_data_source("beta", DS_ID)
+    with two_companies() as sim:
         drop, state = tmp_path / "drop", tmp_path / "state"
         (make_folder(drop, company="beta") / "b.jsonl").write_bytes(jsonl(0, 30))
         settings = write_settings(tmp_path / "s.toml", drop, state, sim)
