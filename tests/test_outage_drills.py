@@ -4,12 +4,13 @@ or given up, the other company keeps going, and the final counts match."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
-from ingestor.ledger import FileState
+from ingestor.ledger import LEDGER_NAME, FileState
 from ingestor.simulator import Simulator
 from tests.conftest import make_folder
 from tests.service_helpers import jsonl, running_service, two_companies, write_settings
@@ -104,3 +105,28 @@ def test_a_drop_file_truncated_or_deleted_mid_run_is_stopped_and_said(
         sim.faults.latency = 0.0
     assert removed.state is FileState.FAILED and "was removed" in removed.reason
     assert removed.counts.sent < 5_000  # stopped, not run to the end of a deleted file
+
+
+def test_a_ledger_locked_by_another_process_makes_the_service_wait(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Another process (a backup, an operator's sqlite3 shell) holds the ledger's write lock:
+    the lane waits for it rather than sending batches it cannot checkpoint."""
+    drop, state = tmp_path / "drop", tmp_path / "state"
+    folder = make_folder(drop)
+    settings = write_settings(tmp_path / "s.toml", drop, state, sim)
+    with running_service(settings) as svc:
+        holder = sqlite3.connect(state / LEDGER_NAME, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            (folder / "pets.jsonl").write_bytes(jsonl(0, 2_000))
+            # With the lock held, at most the first batch can be in flight, unacknowledged
+            # in the ledger; wait until it has been stored (or the lane stopped short of it).
+            sim.wait_for_records("acme", 500, timeout=2)
+            assert len(sim.records("acme")) <= 500
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        run = svc.run_for("pets.jsonl", timeout=60)
+    assert run.state is FileState.DONE and run.counts.sent == 2_000
+    assert sorted({r["id"] for r in sim.records("acme")}) == list(range(2_000))

@@ -6,6 +6,7 @@ storm, auth failure or outage only ever waits inside its own lane.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -18,7 +19,14 @@ import httpx
 import structlog
 
 from ingestor.discovery import Found, FoundKind
-from ingestor.errors import AuthError, ConfigError, IngestorError, Interrupted, LayoutError
+from ingestor.errors import (
+    AuthError,
+    ConfigError,
+    IngestorError,
+    Interrupted,
+    LayoutError,
+    LedgerError,
+)
 from ingestor.identity import KnownHashes
 from ingestor.kinds import KINDS, ImportKind
 from ingestor.klaviyo import KlaviyoClient
@@ -200,7 +208,8 @@ class Lane:
                 self._queued_paths.add(item.found.path)
                 self._queue.appendleft(item)
                 self._publish_depth()
-        ledger.note_queued(self.name, str(item.found.path), time.time())
+        with contextlib.suppress(LedgerError):  # only `status` reads it
+            ledger.note_queued(self.name, str(item.found.path), time.time())
 
     def _pause(self, reason: str) -> None:
         """Hold the queue until the retry interval passes, new settings arrive, or stop."""
@@ -220,7 +229,8 @@ class Lane:
         bound = log.bind(company=self.name)
         try:
             while (item := self._next()) is not None:
-                ledger.note_dequeued(str(item.found.path))
+                with contextlib.suppress(LedgerError):  # only `status` reads it
+                    ledger.note_dequeued(str(item.found.path))
                 if self._metrics:
                     self._metrics.file_lag.labels(self.name).observe(
                         time.monotonic() - item.ready_at
@@ -263,6 +273,13 @@ class Lane:
                 except Interrupted:
                     bound.info("lane_stopping", file=item.found.path.name)
                     return
+                except LedgerError as exc:
+                    # Progress cannot be recorded: stop taking work rather than send
+                    # batches whose checkpoints would be lost. The file waits at the head.
+                    bound.error("ledger_unavailable", reason=str(exc), file=item.found.path.name)
+                    self._requeue_front(item, ledger)
+                    self._pause(f"ledger unavailable: {exc}")
+                    continue
                 except IngestorError as exc:
                     bound.error("file_error", file=item.found.path.name, reason=str(exc))
                 except Exception:  # a bug must not silence the lane for good

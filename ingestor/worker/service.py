@@ -7,6 +7,7 @@ feed. Each company's lane is its own thread (see ``lane``).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import queue
@@ -31,7 +32,7 @@ from ingestor.discovery import (
     observer_reports_close,
     start_observer,
 )
-from ingestor.errors import ConfigError
+from ingestor.errors import ConfigError, LedgerError
 from ingestor.identity import KnownHashes
 from ingestor.layout import CONFIG_NAME, place
 from ingestor.ledger import LEDGER_NAME, FileState, Ledger, SqliteLedger
@@ -245,10 +246,14 @@ class Service:
                         fix=f"add [companies.{company}] to {self._settings_path}",
                     )
                 continue
-            if self._already_handled(ledger, item):
-                continue
+            try:
+                if self._already_handled(ledger, item):
+                    continue
+            except LedgerError as exc:  # the lane finds out for itself, and waits
+                log.warning("ledger_unavailable", reason=str(exc), file=str(item.path))
             if lane.submit(item):
-                ledger.note_queued(company, str(item.path), time.time())
+                with contextlib.suppress(LedgerError):  # only `status` reads it
+                    ledger.note_queued(company, str(item.path), time.time())
 
     @staticmethod
     def _already_handled(ledger: Ledger, item: Found) -> bool:
