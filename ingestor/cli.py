@@ -41,7 +41,7 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 
 # Tables stay readable when piped (rich would otherwise assume 80 columns).
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per message, however long
 
 
 def default_state_dir() -> Path:

@@ -157,3 +157,20 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
         "ReadWritePaths=",
     ):
         assert directive in unit
+
+
+def test_run_with_a_missing_drop_root_says_so_and_exits_2(tmp_path: Path) -> None:
+    settings = tmp_path / "s.toml"
+    settings.write_text(
+        'drop_root = "nowhere"\nstate_dir = "state"\n[companies.acme]\napi_key_env = "K"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "ingestor.cli", "run", "--config", str(settings)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "K": "pk_x"},
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert f"drop_root {tmp_path / 'nowhere'} is not a directory" in result.stderr
+    assert "Traceback" not in result.stderr

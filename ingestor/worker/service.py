@@ -103,6 +103,11 @@ class Service:
 
     def run(self) -> int:
         settings = self.settings
+        if not settings.drop_root.is_dir():
+            raise ConfigError(
+                f"drop_root {settings.drop_root} is not a directory; create it (owned by the "
+                "service user) or correct drop_root in " + str(self._settings_path)
+            )
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         with state_dir_lock(settings.state_dir / "service.lock"):
             return self._run_locked()
