@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench screenshots audit constraints clean
+.PHONY: demo test lint bench fuzz screenshots audit constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check ingestor tests bench docs
-	$(BIN)/ruff format --check ingestor tests bench docs
+	$(BIN)/ruff check ingestor tests bench docs fuzz
+	$(BIN)/ruff format --check ingestor tests bench docs fuzz
 	$(BIN)/mypy
 
 bench: $(STAMP)
@@ -30,6 +30,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/sftp_bench.py
 	$(BIN)/python bench/bound_bench.py
 	$(BIN)/python bench/sdk_bench.py
+
+# Coverage-guided fuzzing of the parsers for FUZZ_SECONDS (the corpus is kept in .fuzz-corpus/).
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[fuzz]'
+	mkdir -p .fuzz-corpus
+	$(BIN)/python fuzz/fuzz_parsers.py -max_total_time=$(FUZZ_SECONDS) .fuzz-corpus
 
 screenshots: demo
 	$(BIN)/python docs/screenshots.py .demo-state/outbox --out docs/sample-email.png
