@@ -9,6 +9,8 @@
    Reported: time ÷ minimum, achieved ÷ allowed request rate, records per request ÷ 500, 429s.
 2. The same command with both limiters off on ``--cpu-records`` records: CPU seconds of the
    ingest process per million records, parse to HTTP.
+3. With ``--rss-gb N``: the same on an N GB JSONL file, sampling the ingest process's VmHWM
+   (its own peak RSS, monotonic) from /proc until it exits.
 """
 
 from __future__ import annotations
@@ -63,10 +65,23 @@ def drop_folder(root: Path, records: int) -> Path:
     return folder
 
 
-def ingest(folder: Path, sim: Simulator, state: Path, limits: RateLimitSettings) -> float:
-    """Run ``ingestor ingest`` and return its CPU seconds (user + system)."""
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def ingest(
+    folder: Path, sim: Simulator, state: Path, limits: RateLimitSettings
+) -> tuple[float, float]:
+    """Run ``ingestor ingest``; return its CPU seconds (user + system) and peak RSS in MB."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -93,11 +108,15 @@ def ingest(folder: Path, sim: Simulator, state: Path, limits: RateLimitSettings)
             "warning",
         ],
         env={**os.environ, "BENCH_KEY": KEY},
-        check=True,
         stdout=subprocess.DEVNULL,
     )
+    peak = 0.0
+    while process.poll() is None:
+        peak = max(peak, peak_rss_mb(process.pid) or 0.0)
+        time.sleep(0.1)  # sampling a monotonic high-water mark: the last sample is the peak
+    assert process.returncode == 0, process.returncode
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), peak
 
 
 def main() -> None:
@@ -105,6 +124,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--clock-factor", type=float, default=10.0)
     parser.add_argument("--cpu-records", type=int, default=1_000_000)
+    parser.add_argument("--rss-gb", type=float, default=0.0, help="also ingest a file this big")
     args = parser.parse_args()
     limits = GUIDE_BULK_LIMITS.scaled(args.clock_factor)
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,7 +166,7 @@ def main() -> None:
         with Simulator({KEY: "acme"}, bulk_limits=off, read_limits=off, keep_records=False) as sim:
             sim.add_data_source("acme", DS_ID)
             began = time.monotonic()
-            cpu = ingest(folder, sim, root / "state-cpu", off)
+            cpu, peak = ingest(folder, sim, root / "state-cpu", off)
             wall = time.monotonic() - began
             stored = sim.stats()["records"]
         assert stored == args.cpu_records, stored
@@ -154,8 +174,30 @@ def main() -> None:
             f"\nlimiter off: {args.cpu_records:,} records in {wall:.1f} s wall "
             f"({args.cpu_records / wall:,.0f} records/s, simulator on the same 2 cores); "
             f"ingest process CPU {cpu:.2f} s = {cpu / args.cpu_records * 1e6:.2f} CPU-s per "
-            "million records, parse to HTTP"
+            f"million records, parse to HTTP; peak RSS {peak:.0f} MB"
         )
+        if args.rss_gb:
+            big = root / "big" / "acme" / "imports" / "custom_objects" / "big"
+            big.mkdir(parents=True)
+            (big / "config.json").write_text(json.dumps({"data_source_id": DS_ID}))
+            source = folder / "records.jsonl"
+            with (big / "big.jsonl").open("wb") as out, source.open("rb") as chunk:
+                block = chunk.read()
+                while out.tell() < args.rss_gb * 1024**3:
+                    out.write(block)
+            size = (big / "big.jsonl").stat().st_size
+            with Simulator(
+                {KEY: "acme"}, bulk_limits=off, read_limits=off, keep_records=False
+            ) as sim:
+                sim.add_data_source("acme", DS_ID)
+                began = time.monotonic()
+                cpu, peak = ingest(big, sim, root / "state-big", off)
+                wall = time.monotonic() - began
+                stored = sim.stats()["records"]
+            print(
+                f"{size / 1024**3:.2f} GB JSONL ({stored:,} records) ingested end to end in "
+                f"{wall:.0f} s: peak RSS of the ingest process {peak:.0f} MB (target < 150 MB)"
+            )
 
 
 if __name__ == "__main__":
