@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import posixpath
@@ -19,7 +20,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import paramiko
 from paramiko.sftp import (
@@ -57,10 +58,32 @@ def _code(exc: OSError) -> int:
     return int(paramiko.SFTPServer.convert_errno(exc.errno or errno.EIO))
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 class Refused(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _answers(operation: Callable[P, R]) -> Callable[P, R | int]:
+    """An SFTP operation whose refusals and OS errors become status codes (with our
+    reason, for a refusal)."""
+
+    @functools.wraps(operation)
+    def answer(*args: P.args, **kwargs: P.kwargs) -> R | int:
+        try:
+            return operation(*args, **kwargs)
+        except Refused as exc:
+            fs = args[0]
+            assert isinstance(fs, CompanyFs)
+            return fs.refuse(exc.code, str(exc))
+        except OSError as exc:
+            return _code(exc)
+
+    return answer
 
 
 def _is_upload_temp(name: str) -> bool:
@@ -99,11 +122,8 @@ class Jail:
                 break  # the rest does not exist yet (a new file or folder)
         return self.root.joinpath(*parts)
 
-    def writable_file(self, path: str) -> bool:
-        parts = [p for p in self.virtual(path).split("/") if p]
-        return len(parts) >= 3 and parts[0] == "imports" and parts[1] in KINDS
-
-    def creatable_dir(self, path: str) -> bool:
+    def writable(self, path: str) -> bool:
+        """Files and folders may be created only below ``/imports/<kind>/``."""
         parts = [p for p in self.virtual(path).split("/") if p]
         return len(parts) >= 3 and parts[0] == "imports" and parts[1] in KINDS
 
@@ -225,56 +245,47 @@ class CompanyFs(paramiko.SFTPServerInterface):
     def canonicalize(self, path: str) -> str:
         return self.jail.virtual(path)
 
+    @_answers
     def list_folder(self, path: str) -> list[paramiko.SFTPAttributes] | int:
-        try:
-            local = self._local(path)
-            entries = []
-            with os.scandir(local) as listing:
-                for entry in listing:
-                    if entry.is_symlink() or _is_upload_temp(entry.name):
-                        continue
-                    info = entry.stat(follow_symlinks=False)
-                    entries.append(paramiko.SFTPAttributes.from_stat(info, entry.name))
-            return entries
-        except Refused as exc:
-            return self.refuse(exc.code, str(exc))
-        except OSError as exc:
-            return _code(exc)
+        local = self._local(path)
+        entries = []
+        with os.scandir(local) as listing:
+            for entry in listing:
+                if entry.is_symlink() or _is_upload_temp(entry.name):
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                entries.append(paramiko.SFTPAttributes.from_stat(info, entry.name))
+        return entries
 
     def stat(self, path: str) -> paramiko.SFTPAttributes | int:
         return self.lstat(path)
 
+    @_answers
     def lstat(self, path: str) -> paramiko.SFTPAttributes | int:
-        try:
-            local = self._local(path)
-            info = os.lstat(local)
-        except Refused as exc:
-            return self.refuse(exc.code, str(exc))
-        except OSError as exc:
-            return _code(exc)
+        local = self._local(path)
+        info = os.lstat(local)
         if stat.S_ISLNK(info.st_mode) or _is_upload_temp(local.name):
             return SFTP_NO_SUCH_FILE
         return paramiko.SFTPAttributes.from_stat(info, local.name)
 
+    @_answers
     def open(self, path: str, flags: int, attr: Any) -> paramiko.SFTPHandle | int:
+        local = self._local(path)
         try:
-            local = self._local(path)
-            if not flags & _WRITE_FLAGS:
-                fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW)
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    os.close(fd)
-                    return SFTP_PERMISSION_DENIED
-                return ReadHandle(fd, flags)
-            return self._upload(path, local, flags)
-        except Refused as exc:
-            return self.refuse(exc.code, str(exc))
+            if flags & _WRITE_FLAGS:
+                return self._upload(path, local, flags)
+            fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                return self.refuse(SFTP_PERMISSION_DENIED, "symbolic links are not followed")
-            return _code(exc)
+                raise Refused(SFTP_PERMISSION_DENIED, "symbolic links are not followed") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return SFTP_PERMISSION_DENIED
+        return ReadHandle(fd, flags)
 
     def _upload(self, path: str, local: Path, flags: int) -> paramiko.SFTPHandle | int:
-        if not self.jail.writable_file(path) or _is_upload_temp(local.name):
+        if not self.jail.writable(path) or _is_upload_temp(local.name):
             return self.refuse(
                 SFTP_PERMISSION_DENIED,
                 "uploads go to /imports/<kind>/<folder>/ (e.g. /imports/custom_objects/pets/)",
@@ -294,20 +305,16 @@ class CompanyFs(paramiko.SFTPServerInterface):
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
         return UploadHandle(self, fd, flags, temporary, local, allowed)
 
+    @_answers
     def remove(self, path: str) -> int:
-        try:
-            local = self._local(path)
-            if not self.jail.writable_file(path):
-                return SFTP_PERMISSION_DENIED
-            if self.company.busy(local):
-                return self.refuse(
-                    SFTP_PERMISSION_DENIED, "this file is being processed; delete it afterwards"
-                )
-            os.unlink(local)
-        except Refused as exc:
-            return self.refuse(exc.code, str(exc))
-        except OSError as exc:
-            return _code(exc)
+        local = self._local(path)
+        if not self.jail.writable(path):
+            return SFTP_PERMISSION_DENIED
+        if self.company.busy(local):
+            return self.refuse(
+                SFTP_PERMISSION_DENIED, "this file is being processed; delete it afterwards"
+            )
+        os.unlink(local)
         return SFTP_OK
 
     def rename(self, oldpath: str, newpath: str) -> int:
@@ -316,44 +323,32 @@ class CompanyFs(paramiko.SFTPServerInterface):
     def posix_rename(self, oldpath: str, newpath: str) -> int:
         return self._rename(oldpath, newpath, overwrite=True)
 
+    @_answers
     def _rename(self, oldpath: str, newpath: str, overwrite: bool) -> int:
-        try:
-            old, new = self._local(oldpath), self._local(newpath)
-            if not (self.jail.writable_file(oldpath) and self.jail.writable_file(newpath)):
-                return SFTP_PERMISSION_DENIED
-            if new.exists() and not overwrite:
-                return self.refuse(SFTP_FAILURE, f"{new.name} already exists")
-            if self.company.busy(old):
-                return self.refuse(SFTP_PERMISSION_DENIED, "this file is being processed")
-            os.replace(old, new)
-        except Refused as exc:
-            return self.refuse(exc.code, str(exc))
-        except OSError as exc:
-            return _code(exc)
+        old, new = self._local(oldpath), self._local(newpath)
+        if not (self.jail.writable(oldpath) and self.jail.writable(newpath)):
+            return SFTP_PERMISSION_DENIED
+        if new.exists() and not overwrite:
+            return self.refuse(SFTP_FAILURE, f"{new.name} already exists")
+        if self.company.busy(old):
+            return self.refuse(SFTP_PERMISSION_DENIED, "this file is being processed")
+        os.replace(old, new)
         return SFTP_OK
 
+    @_answers
     def mkdir(self, path: str, attr: Any) -> int:
-        try:
-            local = self._local(path)
-            if not self.jail.creatable_dir(path):
-                return self.refuse(SFTP_PERMISSION_DENIED, "folders go under /imports/<kind>/ only")
-            os.mkdir(local, 0o750)
-        except Refused as exc:
-            return self.refuse(exc.code, str(exc))
-        except OSError as exc:
-            return _code(exc)
+        local = self._local(path)
+        if not self.jail.writable(path):
+            return self.refuse(SFTP_PERMISSION_DENIED, "folders go under /imports/<kind>/ only")
+        os.mkdir(local, 0o750)
         return SFTP_OK
 
+    @_answers
     def rmdir(self, path: str) -> int:
-        try:
-            local = self._local(path)
-            if not self.jail.creatable_dir(path):
-                return SFTP_PERMISSION_DENIED
-            os.rmdir(local)
-        except Refused as exc:
-            return self.refuse(exc.code, str(exc))
-        except OSError as exc:
-            return _code(exc)
+        local = self._local(path)
+        if not self.jail.writable(path):
+            return SFTP_PERMISSION_DENIED
+        os.rmdir(local)
         return SFTP_OK
 
     def chattr(self, path: str, attr: Any) -> int:
