@@ -3,62 +3,35 @@ each one is sent or reported as skipped (read = sent + skipped)."""
 
 from __future__ import annotations
 
-import io
-
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestor.batcher import batches
 from ingestor.errors import ParseError
-from ingestor.kinds import CUSTOM_OBJECTS
 from ingestor.parsers import ParseLimits, parse_csv, parse_jsonl
-from ingestor.records import Batch, Record, Reject
+from ingestor.records import Record, Reject
+from tests.parser_accounting import (
+    Parser,
+    check_accounting,
+    jsonl_lines_expected,
+    sent_or_skipped,
+)
 
 LIMITS = ParseLimits(max_line_bytes=64 * 1024)
-ENVELOPE = CUSTOM_OBJECTS.envelope("01KTMWCZ8ZMNZS0HG5HQNX0H6E")
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def items_of(parser: object, data: bytes) -> list[Record | Reject]:
-    """Every record and skipped row, through the batcher as ingestion runs it."""
-    out: list[Record | Reject] = []
-    for item in batches(parser(io.BytesIO(data), LIMITS), ENVELOPE, CUSTOM_OBJECTS.limits):  # type: ignore[operator]
-        if isinstance(item, Batch):
-            out += item.records
-        else:
-            out.append(item)
-    return out
-
-
-def check_accounting(items: list[Record | Reject], data: bytes) -> None:
-    lines = [item.line for item in items]  # skipped rows come out ahead of their batch
-    assert len(lines) == len(set(lines)), "each line is reported once"
-    for item in items:
-        if isinstance(item, Record):
-            assert type(orjson.loads(item.json)) is dict
-        else:
-            assert item.reason
-    if items:
-        assert max(i.end_offset for i in items) <= len(data)
-
-
-def jsonl_lines_expected(data: bytes) -> int:
-    lines = data.split(b"\n")
-    if data.endswith(b"\n"):
-        lines.pop()
-    if lines and lines[0].startswith(b"\xef\xbb\xbf"):
-        lines[0] = lines[0][3:]
-    return sum(1 for line in lines if line.strip())
+def items_of(parser: Parser, data: bytes) -> list[Record | Reject]:
+    return sent_or_skipped(parser, data, LIMITS)
 
 
 @FAST
 @given(st.binary(max_size=2048))
 def test_jsonl_random_bytes_every_line_sent_or_skipped(data: bytes) -> None:
     items = items_of(parse_jsonl, data)
-    check_accounting(items, data)
-    assert len(items) == jsonl_lines_expected(data)
+    check_accounting(items, len(data))
+    assert len(items) == jsonl_lines_expected(data, LIMITS.max_line_bytes)
 
 
 json_line = st.recursive(
@@ -79,8 +52,8 @@ json_line = st.recursive(
 def test_jsonl_mixed_valid_and_broken_lines(lines: list[bytes]) -> None:
     data = b"\n".join(line.replace(b"\n", b" ") for line in lines) + b"\n"
     items = items_of(parse_jsonl, data)
-    check_accounting(items, data)
-    assert len(items) == jsonl_lines_expected(data)
+    check_accounting(items, len(data))
+    assert len(items) == jsonl_lines_expected(data, LIMITS.max_line_bytes)
 
 
 csv_cell = st.text(
@@ -94,7 +67,7 @@ csv_cell = st.text(
 def test_csv_unquoted_rows_each_sent_or_skipped(rows: list[list[str]]) -> None:
     data = ("a,b,c,d\n" + "".join(",".join(r) + "\n" for r in rows)).encode("utf-8")
     items = items_of(parse_csv, data)
-    check_accounting(items, data)
+    check_accounting(items, len(data))
     assert len(items) == sum(1 for r in rows if ",".join(r))  # an empty line is no row
 
 
@@ -105,7 +78,7 @@ def test_csv_random_bytes_never_crash(data: bytes) -> None:
         items = items_of(parse_csv, b"id,name\n" + data)
     except ParseError:
         pytest.fail("a valid header must not reject the whole file")
-    check_accounting(items, b"id,name\n" + data)
+    check_accounting(items, len(b"id,name\n" + data))
 
 
 @pytest.mark.parametrize(
