@@ -6,9 +6,12 @@ import io
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingestor.errors import ParseError
 from ingestor.parsers import ParseLimits, parse_csv
+from ingestor.parsers import csv as csv_module
 from ingestor.records import Record, Reject
 
 LIMITS = ParseLimits(max_record_bytes=4096, max_line_bytes=8192)
@@ -132,3 +135,58 @@ def test_resume_after_a_multiline_row_keeps_physical_line_numbers() -> None:
     assert (first.line, first.end_line) == (2, 3)
     resumed = parse(data, first.end_offset, first.end_line)
     assert [(i.line, orjson.loads(i.json)) for i in resumed] == [(4, {"a": "3", "b": "4"})]
+
+
+def test_a_column_mixing_json_text_and_empty_cells_converts_cell_by_cell() -> None:
+    data = b'id,v\n1,"[1, 2]"\n2,plain\n3,\n4,[]\n5,123\n6," {""a"": null}"\n7,"{""x"""\n'
+    got = {row["id"]: row.get("v", "<absent>") for row in records(data)}
+    assert got == {
+        "1": [1, 2],
+        "2": "plain",
+        "3": "<absent>",
+        "4": [],  # an empty array is a value, not an empty cell
+        "5": "123",  # JSON, but not an object or array: stays text
+        "6": {"a": None},
+        "7": '{"x"',
+    }
+
+
+def test_a_lone_cr_inside_a_quoted_cell_is_kept_and_does_not_split_the_line() -> None:
+    items = parse(b'a,b\n1,"x\ry"\n2,z\n')
+    assert [(i.line, orjson.loads(i.json)) for i in items if isinstance(i, Record)] == [
+        (2, {"a": "1", "b": "x\ry"}),
+        (3, {"a": "2", "b": "z"}),
+    ]
+
+
+csv_piece = st.sampled_from(
+    [b"a", b"1", b",", b'"', b'""', b"\n", b"\r\n", b"\r", b"\xff", b"\xc3\xa9", b"[1]",
+     b'"{""k"": 2}"', b" [", b"{", b",,\n", b"\n\n", b"z" * 70]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    header=st.sampled_from([b"a,b,c\n", b"x\n", b"id,tags\r\n"]),
+    body=st.lists(csv_piece, max_size=60).map(b"".join),
+    block=st.integers(1, 40),
+    chunk=st.integers(1, 4),
+    data_=st.data(),
+)
+def test_block_and_chunk_sizes_never_change_what_comes_out_and_any_checkpoint_resumes(
+    header: bytes, body: bytes, block: int, chunk: int, data_: st.DataObject
+) -> None:
+    limits = ParseLimits(max_record_bytes=4096, max_line_bytes=64)
+
+    def run(start: int = 0, line: int = 0) -> list[Record | Reject]:
+        return list(parse_csv(io.BytesIO(header + body), limits, start, line))
+
+    whole = run()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(csv_module, "BLOCK_BYTES", block)
+        patch.setattr(csv_module, "CHUNK_ROWS", chunk)
+        assert run() == whole
+        if whole:
+            index = data_.draw(st.integers(0, len(whole) - 1))
+            checkpoint = whole[index]
+            assert run(checkpoint.end_offset, checkpoint.end_line) == whole[index + 1 :]

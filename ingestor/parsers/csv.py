@@ -3,61 +3,136 @@
 An empty cell is an absent field; a cell holding a JSON object or array becomes nested data;
 every other value stays a string (Klaviyo coerces types later). Rows with more cells than the
 header, invalid UTF-8 or broken quoting are skipped with a reason; header problems reject the
-whole file. The stdlib's C reader does the parsing; we feed it lines so we always know the
-byte offset and physical line number where each row ends.
+whole file.
+
+The stdlib's C reader does the parsing. Around it, the per-row Python is kept to a minimum:
+a feeder hands the reader a block of decoded lines at a time and keeps the byte offset where
+each line ends, and good rows are converted to JSON a few dozen at a time, a column at a time,
+with the loops in C (map, zip, compress). Rare cases (bad lines, blank lines, rows that are
+too wide or have no values) leave that path one row at a time, in file order.
 """
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from dataclasses import dataclass
+from itertools import accumulate, chain, compress, islice, repeat, zip_longest
+from operator import add, contains
 from typing import Any, BinaryIO
 
 import orjson
 
 from ingestor.errors import ParseError
+from ingestor.kinds import KIB
 from ingestor.parsers.common import UTF8_BOM, ParseLimits, excerpt, read_span, skip_long_line
 from ingestor.records import Record, Reject
 
-
-@dataclass(slots=True)
-class _Cursor:
-    """Where the line feeder is, and what went wrong in the row being read."""
-
-    offset: int
-    line: int
-    bad_utf8: bool = False
-    too_long: bool = False
+BLOCK_BYTES = 256 * KIB
+# Rows converted together. Kept small on purpose: a chunk's live objects must stay under the
+# garbage collector's young-generation threshold (700), or every collection walks them all.
+CHUNK_ROWS = 64
+TOO_LONG, BAD_UTF8 = "too long", "bad UTF-8"
 
 
-def _lines(handle: BinaryIO, cursor: _Cursor, max_line: int) -> Iterator[str]:
-    """Decoded physical lines (endings kept, as csv wants), tracking offset and line number."""
-    readline = handle.readline
-    while True:
-        raw = readline(max_line)
-        if not raw:
-            return
-        cursor.offset += len(raw)
-        cursor.line += 1
-        if len(raw) == max_line and not raw.endswith(b"\n"):
-            cursor.offset += skip_long_line(handle, max_line)
-            cursor.too_long = True
-            yield "\n"
-            continue
+class _Feed:
+    """The file's physical lines (endings kept, as csv wants), decoded a block at a time.
+
+    The reader pulls lines through ``lines()``, a C-level chain over blocks, so the Python
+    here runs once a block, not once a line. ``end(n)`` is the byte offset after the reader's
+    line ``n`` (counting from 1; ``end(0)`` is where the feed started). ``bad`` maps lines that
+    were too long (handed over as an empty line, the rest skipped unread) or not UTF-8
+    (decoded leniently) to the problem, in line order.
+    """
+
+    def __init__(self, handle: BinaryIO, offset: int, max_line: int) -> None:
+        self.handle, self.max_line = handle, max_line
+        self._ends = [offset]  # _ends[k]: offset after line _before + k
+        self._before = 0
+        self.bad: dict[int, str] = {}
+
+    def lines(self) -> Iterator[str]:
+        return chain.from_iterable(self._blocks())
+
+    def end(self, line: int) -> int:
+        return self._ends[line - self._before]
+
+    def forget(self, line: int) -> None:
+        """Lines up to ``line`` are consumed; drop their offsets once there are many."""
+        if line - self._before > 4096:
+            del self._ends[: line - self._before]
+            self._before = line
+
+    def problem(self, last: int) -> str | None:
+        """Forget the bad lines up to line ``last``; return the worst of them, if any."""
+        found = None
+        while self.bad:
+            number = next(iter(self.bad))
+            if number > last:
+                break
+            kind = self.bad.pop(number)
+            if found is None or kind == TOO_LONG:
+                found = kind
+        return found
+
+    def _blocks(self) -> Iterator[list[str]]:
+        read, readline, max_line, ends = (
+            self.handle.read,
+            self.handle.readline,
+            self.max_line,
+            self._ends,
+        )
+        taken = 0  # lines handed over so far
+        while True:
+            data = read(BLOCK_BYTES)
+            if not data:
+                return
+            skipped = 0
+            if not data.endswith(b"\n"):  # finish the last line, or find it is too long
+                tail = readline(max_line)
+                data += tail
+                if len(tail) == max_line and not tail.endswith(b"\n"):
+                    skipped = skip_long_line(self.handle, max_line)
+            lines = None if skipped else self._quick(data)
+            raw, text = lines if lines is not None else self._careful(data, taken)
+            ends.extend(islice(accumulate(map(len, raw), initial=ends[-1]), 1, None))
+            ends[-1] += skipped
+            taken += len(text)
+            yield text
+
+    def _quick(self, data: bytes) -> tuple[list[bytes], list[str]] | None:
+        """The common case, in C: no line too long, valid UTF-8, and every CR part of a
+        CRLF (so splitlines splits at LF alone). None if any of that does not hold."""
+        raw = data.splitlines(keepends=True)
+        if max(map(len, raw)) >= self.max_line or data.count(b"\r") != data.count(b"\r\n"):
+            return None
         try:
-            yield raw.decode("utf-8")
+            return raw, list(map(bytes.decode, raw))
         except UnicodeDecodeError:
-            cursor.bad_utf8 = True
-            yield raw.decode("utf-8", "replace")
+            return None
 
-
-_MAYBE_JSON = frozenset("{[ \t\r\n")
+    def _careful(self, data: bytes, taken: int) -> tuple[list[bytes], list[str]]:
+        """Split at LF only, a line at a time, noting lines too long or not UTF-8."""
+        parts = data.split(b"\n")
+        raw = [part + b"\n" for part in parts[:-1]]
+        if parts[-1]:
+            raw.append(parts[-1])
+        text = []
+        for number, line in enumerate(raw, start=taken + 1):
+            if len(line) - line.endswith(b"\n") >= self.max_line:
+                self.bad[number] = TOO_LONG
+                text.append("\n")
+                continue
+            try:
+                text.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                self.bad[number] = BAD_UTF8
+                text.append(line.decode("utf-8", "replace"))
+        return raw, text
 
 
 def _cell_value(cell: str) -> Any:
     """A JSON object/array in a cell becomes nested data; anything else stays the string."""
-    if cell[0] in "{[" or (cell[0].isspace() and cell.lstrip()[:1] in ("{", "[")):
+    if cell[:1] in ("{", "[") or cell.lstrip()[:1] in ("{", "["):
         try:
             value = orjson.loads(cell)
         except orjson.JSONDecodeError:
@@ -67,21 +142,53 @@ def _cell_value(cell: str) -> Any:
     return cell
 
 
+_NESTED = repeat((dict, list))  # endless, so one instance serves every map() below
+
+
+def _column_values(column: tuple[str, ...]) -> list[Any]:
+    """A column's values. A column of JSON cells converts in one C-level pass; a mixed one
+    falls back to a cell at a time."""
+    try:
+        values = list(map(orjson.loads, column))
+        if all(map(isinstance, values, _NESTED)):
+            return values
+    except orjson.JSONDecodeError:
+        pass
+    return list(map(_cell_value, column))
+
+
+def _serialize(header: list[str], rows: list[list[str]]) -> list[bytes]:
+    """Each row as a JSON object (``b"{}"`` for a row of empty cells). Rows are non-blank and
+    no wider than the header."""
+    columns: list[Any] = list(zip_longest(*rows, fillvalue=""))
+    for index, column in enumerate(columns):
+        joined = "".join(column)
+        if "{" in joined or "[" in joined:  # only then can a cell hold JSON
+            columns[index] = _column_values(column)
+    values = zip(*columns, strict=True)  # every column is as long as the chunk
+    if any(map(contains, columns, repeat(""))):  # drop empty cells (and the padding)
+        records = map(dict, map(compress, map(zip, repeat(header), values), rows))
+    else:
+        records = map(dict, map(zip, repeat(header), values))
+    return list(map(orjson.dumps, records))
+
+
 def _read_header(handle: BinaryIO, limits: ParseLimits) -> tuple[list[str], int, int]:
     """Parse and validate the header row; return (columns, offset after it, its last line)."""
     handle.seek(0)
-    cursor = _Cursor(0, 0)
-    reader = csv.reader(_lines(handle, cursor, limits.max_line_bytes), strict=True)
+    feed = _Feed(handle, 0, limits.max_line_bytes)
+    reader = csv.reader(feed.lines(), strict=True)
     try:
         header = next(reader, None)
     except csv.Error as exc:
         raise ParseError(f"the header row is not valid CSV: {exc}") from None
     if header is None:
         raise ParseError("the file is empty: the first row must be a header naming the columns")
-    if cursor.bad_utf8:
-        raise ParseError("the header row is not valid UTF-8; save the file as UTF-8")
-    if cursor.too_long:
+    problem = feed.problem(reader.line_num)
+    if problem == TOO_LONG:
         raise ParseError(f"the header row is over {limits.max_line_bytes:,} bytes")
+    if problem == BAD_UTF8:
+        raise ParseError("the header row is not valid UTF-8; save the file as UTF-8")
     if header and header[0].startswith(UTF8_BOM.decode("utf-8")):
         header[0] = header[0][1:]
     if not header or all(not name.strip() for name in header):
@@ -96,7 +203,7 @@ def _read_header(handle: BinaryIO, limits: ParseLimits) -> tuple[list[str], int,
                 f"{position}); column names must be unique"
             )
         seen[name] = position
-    return header, cursor.offset, cursor.line
+    return header, feed.end(reader.line_num), reader.line_num
 
 
 def parse_csv(
@@ -106,8 +213,8 @@ def parse_csv(
     start_line: int = 0,
     close: bool = False,
 ) -> Iterator[Record | Reject]:
-    """Yield a Record per data row and a Reject per bad row, from a checkpoint (closing
-    ``handle`` at the end if ``close``).
+    """Yield a Record per data row and a Reject per bad row, in file order, from a checkpoint
+    (closing ``handle`` at the end if ``close``).
 
     Raises ParseError before yielding anything if the header is unusable.
     """
@@ -117,47 +224,120 @@ def parse_csv(
         if start_offset < header_end:
             start_offset, start_line = header_end, header_line
         handle.seek(start_offset)
-        cursor = _Cursor(start_offset, start_line)
-        reader = csv.reader(_lines(handle, cursor, limits.max_line_bytes), strict=True)
-        width = len(header)
-        dumps = orjson.dumps
-        row_start, row_first_line = start_offset, start_line + 1
-
-        def reject(reason: str) -> Reject:
-            raw = read_span(handle, row_start, cursor.offset, limits.max_excerpt)
-            cursor.bad_utf8 = cursor.too_long = False
-            return Reject(
-                row_first_line, cursor.line, cursor.offset, reason, excerpt(raw, limits.max_excerpt)
-            )
-
-        while True:
-            try:
-                for row in reader:
-                    if cursor.too_long:
-                        yield reject(
-                            f"a line of this row is over {limits.max_line_bytes:,} bytes; "
-                            "skipped unread"
-                        )
-                    elif cursor.bad_utf8:
-                        yield reject("row is not valid UTF-8")
-                    elif len(row) > width:
-                        yield reject(f"row has {len(row)} cells but the header has {width} columns")
-                    elif row:
-                        # Only a cell starting with {, [ or whitespace can hold JSON: test inline.
-                        record = {
-                            key: cell if cell[0] not in _MAYBE_JSON else _cell_value(cell)
-                            for key, cell in zip(header, row, strict=False)
-                            if cell
-                        }
-                        if record:
-                            yield Record(row_first_line, cursor.line, cursor.offset, dumps(record))
-                        else:
-                            yield reject("row has no values (every cell empty)")
-                    row_start, row_first_line = cursor.offset, cursor.line + 1
-                return
-            except csv.Error as exc:  # the reader resumes at the next line
-                yield reject(f"malformed CSV: {exc}")
-                row_start, row_first_line = cursor.offset, cursor.line + 1
+        yield from _Rows(handle, header, limits, start_offset, start_line).items()
     finally:
         if close:
             handle.close()
+
+
+class _Rows:
+    """The data rows after the header, as Records and Rejects. Line numbers inside are the
+    reader's (1 = the first line after the start); ``start_line`` makes them the file's."""
+
+    def __init__(
+        self,
+        handle: BinaryIO,
+        header: list[str],
+        limits: ParseLimits,
+        start_offset: int,
+        start_line: int,
+    ) -> None:
+        self.handle, self.header, self.limits = handle, header, limits
+        self.start_line = start_line
+        self.feed = _Feed(handle, start_offset, limits.max_line_bytes)
+        self.done = 0  # the reader line where the last row handled ended
+        self.rows: list[list[str]] = []  # good rows waiting to be converted
+        self.lasts: list[int] = []  # the line each of them ends on
+
+    def items(self) -> Iterator[Record | Reject]:
+        feed, rows, lasts, width = self.feed, self.rows, self.lasts, len(self.header)
+        bad = feed.bad
+        reader = csv.reader(feed.lines(), strict=True)
+        while True:
+            try:
+                for row in reader:
+                    last = reader.line_num
+                    if (bad and next(iter(bad)) <= last) or len(row) > width or not row:
+                        yield from self._flush()
+                        yield from self._odd_row(row, last, width)
+                        continue
+                    rows.append(row)
+                    lasts.append(last)
+                    if len(rows) == CHUNK_ROWS:
+                        yield from self._flush()
+                yield from self._flush()
+                return
+            except csv.Error as exc:  # the reader resumes at the next line
+                yield from self._flush()
+                last = reader.line_num
+                feed.problem(last)
+                yield self._reject(f"malformed CSV: {exc}", last)
+
+    def _flush(self) -> list[Record | Reject]:
+        """The waiting rows as Records (or Rejects for rows with no values)."""
+        rows, lasts = self.rows, self.lasts
+        if not rows:
+            return []
+        jsons = _serialize(self.header, rows)
+        if b"{}" in jsons:  # a row of empty cells: one at a time, to keep file order
+            items: list[Record | Reject] = []
+            for json, last in zip(jsons, lasts, strict=True):
+                if json == b"{}":
+                    items.append(self._reject("row has no values (every cell empty)", last))
+                else:
+                    items.append(self._record(json, last))
+        else:
+            base = self.start_line
+            # A row starts on the line after the previous one ended.
+            previous = chain((self.done,), islice(lasts, len(lasts) - 1))
+            items = list(
+                map(
+                    Record,
+                    map(add, previous, repeat(base + 1)),
+                    map(add, lasts, repeat(base)),
+                    map(self.feed.end, lasts),
+                    jsons,
+                )
+            )
+            self._done(lasts[-1])
+        rows.clear()
+        lasts.clear()
+        return items
+
+    def _odd_row(self, row: list[str], last: int, width: int) -> Iterator[Reject]:
+        problem = self.feed.problem(last)
+        if problem == TOO_LONG:
+            max_line = self.limits.max_line_bytes
+            yield self._reject(
+                f"a line of this row is over {max_line:,} bytes; skipped unread", last
+            )
+        elif problem == BAD_UTF8:
+            yield self._reject("row is not valid UTF-8", last)
+        elif len(row) > width:
+            yield self._reject(f"row has {len(row)} cells but the header has {width} columns", last)
+        else:  # a blank line
+            self._done(last)
+
+    def _record(self, json: bytes, last: int) -> Record:
+        record = Record(
+            self.start_line + self.done + 1, self.start_line + last, self.feed.end(last), json
+        )
+        self._done(last)
+        return record
+
+    def _reject(self, reason: str, last: int) -> Reject:
+        start, end = self.feed.end(self.done), self.feed.end(last)
+        raw = read_span(self.handle, start, end, self.limits.max_excerpt)
+        reject = Reject(
+            self.start_line + self.done + 1,
+            self.start_line + last,
+            end,
+            reason,
+            excerpt(raw, self.limits.max_excerpt),
+        )
+        self._done(last)
+        return reject
+
+    def _done(self, last: int) -> None:
+        self.done = last
+        self.feed.forget(last)
