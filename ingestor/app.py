@@ -52,7 +52,10 @@ def ingest_folder_once(
         with KlaviyoClient(settings.api, key, transport) as client:
             limiter = limiter or AccountLimiter(settings.api.rate_limit)
             pipeline = Pipeline(settings, ledger, client, limiter, stop, progress)
-            return pipeline.ingest_folder(folder)
+            result = pipeline.ingest_folder(folder)
+            # The caller shows the outcome; a service on this state dir must not e-mail it.
+            ledger.mark_announced([file.run.id for file in result.files])
+            return result
     finally:
         ledger.close()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 
+from ingestor import crashpoints
 from ingestor.batcher import batches
 from ingestor.config import Settings
 from ingestor.errors import (
@@ -206,7 +207,9 @@ class Pipeline:
                     continue
                 assert not isinstance(item, Reject)
                 if item.records:
+                    crashpoints.reached("batch.parsed")
                     outcome = sender.send(item.records)
+                    crashpoints.reached("batch.acknowledged")
                     for refused in outcome.refused:
                         rejects.write(refused)
                     pending.read += len(item.records)
@@ -275,6 +278,7 @@ class Pipeline:
             samples=self._settings.report_skip_samples,
         )
         final = replace(final, report_path=str(report.path))
+        crashpoints.reached("report.unrecorded")
         self._ledger.finish(run.id, state, final.counts, reason, str(report.path))
         return FileResult(final, report)
 

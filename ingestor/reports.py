@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ingestor import crashpoints
 from ingestor.ledger import FileRun
 from ingestor.records import Reject
 
@@ -53,6 +54,9 @@ class RejectsFile:
                 option=orjson.OPT_APPEND_NEWLINE,
             )
         )
+        if crashpoints.armed("rejects.unsynced"):
+            self._handle.flush()  # so the crash leaves bytes past the checkpoint on disk
+            crashpoints.reached("rejects.unsynced")
 
     def sync(self) -> int:
         """Flush to disk; return the size to checkpoint."""
@@ -92,6 +96,7 @@ def write_report(
     finished = run.finished_at or run.updated_at
     duration = max(0.0, finished - run.started_at)
     data: dict[str, Any] = {
+        "run_id": run.id,
         "company": ident.company,
         "kind": ident.kind,
         "folder": ident.folder,
@@ -122,5 +127,6 @@ def write_report(
     path = directory / f"{run_stem(run)}.report.json"
     temporary = path.with_suffix(".tmp")
     temporary.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    crashpoints.reached("report.unrenamed")
     os.replace(temporary, path)
     return Report(path, data)

@@ -84,7 +84,7 @@ class Ledger(Protocol):
     def finish(
         self, run_id: int, state: FileState, counts: FileCounts, reason: str, report_path: str
     ) -> None:
-        """Record a run's final state."""
+        """Record a run's final state; it is then unannounced until marked."""
 
     def get(self, run_id: int) -> FileRun | None: ...
 
@@ -96,6 +96,13 @@ class Ledger(Protocol):
     ) -> list[FileRun]:
         """Runs, newest first, optionally for one company, updated since a time, or
         finished before one."""
+
+    def unannounced(self) -> list[FileRun]:
+        """Finished runs nobody has been told about yet (e.g. the process died between
+        finishing a file and queueing its e-mail), oldest first."""
+
+    def mark_announced(self, run_ids: list[int]) -> None:
+        """The runs' e-mails are queued durably (or there is nothing to send)."""
 
     def note_queued(self, company: str, path: str, at: float) -> None:
         """Remember that a ready file waits in its company's lane."""

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ingestor import crashpoints
 from ingestor.errors import LedgerError
 from ingestor.ledger.base import FileIdentity, FileRun, FileState, QueuedFile
 from ingestor.records import FileCounts
@@ -25,6 +26,7 @@ CREATE TABLE IF NOT EXISTS file_runs (
     reason TEXT NOT NULL DEFAULT '', report_path TEXT NOT NULL DEFAULT '',
     rejects_path TEXT NOT NULL DEFAULT '',
     started_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
+    announced INTEGER NOT NULL DEFAULT 1,
     UNIQUE (company, kind, folder, name, version)
 );
 CREATE INDEX IF NOT EXISTS file_runs_updated ON file_runs (updated_at);
@@ -32,6 +34,10 @@ CREATE TABLE IF NOT EXISTS queued_files (
     path TEXT PRIMARY KEY, company TEXT NOT NULL, queued_at REAL NOT NULL
 );
 """
+
+# Ledgers made before a column existed get it here (existing rows take the default).
+_ADDED_COLUMNS = {"announced": "INTEGER NOT NULL DEFAULT 1"}
+_INDEXES = ("CREATE INDEX IF NOT EXISTS file_runs_unannounced ON file_runs (id) WHERE announced=0",)
 
 _COLUMNS = (
     "id, company, kind, folder, name, path, size, mtime_ns, sha256, version, state, target_id, "
@@ -48,6 +54,11 @@ _COUNTS_SET = (
 
 def _counts_values(c: FileCounts) -> tuple[int, int, int, int, int, float]:
     return (c.read, c.sent, c.skipped, c.batches, c.retries, c.throttled_seconds)
+
+
+def _crash_point() -> int:
+    crashpoints.reached("ledger.statement")
+    return 0  # go on with the statement
 
 
 def _run(row: tuple[Any, ...]) -> FileRun:
@@ -112,7 +123,15 @@ class SqliteLedger:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            if crashpoints.armed("ledger.statement"):
+                self._db.set_progress_handler(_crash_point, 1)  # every VM step
             self._db.executescript(SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(file_runs)")}
+            for column, definition in _ADDED_COLUMNS.items():
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE file_runs ADD COLUMN {column} {definition}")
+            for index in _INDEXES:
+                self._db.execute(index)
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"cannot open the ledger at {path}: {exc}") from None
 
@@ -203,7 +222,7 @@ class SqliteLedger:
         now = time.time()
         self._execute(
             f"UPDATE file_runs SET state=?, reason=?, report_path=?, {_COUNTS_SET}, "
-            "updated_at=?, finished_at=? WHERE id=?",
+            "updated_at=?, finished_at=?, announced=0 WHERE id=?",
             (state.value, reason, report_path, *_counts_values(counts), now, now, run_id),
         )
 
@@ -229,6 +248,20 @@ class SqliteLedger:
             args.append(finished_before)
         rows = self._execute(sql + " ORDER BY updated_at DESC, id DESC", tuple(args)).fetchall()
         return [_run(row) for row in rows]
+
+    def unannounced(self) -> list[FileRun]:
+        rows = self._execute(
+            f"SELECT {_COLUMNS} FROM file_runs WHERE announced=0 AND finished_at IS NOT NULL "
+            "ORDER BY id"
+        ).fetchall()
+        return [_run(row) for row in rows]
+
+    def mark_announced(self, run_ids: list[int]) -> None:
+        if run_ids:
+            self._execute(
+                f"UPDATE file_runs SET announced=1 WHERE id IN ({','.join('?' * len(run_ids))})",
+                tuple(run_ids),
+            )
 
     def note_queued(self, company: str, path: str, at: float) -> None:
         self._execute(

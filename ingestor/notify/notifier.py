@@ -4,7 +4,7 @@ in the outbox and handed to the courier. Called from lane threads; never blocks 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import structlog
 
+from ingestor import crashpoints
 from ingestor.notify.message import DEFAULT_ATTACH_MAX, compose
 from ingestor.notify.outbox import Outbox
 from ingestor.notify.smtp import Courier, SmtpSettings
@@ -36,11 +37,23 @@ def load_report(path: str) -> dict[str, Any] | None:
     return data
 
 
+Settled = Callable[[list[dict[str, Any]]], None]
+
+
 class Notifier:
+    """``on_settled`` is told which reports are dealt with: their message is queued durably,
+    or there is nobody to send it to. Until then a report's run stays unannounced in the
+    ledger, so a crash in between cannot lose an e-mail (it may, rarely, repeat one)."""
+
     def __init__(
-        self, state_dir: Path, settings: NotifySettings, environ: Mapping[str, str]
+        self,
+        state_dir: Path,
+        settings: NotifySettings,
+        environ: Mapping[str, str],
+        on_settled: Settled | None = None,
     ) -> None:
         self.settings = settings
+        self._on_settled = on_settled
         self.outbox = Outbox(state_dir / "outbox", queued=settings.smtp is not None)
         self._courier = (
             Courier(self.outbox, settings.smtp, environ) if settings.smtp is not None else None
@@ -77,8 +90,10 @@ class Notifier:
     ) -> Path | None:
         """A file is finished. In digest mode its report waits until its folder's run ends
         (``folder_drained``: no more of the folder's files are queued)."""
+        crashpoints.reached("email.unqueued")
         if not recipients:
             log.debug("email_skipped_no_recipients", company=report["company"])
+            self._settled([report])
             return None
         if not digest:
             return self._queue(report["company"], [report], recipients)
@@ -90,6 +105,10 @@ class Notifier:
                 return None
             reports = self._digests.pop(key)
         return self._queue(key[0], reports, recipients)
+
+    def _settled(self, reports: list[dict[str, Any]]) -> None:
+        if self._on_settled:
+            self._on_settled(reports)
 
     @staticmethod
     def _recipients_of(reports: list[dict[str, Any]]) -> tuple[str, ...]:
@@ -111,6 +130,8 @@ class Notifier:
         )
         path = self.outbox.put(message, label)
         log.info("email_queued", company=company, message=path.name, files=len(clean))
+        crashpoints.reached("email.unrecorded")
+        self._settled(clean)
         if self._courier:
             self._courier.wake()
         return path

@@ -303,7 +303,9 @@ class Simulator:
             fail = not throttle and faults.take("fail_next")
             drop = not (throttle or fail) and faults.take("drop_next")
             hang = not (throttle or fail or drop) and faults.take("hang_after_accept_next")
-            latency = faults.latency
+            latency, arrived = faults.latency, faults.on_bulk
+        if arrived:
+            arrived()
         if latency:
             time.sleep(latency)
         if throttle:

@@ -75,6 +75,7 @@ class Faults:
     latency: float = 0.0
     refuse: RecordRefusal | None = None  # a record → error detail, or None to accept it
     refuse_with_pointer: bool = True
+    on_bulk: Callable[[], None] | None = None  # called as each bulk request arrives
 
     def take(self, name: str) -> bool:
         left: int = getattr(self, name)

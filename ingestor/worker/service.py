@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from types import FrameType
+from typing import Any
 
 import httpx
 import structlog
@@ -126,8 +127,10 @@ class Service:
             settings.state_dir,
             settings.notify,
             os.environ if self._environ is None else self._environ,
+            on_settled=self._announced,
         )
         self._notifier.start()
+        self._announce_missed(ledger)
         for company in settings.companies.values():
             if company.enabled:
                 self._start_lane(company.name)
@@ -315,13 +318,15 @@ class Service:
 
     def _announce(self, finished: Finished) -> None:
         company = self.settings.companies.get(finished.company)
-        if not finished.announce or company is None or self._notifier is None:
-            return
         files = finished.result.files
+        if not finished.announce or company is None or self._notifier is None:
+            self._mark_announced([file.run.id for file in files])  # nothing (new) to say
+            return
         for index, file in enumerate(files):
             report = file.report.data if file.report else load_report(file.run.report_path)
             if report is None:
                 log.warning("report_missing", company=company.name, run=file.run.id)
+                self._mark_announced([file.run.id])
                 continue
             try:
                 self._notifier.file_finished(
@@ -332,6 +337,51 @@ class Service:
                 )
             except Exception:  # e-mail must never stop ingestion
                 log.exception("email_not_queued", company=company.name, run=file.run.id)
+
+    def _announce_missed(self, ledger: Ledger) -> None:
+        """E-mail the files that finished while no message got queued (the process died in
+        between), grouped by folder so a digest company still gets one message a folder."""
+        assert self._notifier is not None
+        runs = ledger.unannounced()
+        by_folder: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for run in runs:
+            company = self.settings.companies.get(run.identity.company)
+            report = load_report(run.report_path)
+            if company is None or report is None:
+                log.warning(
+                    "announcement_dropped",
+                    company=run.identity.company,
+                    run=run.id,
+                    reason="company no longer configured" if company is None else "no report",
+                )
+                ledger.mark_announced([run.id])
+                continue
+            report.setdefault("run_id", run.id)
+            by_folder.setdefault((company.name, run.identity.folder), []).append(report)
+        for (name, _folder), reports in by_folder.items():
+            company = self.settings.companies[name]
+            log.info("announcing_missed", company=name, files=len(reports))
+            for index, report in enumerate(reports):
+                self._notifier.file_finished(
+                    report,
+                    company.recipients,
+                    company.digest,
+                    folder_drained=index == len(reports) - 1,
+                )
+
+    def _announced(self, reports: list[dict[str, Any]]) -> None:
+        self._mark_announced([r["run_id"] for r in reports if "run_id" in r])
+
+    def _mark_announced(self, run_ids: list[int]) -> None:
+        if not run_ids:
+            return
+        ledger = self._open_ledger()
+        try:
+            ledger.mark_announced(run_ids)
+        except LedgerError as exc:  # the e-mail may be repeated after a restart; no more
+            log.warning("announcement_not_recorded", runs=run_ids, reason=str(exc))
+        finally:
+            ledger.close()
 
     def _start_lane(self, name: str) -> None:
         lane = Lane(
