@@ -28,7 +28,14 @@ from ingestor.app import (
     write_emails,
 )
 from ingestor.config import ApiKey, ApiSettings, RateLimitSettings, Settings
-from ingestor.errors import AuthError, ConfigError, IngestorError, Interrupted, LayoutError
+from ingestor.errors import (
+    AuthError,
+    ConfigError,
+    IngestorError,
+    Interrupted,
+    LayoutError,
+    StateUnwritable,
+)
 from ingestor.layout import load_folder_config
 from ingestor.ledger import LEDGER_NAME, FileRun, SqliteLedger
 from ingestor.logs import configure_logging
@@ -418,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as exc:
         err.print(f"[yellow]interrupted:[/] {exc}")
         return EXIT_INTERRUPTED
-    except (ConfigError, LayoutError) as exc:
+    except (ConfigError, LayoutError, StateUnwritable) as exc:  # the operator must act
         err.print(f"[red]error:[/] {exc}")
         return EXIT_USAGE
     except IngestorError as exc:

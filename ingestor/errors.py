@@ -5,6 +5,8 @@ Each message says what is wrong and, where it helps, what to do about it.
 
 from __future__ import annotations
 
+import errno
+
 
 class IngestorError(Exception):
     """Base of every error ingestor raises deliberately."""
@@ -24,6 +26,35 @@ class ParseError(IngestorError):
 
 class LedgerError(IngestorError):
     """The ledger cannot be read or written."""
+
+
+class StateUnwritable(LedgerError):
+    """The state directory cannot be written (disk full, read-only, no permission).
+
+    Progress could not be kept, so work waits (each file at its last checkpoint) until it
+    can be; nothing is marked failed for it.
+    """
+
+    @classmethod
+    def from_os_error(cls, path: object, exc: OSError) -> StateUnwritable:
+        return cls(state_problem(f"writing {path}", exc.errno, exc.strerror or str(exc)))
+
+
+_RESUMES = "work waits and resumes by itself from the last checkpoint once it can write"
+
+
+def state_problem(doing: str, code: int | None, detail: str) -> str:
+    """What is wrong with the state directory, in words an operator can act on."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"the state directory's disk is full ({doing}): free space there; {_RESUMES}"
+    if code == errno.EROFS:
+        return f"the state directory is read-only ({doing}): remount it read-write; {_RESUMES}"
+    if code in (errno.EACCES, errno.EPERM):
+        return (
+            f"no permission to write in the state directory ({doing}): it must belong to "
+            f"the service user; {_RESUMES}"
+        )
+    return f"cannot write the state directory ({doing}): {detail}; {_RESUMES}"
 
 
 class FileChanged(IngestorError):

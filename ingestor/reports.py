@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 
 from ingestor import crashpoints
+from ingestor.errors import StateUnwritable
 from ingestor.ledger import FileRun
 from ingestor.records import Reject
 
@@ -41,31 +43,43 @@ class RejectsFile:
     """Append-only JSONL of skipped rows, resumable at a checkpointed size."""
 
     def __init__(self, path: Path, resume_at: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._handle = path.open("ab")
-        self._handle.truncate(resume_at)
-        self._handle.seek(resume_at)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = path.open("ab")
+            self._handle.truncate(resume_at)  # what a crash left past the checkpoint
+            self._handle.seek(resume_at)
+        except OSError as exc:
+            raise StateUnwritable.from_os_error(path, exc) from None
 
     def write(self, reject: Reject) -> None:
-        self._handle.write(
-            orjson.dumps(
-                {"line": reject.line, "reason": reject.reason, "raw": reject.raw},
-                option=orjson.OPT_APPEND_NEWLINE,
+        try:
+            self._handle.write(
+                orjson.dumps(
+                    {"line": reject.line, "reason": reject.reason, "raw": reject.raw},
+                    option=orjson.OPT_APPEND_NEWLINE,
+                )
             )
-        )
+        except OSError as exc:
+            raise StateUnwritable.from_os_error(self.path, exc) from None
         if crashpoints.armed("rejects.unsynced"):
             self._handle.flush()  # so the crash leaves bytes past the checkpoint on disk
             crashpoints.reached("rejects.unsynced")
 
     def sync(self) -> int:
         """Flush to disk; return the size to checkpoint."""
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise StateUnwritable.from_os_error(self.path, exc) from None
         return self._handle.tell()
 
     def close(self) -> None:
-        self._handle.close()
+        """Close; rows not yet synced may be lost, and need not be: they lie past the
+        checkpoint, so a resume writes them again."""
+        with contextlib.suppress(OSError):
+            self._handle.close()
 
 
 def first_rejects(path: str, limit: int) -> list[dict[str, Any]]:
@@ -123,10 +137,15 @@ def write_report(
         "ignored_files": list(ignored),
     }
     directory = report_dir(state_dir, ident.company)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{run_stem(run)}.report.json"
     temporary = path.with_suffix(".tmp")
-    temporary.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    crashpoints.reached("report.unrenamed")
-    os.replace(temporary, path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        temporary.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        crashpoints.reached("report.unrenamed")
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise StateUnwritable.from_os_error(path, exc) from None
     return Report(path, data)

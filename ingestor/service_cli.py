@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import getpass
 import os
 import signal
@@ -63,6 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         secrets=secrets,
         stream=sys.stdout,
     )
+    # `kill -USR1 <pid>` writes every thread's stack to stderr (the journal): for a service
+    # that seems stuck, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     return Service(path, polling=args.polling).run()
 
 

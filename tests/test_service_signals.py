@@ -76,8 +76,23 @@ def start(settings: Path, notify: NotifySocket, log: Path) -> subprocess.Popen[b
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM and the exit status; if it does not stop, its threads' stacks (SIGUSR1 makes
+    it write them to its log) go into the failure."""
     process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=30)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(1)  # for the dump to be written; the process is stuck anyway
+        process.kill()
+        process.wait()
+        base = Path(process.args[-1]).parent  # type: ignore[index]  # the settings' dir
+        tails = [
+            f"{path.name}:\n{path.read_text(errors='replace')[-6000:]}"
+            for path in (base / "service.log", base / "service.stderr")
+            if path.exists()
+        ]
+        raise AssertionError("the service did not stop on SIGTERM\n" + "\n".join(tails)) from None
 
 
 def test_sd_notify_ready_status_watchdog_stopping(tmp_path, sim, notify) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from ingestor import crashpoints
-from ingestor.errors import LedgerError
+from ingestor.errors import LedgerError, StateUnwritable, state_problem
 from ingestor.ledger.base import FileIdentity, FileRun, FileState, QueuedFile
 from ingestor.records import FileCounts
 
@@ -54,6 +55,23 @@ _COUNTS_SET = (
 
 def _counts_values(c: FileCounts) -> tuple[int, int, int, int, int, float]:
     return (c.read, c.sent, c.skipped, c.batches, c.retries, c.throttled_seconds)
+
+
+# SQLite's primary result codes that mean the state directory, not the ledger, is at fault.
+_STATE_CODES = {
+    sqlite3.SQLITE_FULL: errno.ENOSPC,
+    sqlite3.SQLITE_READONLY: errno.EROFS,
+    sqlite3.SQLITE_PERM: errno.EACCES,
+    sqlite3.SQLITE_CANTOPEN: None,
+    sqlite3.SQLITE_IOERR: None,
+}
+
+
+def _ledger_error(doing: str, exc: sqlite3.Error) -> LedgerError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _STATE_CODES:
+        return StateUnwritable(state_problem(doing, _STATE_CODES[code & 0xFF], str(exc)))
+    return LedgerError(f"{doing}: {exc}")
 
 
 def _crash_point() -> int:
@@ -132,8 +150,10 @@ class SqliteLedger:
                     self._db.execute(f"ALTER TABLE file_runs ADD COLUMN {column} {definition}")
             for index in _INDEXES:
                 self._db.execute(index)
-        except (sqlite3.Error, OSError) as exc:
-            raise LedgerError(f"cannot open the ledger at {path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise _ledger_error(f"opening the ledger {path}", exc) from None
+        except OSError as exc:
+            raise StateUnwritable.from_os_error(path, exc) from None
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
@@ -149,7 +169,7 @@ class SqliteLedger:
         try:
             return self._db.execute(sql, args)
         except sqlite3.Error as exc:
-            raise LedgerError(f"ledger {self.path}: {exc}") from None
+            raise _ledger_error(f"using the ledger {self.path}", exc) from None
 
     def latest(self, company: str, kind: str, folder: str, name: str) -> FileRun | None:
         return self._one(

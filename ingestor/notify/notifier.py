@@ -106,6 +106,11 @@ class Notifier:
             reports = self._digests.pop(key)
         return self._queue(key[0], reports, recipients)
 
+    def holding(self) -> set[int]:
+        """Runs whose reports wait in a digest."""
+        with self._lock:
+            return {r["run_id"] for held in self._digests.values() for r in held if "run_id" in r}
+
     def _settled(self, reports: list[dict[str, Any]]) -> None:
         if self._on_settled:
             self._on_settled(reports)

@@ -8,12 +8,14 @@ outbox itself and stay there for a person or another tool to pick up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 
+from ingestor.errors import StateUnwritable
 from ingestor.reports import safe_name
 
 
@@ -32,12 +34,17 @@ class Outbox:
         directory = self.root / "sent" if sent and self.queued else self.inbox
         final = directory / name
         temporary = directory / f".{name}.tmp"
-        with temporary.open("wb") as handle:
-            handle.write(message.as_bytes(policy=SMTP))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
-        _sync_dir(directory)
+        try:
+            with temporary.open("wb") as handle:
+                handle.write(message.as_bytes(policy=SMTP))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, final)
+            _sync_dir(directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            raise StateUnwritable.from_os_error(final, exc) from None
         return final
 
     def pending(self) -> list[Path]:

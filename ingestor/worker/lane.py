@@ -132,6 +132,7 @@ class Lane:
         self._progress = _Progress(company.name, metrics)
         self._folder_problems: dict[Path, str] = {}  # folder → the config problem logged
         self._auth_outage = False
+        self._ledger_outage = False
         self._thread = threading.Thread(target=self._run, name=f"lane-{company.name}", daemon=True)
 
     # -- called from the service thread -------------------------------------------------
@@ -213,6 +214,8 @@ class Lane:
 
     def _pause(self, reason: str) -> None:
         """Hold the queue until the retry interval passes, new settings arrive, or stop."""
+        if self._metrics:
+            self._metrics.blocked.labels(self.name).set(1)
         with self._wake:
             self._blocked, self._current = reason, ""
             self._wake.wait_for(
@@ -220,6 +223,8 @@ class Lane:
                 timeout=self._service.auth_retry_interval,
             )
             self._blocked = ""
+        if self._metrics:
+            self._metrics.blocked.labels(self.name).set(0)
 
     def _run(self) -> None:
         ledger = self._ledger_factory()
@@ -261,6 +266,9 @@ class Lane:
                     if self._auth_outage:
                         self._auth_outage = False
                         bound.info("auth_recovered")
+                    if self._ledger_outage:
+                        self._ledger_outage = False
+                        bound.info("ledger_recovered", detail="work has resumed")
                 except AuthError as exc:
                     if not self._auth_outage:  # said once per outage, not once per try
                         self._auth_outage = True
@@ -276,7 +284,10 @@ class Lane:
                 except LedgerError as exc:
                     # Progress cannot be recorded: stop taking work rather than send
                     # batches whose checkpoints would be lost. The file waits at the head.
-                    bound.error("ledger_unavailable", reason=str(exc), file=item.found.path.name)
+                    # Said once per outage; each retry after that is a debug line.
+                    report = bound.debug if self._ledger_outage else bound.error
+                    self._ledger_outage = True
+                    report("ledger_unavailable", reason=str(exc), file=item.found.path.name)
                     self._requeue_front(item, ledger)
                     self._pause(f"ledger unavailable: {exc}")
                     continue

@@ -8,13 +8,17 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ingestor.errors import ConfigError
+from ingestor.errors import ConfigError, StateUnwritable
 
 
 @contextlib.contextmanager
 def state_dir_lock(path: Path) -> Iterator[None]:
     """One service per state directory: two would deliver the same e-mails twice."""
-    with path.open("a+") as handle:
+    try:
+        opened = path.open("a+")
+    except OSError as exc:
+        raise StateUnwritable.from_os_error(path, exc) from None
+    with opened as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -48,6 +48,12 @@ class Metrics:
             ["company"],
             registry=r,
         )
+        self.blocked = Gauge(
+            "ingestor_lane_blocked",
+            "1 while the company's lane holds its queue (key refused, state dir unwritable)",
+            ["company"],
+            registry=r,
+        )
         self.file_lag = Histogram(
             "ingestor_file_lag_seconds",
             "From a file being ready to its lane starting it",

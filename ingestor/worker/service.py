@@ -33,7 +33,7 @@ from ingestor.discovery import (
     observer_reports_close,
     start_observer,
 )
-from ingestor.errors import ConfigError, LedgerError
+from ingestor.errors import ConfigError, LedgerError, StateUnwritable
 from ingestor.identity import KnownHashes
 from ingestor.layout import CONFIG_NAME, place
 from ingestor.ledger import LEDGER_NAME, FileState, Ledger, SqliteLedger
@@ -50,6 +50,9 @@ from ingestor.worker.status import ServiceView
 log = structlog.get_logger("ingestor.service")
 
 TICK = 0.25  # how often quiet-period candidates are re-checked, at most
+# A lane queues a finished file's e-mail within milliseconds; one still unannounced after this
+# long was missed (the outbox could not be written) and is tried again at each rescan.
+ANNOUNCE_GRACE = 60.0
 
 
 class _Signal(enum.Enum):
@@ -109,7 +112,10 @@ class Service:
                 f"drop_root {settings.drop_root} is not a directory; create it (owned by the "
                 "service user) or correct drop_root in " + str(self._settings_path)
             )
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            settings.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateUnwritable.from_os_error(settings.state_dir, exc) from None
         with state_dir_lock(settings.state_dir / "service.lock"):
             return self._run_locked()
 
@@ -210,8 +216,12 @@ class Service:
                 discovery.scan(now=now)
                 self._route(ledger, discovery.due(now), discovery)
                 next_rescan = now + settings.rescan_interval
+                self._announce_missed(ledger, finished_before=time.time() - ANNOUNCE_GRACE)
             if now >= next_sweep:
-                sweep(ledger, self.settings.retention_days, time.time())
+                try:
+                    sweep(ledger, self.settings.retention_days, time.time())
+                except LedgerError as exc:  # the lanes say so loudly; try again next time
+                    log.warning("retention_skipped", reason=str(exc))
                 next_sweep = now + settings.sweep_interval
             if ping_every and now >= next_ping:
                 self._ping(discovery, observer)
@@ -335,16 +345,31 @@ class Service:
                     company.digest,
                     folder_drained=finished.folder_drained and index == len(files) - 1,
                 )
+            except StateUnwritable as exc:  # retried at each rescan until it can be written
+                log.error(
+                    "email_not_queued", company=company.name, run=file.run.id, reason=str(exc)
+                )
             except Exception:  # e-mail must never stop ingestion
                 log.exception("email_not_queued", company=company.name, run=file.run.id)
 
-    def _announce_missed(self, ledger: Ledger) -> None:
+    def _announce_missed(self, ledger: Ledger, finished_before: float | None = None) -> None:
         """E-mail the files that finished while no message got queued (the process died in
-        between), grouped by folder so a digest company still gets one message a folder."""
+        between, or the outbox could not be written), grouped by folder so a digest company
+        still gets one message a folder. ``finished_before`` leaves alone the files whose
+        lane is announcing them right now; digests being held are left alone too."""
         assert self._notifier is not None
-        runs = ledger.unannounced()
+        try:
+            runs = ledger.unannounced()
+        except LedgerError as exc:
+            log.warning("announcements_unchecked", reason=str(exc))
+            return
+        held = self._notifier.holding()
         by_folder: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for run in runs:
+            if run.id in held or (
+                finished_before is not None and (run.finished_at or 0) >= finished_before
+            ):
+                continue
             company = self.settings.companies.get(run.identity.company)
             report = load_report(run.report_path)
             if company is None or report is None:
@@ -361,13 +386,16 @@ class Service:
         for (name, _folder), reports in by_folder.items():
             company = self.settings.companies[name]
             log.info("announcing_missed", company=name, files=len(reports))
-            for index, report in enumerate(reports):
-                self._notifier.file_finished(
-                    report,
-                    company.recipients,
-                    company.digest,
-                    folder_drained=index == len(reports) - 1,
-                )
+            try:
+                for index, report in enumerate(reports):
+                    self._notifier.file_finished(
+                        report,
+                        company.recipients,
+                        company.digest,
+                        folder_drained=index == len(reports) - 1,
+                    )
+            except StateUnwritable as exc:
+                log.error("email_not_queued", company=name, reason=str(exc))
 
     def _announced(self, reports: list[dict[str, Any]]) -> None:
         self._mark_announced([r["run_id"] for r in reports if "run_id" in r])
