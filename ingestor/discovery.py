@@ -40,6 +40,7 @@ from watchdog.observers.polling import PollingObserver
 from ingestor.layout import Placed, Placement, place
 
 log = structlog.get_logger("ingestor.discovery")
+STALE_CLOSE_MIN = 60.0  # seconds; see Readiness.stale_close
 
 Stat = tuple[int, int]  # size, mtime_ns
 
@@ -62,6 +63,9 @@ class Readiness:
     def __init__(self, quiet_period: float, close_events: bool) -> None:
         self.quiet_period = quiet_period
         self.close_events = close_events
+        # A file awaiting its close event but untouched for this long lost the event (an
+        # overflowed inotify queue drops events): a scan hands it to the quiet-period rule.
+        self.stale_close = max(STALE_CLOSE_MIN, 10 * quiet_period)
         self._awaiting_close: set[str] = set()
         self._quiet: dict[str, tuple[Stat, float]] = {}  # path → (stat, stable since)
 
@@ -76,8 +80,18 @@ class Readiness:
     def seen(self, path: str, current: Stat | None, now: float, age: float = 0.0) -> None:
         """The file exists (found by a scan or a create event): wait for it to hold still.
         ``age`` (seconds since its mtime) lets a long-finished file be ready at once."""
-        if current is None or path in self._awaiting_close:
+        if current is None:
             return
+        if path in self._awaiting_close:
+            if age < self.stale_close:
+                return
+            self._awaiting_close.discard(path)
+            log.warning(
+                "close_event_missed",
+                path=path,
+                idle_seconds=round(age),
+                detail="ready once it holds still for the quiet period",
+            )
         known = self._quiet.get(path)
         if known is None or known[0] != current:
             self._quiet[path] = (current, now - min(max(age, 0.0), self.quiet_period))

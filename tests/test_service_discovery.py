@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from watchdog.events import FileModifiedEvent
 
+from ingestor.discovery import Discovery, Readiness
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from tests.conftest import make_folder
-from tests.service_helpers import running_service, write_settings
+from tests.service_helpers import jsonl, running_service, write_settings
 
 
 def rows(start: int, count: int) -> bytes:
@@ -148,3 +150,21 @@ def test_a_polling_observer_uses_the_quiet_period(tree, sim) -> None:
         (folder / "nfs.jsonl").write_bytes(rows(0, 50))
         run = svc.run_for("nfs.jsonl")
     assert run.state is FileState.DONE and run.counts.sent == 50
+
+
+def test_a_file_whose_close_event_was_lost_is_ready_at_a_later_scan(tmp_path: Path) -> None:
+    """An overflowed inotify queue drops events: a file seen being written whose close never
+    arrives must not wait forever. A scan hands it over once it has been idle long enough."""
+    drop = tmp_path / "drop"
+    path = make_folder(drop) / "pets.jsonl"
+    path.write_bytes(jsonl(0, 3))
+    discovery = Discovery(drop, Readiness(quiet_period=0.5, close_events=True))
+    now = time.monotonic()
+    assert discovery.on_event(FileModifiedEvent(str(path)), now) == []  # the close is lost
+    discovery.scan(now=now)
+    assert discovery.due(now + 3600) == []  # recently written: still waiting for its close
+
+    idle = discovery.readiness.stale_close + 1
+    os.utime(path, (time.time() - idle, time.time() - idle))
+    discovery.scan(now=now)
+    assert [f.path for f in discovery.due(now)] == [path]  # idle well past the quiet period
