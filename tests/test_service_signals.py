@@ -188,3 +188,21 @@ def test_sighup_adds_a_company_and_survives_a_broken_settings_file(tmp_path, not
             assert stop(service) == 0
     events = [json.loads(line)["event"] for line in (tmp_path / "service.log").open()]
     assert "reload_failed" in events and "company_added" in events
+
+
+def test_a_storm_of_sighups_then_sigterm_still_stops_it(tmp_path, sim, notify) -> None:
+    """Two ways the loop once stopped hearing SIGTERM. A signal handler runs on the main
+    thread, possibly inside the inbox's get(): a put needing the inbox's lock deadlocked
+    there (once in ~50 runs of the test above; seen in a SIGUSR1 stack dump). And the
+    notify socket here is read only while the test waits: a blocking send to its full
+    queue stalled the loop (this test found that one)."""
+    settings = write_settings(tmp_path / "s.toml", tmp_path / "drop", tmp_path / "state", sim)
+    (tmp_path / "drop").mkdir()
+    service = start(settings, notify, tmp_path / "service.log")
+    try:
+        notify.wait_for(lambda m: m.get("READY") == "1")
+        for _ in range(300):
+            service.send_signal(signal.SIGHUP)
+            time.sleep(0.002)  # pacing only: each signal should find the loop in a new state
+    finally:
+        assert stop(service) == 0

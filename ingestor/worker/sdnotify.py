@@ -29,12 +29,16 @@ class SystemdNotifier:
         return bool(self._address)
 
     def notify(self, **fields: str) -> None:
-        """``notify(READY="1", STATUS="…")``; errors are swallowed: systemd is advisory here."""
+        """``notify(READY="1", STATUS="…")``; errors are swallowed: systemd is advisory here.
+
+        Never blocks: if the receiver's queue is full the message is dropped, rather than
+        the service stalling (a stalled main loop would not even see SIGTERM).
+        """
         if not self._address:
             return
         message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(message, self._address)
+                sock.sendto(message, socket.MSG_DONTWAIT, self._address)
         except OSError:
             pass

@@ -81,7 +81,10 @@ class Service:
         self._transport = transport
         self._polling = polling
         self._install_signals = install_signals
-        self._inbox: queue.Queue[FileSystemEvent | _Signal] = queue.Queue()
+        # SimpleQueue, not Queue: signal handlers put into it from the main thread, possibly
+        # while that thread is inside get(); Queue's lock would deadlock there (seen as a
+        # service that ignored SIGTERM after a SIGHUP), SimpleQueue's put is reentrant.
+        self._inbox: queue.SimpleQueue[FileSystemEvent | _Signal] = queue.SimpleQueue()
         self._lanes: dict[str, Lane] = {}
         self._unknown_companies: set[str] = set()
         self._systemd = SystemdNotifier(environ)
@@ -165,6 +168,10 @@ class Service:
                     log.error("lane_did_not_stop", company=lane.name)
             observer.join(timeout=5)
             self._notifier.stop()
+            # Lane queues live in memory and are rebuilt by the first scan of the next start;
+            # left in the ledger, `status` would show files as queued by a stopped service.
+            with contextlib.suppress(LedgerError):
+                ledger.clear_queue()
             ledger.close()
             log.info("service_stopped")
         return 0
