@@ -15,7 +15,7 @@ import httpx
 
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
-from ingestor.worker.retention import DAY, sweep
+from ingestor.worker.retention import DAY, SweepResult, sweep
 from tests.conftest import KEY, make_folder
 from tests.service_helpers import jsonl, running_service, two_companies, write_settings
 
@@ -69,7 +69,7 @@ def test_status_shows_done_and_failed_files_from_the_ledger(tmp_path: Path, sim)
         text=True,
         check=True,
     ).stdout
-    assert "in flight (0)" in out and "queued (0)" in out
+    assert "in flight (0)" in out and "queued (0)" in out, out
     assert "done, last 24 h (1)" in out and "pets.jsonl" in out
     assert "failed or rejected (1)" in out and "config.json" in out
 
@@ -88,6 +88,9 @@ def test_retention_deletes_old_processed_files_and_reports_only(tmp_path: Path, 
     try:
         assert sweep(ledger, 30, time.time()).data_files == []  # nothing is 30 days old yet
         result = sweep(ledger, 30, time.time() + 31 * DAY)
+        # Each run is looked at once; a later sweep does not walk them again.
+        assert ledger.unswept(finished_before=time.time() + 40 * DAY) == []
+        assert sweep(ledger, 30, time.time() + 40 * DAY) == SweepResult()
     finally:
         ledger.close()
     assert result.data_files == [folder / "old.jsonl"]

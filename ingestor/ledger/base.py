@@ -104,6 +104,12 @@ class Ledger(Protocol):
     def mark_announced(self, run_ids: list[int]) -> None:
         """The runs' e-mails are queued durably (or there is nothing to send)."""
 
+    def unswept(self, finished_before: float) -> list[FileRun]:
+        """Runs finished before a time that the retention sweep has not dealt with yet."""
+
+    def mark_swept(self, run_ids: list[int]) -> None:
+        """The sweep has dealt with these runs; it will not look at them again."""
+
     def note_queued(self, company: str, path: str, at: float) -> None:
         """Remember that a ready file waits in its company's lane."""
 

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS file_runs (
     reason TEXT NOT NULL DEFAULT '', report_path TEXT NOT NULL DEFAULT '',
     rejects_path TEXT NOT NULL DEFAULT '',
     started_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
-    announced INTEGER NOT NULL DEFAULT 1,
+    announced INTEGER NOT NULL DEFAULT 1, swept INTEGER NOT NULL DEFAULT 0,
     UNIQUE (company, kind, folder, name, version)
 );
 CREATE INDEX IF NOT EXISTS file_runs_updated ON file_runs (updated_at);
@@ -37,8 +37,14 @@ CREATE TABLE IF NOT EXISTS queued_files (
 """
 
 # Ledgers made before a column existed get it here (existing rows take the default).
-_ADDED_COLUMNS = {"announced": "INTEGER NOT NULL DEFAULT 1"}
-_INDEXES = ("CREATE INDEX IF NOT EXISTS file_runs_unannounced ON file_runs (id) WHERE announced=0",)
+_ADDED_COLUMNS = {
+    "announced": "INTEGER NOT NULL DEFAULT 1",
+    "swept": "INTEGER NOT NULL DEFAULT 0",
+}
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS file_runs_unannounced ON file_runs (id) WHERE announced=0",
+    "CREATE INDEX IF NOT EXISTS file_runs_unswept ON file_runs (finished_at) WHERE swept=0",
+)
 
 _COLUMNS = (
     "id, company, kind, folder, name, path, size, mtime_ns, sha256, version, state, target_id, "
@@ -277,10 +283,24 @@ class SqliteLedger:
         return [_run(row) for row in rows]
 
     def mark_announced(self, run_ids: list[int]) -> None:
-        if run_ids:
+        self._mark(run_ids, "announced")
+
+    def unswept(self, finished_before: float) -> list[FileRun]:
+        rows = self._execute(
+            f"SELECT {_COLUMNS} FROM file_runs WHERE swept=0 AND finished_at<? ORDER BY id",
+            (finished_before,),
+        ).fetchall()
+        return [_run(row) for row in rows]
+
+    def mark_swept(self, run_ids: list[int]) -> None:
+        self._mark(run_ids, "swept")
+
+    def _mark(self, run_ids: list[int], flag: str) -> None:
+        for start in range(0, len(run_ids), 500):  # SQLite caps a statement's parameters
+            chunk = run_ids[start : start + 500]
             self._execute(
-                f"UPDATE file_runs SET announced=1 WHERE id IN ({','.join('?' * len(run_ids))})",
-                tuple(run_ids),
+                f"UPDATE file_runs SET {flag}=1 WHERE id IN ({','.join('?' * len(chunk))})",
+                tuple(chunk),
             )
 
     def note_queued(self, company: str, path: str, at: float) -> None:

@@ -30,7 +30,8 @@ def sweep(ledger: Ledger, max_age_days: float, now: float) -> SweepResult:
     """Delete finished files and reports older than ``max_age_days``; log each deletion."""
     result = SweepResult()
     cutoff = now - max_age_days * DAY
-    for run in ledger.runs(finished_before=cutoff):
+    runs = ledger.unswept(finished_before=cutoff)
+    for run in runs:
         if run.state not in (FileState.DONE, FileState.REJECTED) or run.finished_at is None:
             continue
         identity = run.identity
@@ -57,6 +58,7 @@ def sweep(ledger: Ledger, max_age_days: float, now: float) -> SweepResult:
                     report=extra,
                     age_days=age_days,
                 )
+    ledger.mark_swept([run.id for run in runs])  # each run is looked at once
     return result
 
 
