@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingestor.ledger import FileRun
+from ingestor.ledger import LEDGER_NAME, FileRun, SqliteLedger
 from ingestor.pipeline import FolderResult
 from ingestor.simulator import Simulator
 from ingestor.worker.service import Service
@@ -54,6 +59,54 @@ def write_settings(
 
 SMTP_PASSWORD = "smtp-secret-Pa55"
 ENVIRON = {"ACME_KEY": KEY, "BETA_KEY": BETA_KEY, "SMTP_PASSWORD": SMTP_PASSWORD}
+
+
+def start_process(
+    settings: Path, log: Path, env: dict[str, str] | None = None, stderr: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``ingestor run`` as its own process, as systemd starts it: JSON log lines to ``log``
+    (stderr too, unless given its own file). ``env`` adds to (an empty value removes from)
+    the environment."""
+    environ = {**os.environ, **ENVIRON}
+    for key, value in (env or {}).items():
+        if value:
+            environ[key] = value
+        else:
+            environ.pop(key, None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ingestor.cli", "run", "--config", str(settings)],
+        env=environ,
+        stdout=log.open("ab"),
+        stderr=stderr.open("ab") if stderr else subprocess.STDOUT,
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes], log: Path) -> int:
+    """SIGTERM, and the exit status. If it does not stop, the stacks of its threads
+    (SIGUSR1 makes it write them to stderr) go into the failure."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(1)  # for the dump to be written; the process is stuck anyway
+        process.kill()
+        process.wait()
+        tails = [
+            f"{path.name}:\n{path.read_text(errors='replace')[-6000:]}"
+            for path in (log, log.with_suffix(".stderr"))
+            if path.exists()
+        ]
+        raise AssertionError("the service did not stop on SIGTERM\n" + "\n".join(tails)) from None
+
+
+def ledger_runs(state: Path) -> list[FileRun]:
+    """Every run in the state dir's ledger, newest first."""
+    ledger = SqliteLedger(state / LEDGER_NAME)
+    try:
+        return ledger.runs()
+    finally:
+        ledger.close()
 
 
 def jsonl(start: int, count: int) -> bytes:

@@ -8,8 +8,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, FAST_LIMITS, KEY, make_folder
-from tests.service_helpers import ENVIRON, write_settings
+from tests.service_helpers import start_process, stop_process, write_settings
 
 KILLS = int(os.environ.get("INGESTOR_CRASH_KILLS", "20"))
 TOTALS = {"pets.csv": 30_000, "owners.jsonl": 40_000, "orders.jsonl": 30_000}
@@ -48,15 +46,6 @@ def build_drop(drop: Path) -> tuple[set[int], dict[str, int]]:
     return good, bad
 
 
-def start(settings: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ingestor.cli", "run", "--config", str(settings)],
-        env={**os.environ, **ENVIRON},
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
 def test_twenty_kill_9s_lose_nothing(tmp_path: Path) -> None:
     seed = int(os.environ.get("INGESTOR_CRASH_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
@@ -69,7 +58,7 @@ def test_twenty_kill_9s_lose_nothing(tmp_path: Path) -> None:
         log = tmp_path / "service.log"
         stored = 0
         for kill in range(KILLS):
-            worker = start(settings, log)
+            worker = start_process(settings, log)
             if kill % 4 == 0:  # sometimes at start-up: scanning, hashing, parsing
                 time.sleep(rng.uniform(0.05, 0.6))
             else:  # else mid-stream, after a random number of further records
@@ -79,7 +68,7 @@ def test_twenty_kill_9s_lose_nothing(tmp_path: Path) -> None:
             assert worker.wait(timeout=10) == -signal.SIGKILL
             stored = len(sim.records("acme"))
         sim.faults.latency = 0.0
-        final = start(settings, log)
+        final = start_process(settings, log)
         try:
             assert sim.wait_for_records("acme", len(good), timeout=120), f"seed {seed}"
             ledger = SqliteLedger(state / LEDGER_NAME)
@@ -92,8 +81,7 @@ def test_twenty_kill_9s_lose_nothing(tmp_path: Path) -> None:
             finally:
                 ledger.close()
         finally:
-            final.send_signal(signal.SIGTERM)
-            assert final.wait(timeout=30) == 0
+            assert stop_process(final, log) == 0
 
     received = Counter(int(r["id"]) for r in sim.records("acme"))
     duplicates = sum(n - 1 for n in received.values())

@@ -9,10 +9,7 @@ the simulator."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from email import message_from_bytes
@@ -25,7 +22,7 @@ from ingestor import crashpoints
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, FAST_LIMITS, KEY, make_folder
-from tests.service_helpers import ENVIRON, write_settings
+from tests.service_helpers import ledger_runs, start_process, stop_process, write_settings
 
 CSV_ROWS, JSONL_LINES = 2_400, 3_100  # 5 and 7 batches
 
@@ -50,19 +47,6 @@ def build_drop(drop: Path) -> tuple[set[int], dict[str, int]]:
                 good.add(i)
     bad = {"pets.csv": CSV_ROWS // 700 + 1, "owners.jsonl": JSONL_LINES // 1000 + 1}
     return good, bad
-
-
-def start(settings: Path, log: Path, crash_at: str = "") -> subprocess.Popen[bytes]:
-    environ = {**os.environ, **ENVIRON}
-    environ.pop(crashpoints.ENV, None)
-    if crash_at:
-        environ[crashpoints.ENV] = crash_at
-    return subprocess.Popen(
-        [sys.executable, "-m", "ingestor.cli", "run", "--config", str(settings)],
-        env=environ,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 def emails_by_file(outbox: Path) -> Counter[str]:
@@ -116,7 +100,7 @@ def test_a_kill_at_this_moment_loses_nothing(tmp_path: Path, case: str) -> None:
         )
         log = tmp_path / "service.log"
         if point == "mid-request":
-            worker = start(settings, log)
+            worker = start_process(settings, log, {crashpoints.ENV: ""})
             arrivals = iter(range(1, 1000))
 
             def kill_on_arrival() -> None:
@@ -126,29 +110,24 @@ def test_a_kill_at_this_moment_loses_nothing(tmp_path: Path, case: str) -> None:
             sim.faults.latency = 0.2  # the request is still in flight when the kill lands
             sim.faults.on_bulk = kill_on_arrival
         else:
-            worker = start(settings, log, crash_at=case)
+            worker = start_process(settings, log, {crashpoints.ENV: case})
         assert worker.wait(timeout=60) == -signal.SIGKILL, log.read_text()[-2000:]
         sim.faults.on_bulk, sim.faults.latency = None, 0.0
         before = len(sim.records("acme"))
 
-        final = start(settings, log)
+        final = start_process(settings, log, {crashpoints.ENV: ""})
         try:
             assert sim.wait_for_records("acme", len(good), timeout=60), log.read_text()[-2000:]
             wait_until_settled(state, files=2)
         finally:
-            final.send_signal(signal.SIGTERM)
-            assert final.wait(timeout=30) == 0
+            assert stop_process(final, log) == 0
 
     received = Counter(int(r["id"]) for r in sim.records("acme"))
     duplicates = sum(n - 1 for n in received.values())
     print(f"{case}: {before:,} records before the kill, {duplicates} sent twice")
     assert set(received) == good
     assert duplicates <= 500  # at most the one batch in flight
-    ledger = SqliteLedger(state / LEDGER_NAME)
-    try:
-        runs = ledger.runs()
-    finally:
-        ledger.close()
+    runs = ledger_runs(state)
     total = {"pets.csv": CSV_ROWS, "owners.jsonl": JSONL_LINES}
     for run in runs:
         name = run.identity.name

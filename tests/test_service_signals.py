@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,7 +16,7 @@ import pytest
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, FAST_LIMITS, KEY, make_folder
-from tests.service_helpers import ENVIRON, jsonl, two_companies, write_settings
+from tests.service_helpers import jsonl, start_process, stop_process, two_companies, write_settings
 
 
 class NotifySocket:
@@ -60,39 +58,8 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
 
 
 def start(settings: Path, notify: NotifySocket, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        **ENVIRON,
-        "NOTIFY_SOCKET": str(notify.path),
-        "WATCHDOG_USEC": "400000",
-    }
-    env.pop("WATCHDOG_PID", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "ingestor.cli", "run", "--config", str(settings)],
-        env=env,
-        stdout=log.open("ab"),  # JSON log lines, as journald would receive them
-        stderr=log.with_suffix(".stderr").open("ab"),
-    )
-
-
-def stop(process: subprocess.Popen[bytes]) -> int:
-    """SIGTERM and the exit status; if it does not stop, its threads' stacks (SIGUSR1 makes
-    it write them to its log) go into the failure."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGUSR1)
-        time.sleep(1)  # for the dump to be written; the process is stuck anyway
-        process.kill()
-        process.wait()
-        base = Path(process.args[-1]).parent  # type: ignore[index]  # the settings' dir
-        tails = [
-            f"{path.name}:\n{path.read_text(errors='replace')[-6000:]}"
-            for path in (base / "service.log", base / "service.stderr")
-            if path.exists()
-        ]
-        raise AssertionError("the service did not stop on SIGTERM\n" + "\n".join(tails)) from None
+    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000", "WATCHDOG_PID": ""}
+    return start_process(settings, log, env, stderr=log.with_suffix(".stderr"))
 
 
 def test_sd_notify_ready_status_watchdog_stopping(tmp_path, sim, notify) -> None:
@@ -108,7 +75,7 @@ def test_sd_notify_ready_status_watchdog_stopping(tmp_path, sim, notify) -> None
         assert sim.wait_for_records("acme", 1200, timeout=20)
         notify.wait_for(lambda m: "1,200 records sent" in m.get("STATUS", ""))
     finally:
-        code = stop(service)
+        code = stop_process(service, tmp_path / "service.log")
     assert code == 0
     notify.wait_for(lambda m: m.get("STOPPING") == "1")
     lines = [json.loads(line) for line in log.read_text().splitlines()]
@@ -134,7 +101,7 @@ def test_sigterm_mid_file_then_restart_resumes_with_nothing_lost(tmp_path, notif
         log = tmp_path / "service.log"
         first = start(settings, notify, log)
         assert sim.wait_for_records("acme", 3000, timeout=30)
-        assert stop(first) == 0
+        assert stop_process(first, tmp_path / "service.log") == 0
         notify.wait_for(lambda m: m.get("STOPPING") == "1")
 
         ledger = SqliteLedger(state / LEDGER_NAME)
@@ -150,7 +117,7 @@ def test_sigterm_mid_file_then_restart_resumes_with_nothing_lost(tmp_path, notif
         try:
             assert sim.wait_for_records("acme", rows, timeout=60)
         finally:
-            assert stop(second) == 0
+            assert stop_process(second, tmp_path / "service.log") == 0
         received = Counter(r["id"] for r in sim.records("acme"))
         assert set(received) == set(range(rows))
         assert max(received.values()) == 1  # graceful stop: not one record sent twice
@@ -185,7 +152,7 @@ def test_sighup_adds_a_company_and_survives_a_broken_settings_file(tmp_path, not
             (make_folder(drop) / "a.jsonl").write_bytes(jsonl(0, 10))
             assert sim.wait_for_records("acme", 10, timeout=20)
         finally:
-            assert stop(service) == 0
+            assert stop_process(service, tmp_path / "service.log") == 0
     events = [json.loads(line)["event"] for line in (tmp_path / "service.log").open()]
     assert "reload_failed" in events and "company_added" in events
 
@@ -205,4 +172,4 @@ def test_a_storm_of_sighups_then_sigterm_still_stops_it(tmp_path, sim, notify) -
             service.send_signal(signal.SIGHUP)
             time.sleep(0.002)  # pacing only: each signal should find the loop in a new state
     finally:
-        assert stop(service) == 0
+        assert stop_process(service, tmp_path / "service.log") == 0

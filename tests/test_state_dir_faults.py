@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,8 +23,15 @@ from ingestor.errors import StateUnwritable
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from ingestor.worker import service as service_module
-from tests.conftest import DS_ID, FAST_LIMITS, KEY, make_folder
-from tests.service_helpers import ENVIRON, jsonl, running_service, write_settings
+from tests.conftest import make_folder
+from tests.service_helpers import (
+    jsonl,
+    ledger_runs,
+    running_service,
+    start_process,
+    stop_process,
+    write_settings,
+)
 
 LINES = 6_000  # 12 batches; every 1,000th line is broken
 
@@ -84,32 +88,19 @@ def wait_for_event(log: Path, name: str, timeout: float = 30) -> dict[str, objec
     return found[0]
 
 
-def start(settings: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ingestor.cli", "run", "--config", str(settings)],
-        env={**os.environ, **ENVIRON},
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
 @pytest.mark.parametrize("fill_at_request", [3, 12], ids=["mid-file", "last-batch"])
 def test_a_full_state_disk_pauses_the_work_and_it_resumes_losing_nothing(
-    tmp_path: Path, fill_at_request: int
+    tmp_path: Path, sim: Simulator, fill_at_request: int
 ) -> None:
     drop, state, log = tmp_path / "drop", tmp_path / "state", tmp_path / "service.log"
-    with (
-        small_disk(state) as disk,
-        Simulator({KEY: "acme"}, bulk_limits=FAST_LIMITS, read_limits=FAST_LIMITS) as sim,
-    ):
-        sim.add_data_source("acme", DS_ID)
+    with small_disk(state) as disk:
         drop.mkdir()
         settings = write_settings(
             tmp_path / "s.toml", drop, state, sim, company_lines='recipients = ["ops@x.test"]'
         )
         arrivals = iter(range(1, 10_000))
         sim.faults.on_bulk = lambda: disk.fill() if next(arrivals) == fill_at_request else None
-        worker = start(settings, log)
+        worker = start_process(settings, log)
         try:
             with (make_folder(drop, "owners") / "owners.jsonl").open("w") as f:
                 for i in range(LINES):
@@ -124,13 +115,8 @@ def test_a_full_state_disk_pauses_the_work_and_it_resumes_losing_nothing(
             assert sim.wait_for_records("acme", LINES - LINES // 1000, timeout=30)
             wait_for_event(log, "email_queued")
         finally:
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(timeout=30) == 0
-        ledger = SqliteLedger(state / LEDGER_NAME)
-        try:
-            (run,) = ledger.runs()  # one run: the file was held, never failed and redone
-        finally:
-            ledger.close()
+            assert stop_process(worker, log) == 0
+        (run,) = ledger_runs(state)  # one run: the file was held, never failed and redone
         assert run.state is FileState.DONE
         report = json.loads(Path(run.report_path).read_text())
         assert (report["records_read"], report["records_skipped"]) == (LINES, LINES // 1000)
@@ -147,16 +133,13 @@ def test_a_full_state_disk_pauses_the_work_and_it_resumes_losing_nothing(
 
 
 def test_a_read_only_state_dir_stops_the_service_at_start_with_the_reason(
-    tmp_path: Path,
+    tmp_path: Path, sim: Simulator
 ) -> None:
     drop, state, log = tmp_path / "drop", tmp_path / "state", tmp_path / "service.log"
     drop.mkdir()
-    with (
-        small_disk(state, read_only=True),
-        Simulator({KEY: "acme"}, bulk_limits=FAST_LIMITS, read_limits=FAST_LIMITS) as sim,
-    ):
+    with small_disk(state, read_only=True):
         settings = write_settings(tmp_path / "s.toml", drop, state, sim)
-        worker = start(settings, log)
+        worker = start_process(settings, log)
         assert worker.wait(timeout=30) == 2
     output = log.read_text()
     assert "read-only" in output and str(state) in output
@@ -181,23 +164,19 @@ def test_the_ledger_reports_a_full_disk_as_a_state_problem(tmp_path: Path) -> No
 
 
 def test_a_full_reports_disk_holds_the_file_and_each_skipped_row_is_kept_once(
-    tmp_path: Path,
+    tmp_path: Path, sim: Simulator
 ) -> None:
     """The ledger has room but the reports do not (a separate tiny mount): the rejects file
     and the report are what fails, and the file still waits at its checkpoint."""
     drop, state, log = tmp_path / "drop", tmp_path / "state", tmp_path / "service.log"
     lines, bad = 6_000, {i for i in range(6_000) if i % 10 == 3}
     state.mkdir()
-    with (
-        small_disk(state / "reports", size="512k") as disk,
-        Simulator({KEY: "acme"}, bulk_limits=FAST_LIMITS, read_limits=FAST_LIMITS) as sim,
-    ):
-        sim.add_data_source("acme", DS_ID)
+    with small_disk(state / "reports", size="512k") as disk:
         drop.mkdir()
         settings = write_settings(tmp_path / "s.toml", drop, state, sim)
         arrivals = iter(range(1, 10_000))
         sim.faults.on_bulk = lambda: disk.fill() if next(arrivals) == 2 else None
-        worker = start(settings, log)
+        worker = start_process(settings, log)
         try:
             with (make_folder(drop, "owners") / "owners.jsonl").open("w") as f:
                 for i in range(lines):
@@ -208,13 +187,8 @@ def test_a_full_reports_disk_holds_the_file_and_each_skipped_row_is_kept_once(
             disk.free()
             wait_for_event(log, "file_done")
         finally:
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(timeout=30) == 0
-        ledger = SqliteLedger(state / LEDGER_NAME)
-        try:
-            (run,) = ledger.runs()
-        finally:
-            ledger.close()
+            assert stop_process(worker, log) == 0
+        (run,) = ledger_runs(state)
         assert run.state is FileState.DONE
         report = json.loads(Path(run.report_path).read_text())
         assert report["records_skipped"] == len(bad)
@@ -226,16 +200,12 @@ def test_a_full_reports_disk_holds_the_file_and_each_skipped_row_is_kept_once(
 
 
 def test_an_e_mail_the_outbox_could_not_take_is_queued_once_there_is_room(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(service_module, "ANNOUNCE_GRACE", 0.0)
     drop, state = tmp_path / "drop", tmp_path / "state"
     state.mkdir()
-    with (
-        small_disk(state / "outbox", size="64k") as disk,
-        Simulator({KEY: "acme"}, bulk_limits=FAST_LIMITS, read_limits=FAST_LIMITS) as sim,
-    ):
-        sim.add_data_source("acme", DS_ID)
+    with small_disk(state / "outbox", size="64k") as disk:
         drop.mkdir()
         settings = write_settings(
             tmp_path / "s.toml",
