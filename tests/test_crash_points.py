@@ -22,7 +22,7 @@ from ingestor import crashpoints
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, FAST_LIMITS, KEY, make_folder
-from tests.service_helpers import ledger_runs, start_process, stop_process, write_settings
+from tests.service_helpers import jsonl, ledger_runs, start_process, stop_process, write_settings
 
 CSV_ROWS, JSONL_LINES = 2_400, 3_100  # 5 and 7 batches
 
@@ -144,3 +144,33 @@ def test_a_kill_at_this_moment_loses_nothing(tmp_path: Path, case: str) -> None:
     # once, never lost. Everywhere else: exactly once.
     most = 2 if point == "email.unrecorded" else 1
     assert all(1 <= n <= most for n in emails.values()), emails
+
+
+def test_a_digest_held_in_memory_when_the_process_dies_is_still_sent(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Digest mode holds a folder's reports until the folder is drained: a kill then would
+    lose them without the ledger's record of what is unannounced."""
+    drop, state, log = tmp_path / "drop", tmp_path / "state", tmp_path / "service.log"
+    folder = make_folder(drop, "pets")
+    for index, name in enumerate(("a.jsonl", "b.jsonl")):
+        (folder / name).write_bytes(jsonl(index * 1000, 1000))  # 2 batches each
+    settings = write_settings(
+        tmp_path / "s.toml",
+        drop,
+        state,
+        sim,
+        company_lines='recipients = ["ops@x.test"]\ndigest = true',
+    )
+    worker = start_process(settings, log, {crashpoints.ENV: "batch.parsed:3"})  # 2nd file
+    assert worker.wait(timeout=60) == -signal.SIGKILL, log.read_text()[-2000:]
+    assert not list((state / "outbox").glob("*.eml"))  # the first file's report was held
+    final = start_process(settings, log, {crashpoints.ENV: ""})
+    try:
+        assert sim.wait_for_records("acme", 2000, timeout=60)
+        wait_until_settled(state, files=2)
+    finally:
+        assert stop_process(final, log) == 0
+    bodies = [path.read_text() for path in (state / "outbox").glob("*.eml")]
+    for name in ("a.jsonl", "b.jsonl"):
+        assert any(name in body for body in bodies), (name, len(bodies))
