@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import hashlib
 import shutil
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID
-from tests.service_helpers import Running, running_service, write_settings
+from tests.service_helpers import Running, jsonl, running_service, write_settings
 
 CONFIG = b'{"data_source_id": "%s"}' % DS_ID.encode()
 PETS_CSV = b"id,name,species\n" + b"".join(b"%d,pet %d,cat\n" % (i, i) for i in range(300))
@@ -354,6 +355,39 @@ def test_an_idle_session_is_closed(tmp_path, sim, keys) -> None:
             assert time.monotonic() < deadline, "the idle session stayed open"
             time.sleep(0.05)
         client.close()
+
+
+def test_two_sessions_uploading_at_once_cannot_together_exceed_the_quota(
+    tmp_path, sim, keys
+) -> None:
+    """Each upload reserves its bytes as it writes them, in a book all of the company's
+    sessions share: before, each session measured the free room once, at open."""
+    settings = sftp_settings(tmp_path, sim, keys, "max_sessions = 2\n")
+    settings.write_text(
+        settings.read_text().replace(
+            "[companies.acme]\n", "[companies.acme]\nsftp_quota_bytes = 10000\n"
+        )
+    )
+    with running_service(settings) as svc:
+        first, second = Client(svc, "acme", keys["acme"]), Client(svc, "acme", keys["acme"])
+        try:
+            first.sftp.mkdir("/imports/custom_objects/pets")
+            one = first.sftp.open("/imports/custom_objects/pets/one.jsonl", "wb")
+            two = second.sftp.open("/imports/custom_objects/pets/two.jsonl", "wb")
+            for handle in (one, two, one):  # 3,000 bytes at a time, interleaved
+                handle.write(jsonl(0, 300)[:3000])
+                handle.flush()
+            with pytest.raises(OSError, match="quota exceeded: acme may store at most 10,000"):
+                two.write(jsonl(0, 300)[:3000])  # would make 12,000 in all
+                two.flush()
+            one.close()
+            with contextlib.suppress(OSError):
+                two.close()
+            assert sorted(first.sftp.listdir("/imports/custom_objects/pets")) == ["one.jsonl"]
+            assert first.sftp.stat("/imports/custom_objects/pets/one.jsonl").st_size == 6000
+        finally:
+            first.close()
+            second.close()
 
 
 def test_a_company_over_its_quota_is_refused_with_a_message(tmp_path, sim, keys) -> None:

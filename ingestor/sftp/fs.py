@@ -17,6 +17,7 @@ import os
 import posixpath
 import secrets
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,43 @@ UPLOAD_SUFFIX = ".upload"  # hidden temporaries: ".<name>.<token>.upload"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
+class Quota:
+    """A company's storage limit, shared by all its sessions. Each upload reserves bytes
+    before it writes them, so uploads running side by side cannot together go over it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._settled = 0  # bytes on disk, not counting uploads in progress (at the last look)
+        self._reserved: dict[int, int] = {}  # upload → the size it may grow to
+
+    def look(self, root: Path) -> None:
+        """Recount what is on disk (files come and go outside SFTP too)."""
+        settled = disk_usage(root, skip=_is_upload_temp)
+        with self._lock:
+            self._settled = settled
+
+    def reserve(self, upload: int, size: int, replacing: int) -> bool:
+        """May ``upload`` (which will replace a file of ``replacing`` bytes) grow to
+        ``size``? If so the bytes are its own until ``release``."""
+        with self._lock:
+            held = self._reserved.get(upload, 0)
+            if size <= held:
+                return True
+            others = sum(self._reserved.values()) - held
+            if self._settled - replacing + others + size > self.limit:
+                return False
+            self._reserved[upload] = size
+            return True
+
+    def release(self, upload: int, kept: int | None, replacing: int) -> None:
+        """The upload ended: ``kept`` bytes are now a file in place (None: discarded)."""
+        with self._lock:
+            self._reserved.pop(upload, None)
+            if kept is not None:
+                self._settled += kept - replacing
+
+
 @dataclass(frozen=True, slots=True)
 class Company:
     """What one company's sessions need: where its root is, its limits, and the hooks."""
@@ -47,7 +85,7 @@ class Company:
     name: str
     root: Path
     max_file_bytes: int
-    quota_bytes: int
+    quota: Quota
     # (temporary, final, sha256 or None) once a file is in place
     on_upload: Callable[[Path, Path, str | None], None]
     busy: Callable[[Path], bool]  # is this file queued or being processed?
@@ -90,10 +128,12 @@ def _is_upload_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(UPLOAD_SUFFIX)
 
 
-def disk_usage(root: Path) -> int:
+def disk_usage(root: Path, skip: Callable[[str], bool] = lambda _name: False) -> int:
     total = 0
     for directory, _dirs, files in os.walk(root, followlinks=False):
         for name in files:
+            if skip(name):
+                continue
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(directory, name)).st_size
     return total
@@ -154,12 +194,12 @@ class UploadHandle(paramiko.SFTPHandle):
     ended without a close or a limit was hit, in which case the temporary is removed."""
 
     def __init__(
-        self, fs: CompanyFs, fd: int, flags: int, temporary: Path, final: Path, allowed: int
+        self, fs: CompanyFs, fd: int, flags: int, temporary: Path, final: Path, replacing: int
     ) -> None:
         super().__init__(flags)
         self._fs, self._fd = fs, fd
         self._temporary, self._final = temporary, final
-        self._allowed = allowed  # bytes this file may grow to (size and quota limits)
+        self._replacing = replacing  # the size of the file this one will replace, if any
         self._size = 0
         self._failed = False
         # Clients write in order: hash as the bytes arrive, so nobody reads the file again.
@@ -167,7 +207,10 @@ class UploadHandle(paramiko.SFTPHandle):
 
     def write(self, offset: int, data: Buffer) -> int:
         end = offset + memoryview(data).nbytes
-        if end > self._allowed:
+        company = self._fs.company
+        if end > company.max_file_bytes or not company.quota.reserve(
+            id(self), end, self._replacing
+        ):
             self._failed = True
             return self._fs.refuse(SFTP_FAILURE, self._fs.limit_message(end))
         try:
@@ -193,13 +236,17 @@ class UploadHandle(paramiko.SFTPHandle):
         return SFTP_OK
 
     def close(self) -> None:
+        kept = None
         try:
             if not self._failed and not self._fs.ended:
                 os.fsync(self._fd)  # the file is whole on disk before it has its name
+                kept = self._size
         finally:
             os.close(self._fd)
-        if self._failed or self._fs.ended:
-            self._temporary.unlink(missing_ok=True)
+            if kept is None:
+                self._temporary.unlink(missing_ok=True)
+            self._fs.company.quota.release(id(self), kept, self._replacing)
+        if kept is None:
             return
         os.replace(self._temporary, self._final)
         digest = self._hash.hexdigest() if self._hash is not None else None
@@ -231,7 +278,7 @@ class CompanyFs(paramiko.SFTPServerInterface):
         c = self.company
         if size > c.max_file_bytes:
             return f"file too large: the limit is {c.max_file_bytes:,} bytes per file"
-        return f"quota exceeded: {c.name} may store at most {c.quota_bytes:,} bytes"
+        return f"quota exceeded: {c.name} may store at most {c.quota.limit:,} bytes"
 
     def _local(self, path: str) -> Path:
         self.touch()
@@ -296,14 +343,11 @@ class CompanyFs(paramiko.SFTPServerInterface):
             )
         if not local.parent.is_dir():
             return SFTP_NO_SUCH_FILE
-        c = self.company
-        room = c.quota_bytes - disk_usage(c.root)
-        if local.exists():
-            room += local.stat().st_size  # it is being replaced
-        allowed = min(c.max_file_bytes, room)
+        self.company.quota.look(self.company.root)
+        replacing = local.stat().st_size if local.exists() else 0
         temporary = local.parent / f".{local.name}.{secrets.token_hex(4)}{UPLOAD_SUFFIX}"
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
-        return UploadHandle(self, fd, flags, temporary, local, allowed)
+        return UploadHandle(self, fd, flags, temporary, local, replacing)
 
     @_answers
     def remove(self, path: str) -> int:

@@ -26,7 +26,7 @@ from paramiko.common import (
 
 from ingestor.sftp.auth import AuthThrottle, authorized_blobs, check_password, fingerprint
 from ingestor.sftp.config import SftpSettings
-from ingestor.sftp.fs import Company, CompanyFs, StatusWithReason
+from ingestor.sftp.fs import Company, CompanyFs, Quota, StatusWithReason
 
 log = structlog.get_logger("ingestor.sftp")
 
@@ -143,6 +143,7 @@ class SftpEndpoint:
         self._busy = busy or (lambda _path: False)
         self.throttle = AuthThrottle(settings.auth_failures_before_ban, settings.ban_seconds)
         self._sessions: dict[str, int] = {}
+        self._quotas: dict[str, Quota] = {}  # one per company, shared by its sessions
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listener = socket.create_server(
@@ -182,11 +183,15 @@ class SftpEndpoint:
         login = self.settings.companies[name]
         root = self._drop_root / name
         (root / "imports" / "custom_objects").mkdir(parents=True, exist_ok=True)
+        limit = login.quota_bytes or self.settings.quota_bytes
+        with self._lock:
+            quota = self._quotas.setdefault(name, Quota(limit))
+            quota.limit = limit  # settings may have been reloaded
         return Company(
             name=name,
             root=root,
             max_file_bytes=login.max_file_bytes or self.settings.max_file_bytes,
-            quota_bytes=login.quota_bytes or self.settings.quota_bytes,
+            quota=quota,
             on_upload=self._on_upload,
             busy=self._busy,
         )
