@@ -410,3 +410,19 @@ def test_a_company_over_its_quota_is_refused_with_a_message(tmp_path, sim, keys)
             ]
         finally:
             client.close()
+
+
+def test_upload_temporaries_left_by_a_dead_process_are_removed_at_start(
+    tmp_path, sim, keys
+) -> None:
+    """A kill -9 mid-upload leaves the hidden temporary behind (no close ever comes); the
+    next start deletes it before any session could own one, and nothing else."""
+    folder = tmp_path / "drop" / "acme" / "imports" / "custom_objects" / "pets"
+    folder.mkdir(parents=True)
+    orphan = folder / ".pets.csv.1a2b3c4d.upload"
+    orphan.write_bytes(PETS_CSV[:3000])
+    unrelated = folder / ".notes.upload.txt"
+    unrelated.write_bytes(b"not ours")
+    with running_service(sftp_settings(tmp_path, sim, keys)):
+        assert not orphan.exists()
+        assert unrelated.exists()

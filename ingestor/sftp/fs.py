@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import paramiko
+import structlog
 from paramiko.sftp import (
     SFTP_FAILURE,
     SFTP_NO_SUCH_FILE,
@@ -36,6 +37,8 @@ from ingestor.kinds import KINDS
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+
+log = structlog.get_logger("ingestor.sftp")
 
 UPLOAD_SUFFIX = ".upload"  # hidden temporaries: ".<name>.<token>.upload"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -126,6 +129,21 @@ def _answers(operation: Callable[P, R]) -> Callable[P, R | int]:
 
 def _is_upload_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(UPLOAD_SUFFIX)
+
+
+def remove_orphaned_uploads(drop_root: Path) -> int:
+    """Delete upload temporaries left by a process that died mid-upload (before it starts
+    listening, no session can own one); each is logged. Returns how many."""
+    removed = 0
+    for directory, _dirs, files in os.walk(drop_root, followlinks=False):
+        for name in filter(_is_upload_temp, files):
+            path = Path(directory, name)
+            with contextlib.suppress(FileNotFoundError):
+                size = path.lstat().st_size
+                path.unlink()
+                removed += 1
+                log.info("sftp_orphaned_upload_removed", path=str(path), size=size)
+    return removed
 
 
 def disk_usage(root: Path, skip: Callable[[str], bool] = lambda _name: False) -> int:

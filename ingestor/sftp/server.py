@@ -26,7 +26,13 @@ from paramiko.common import (
 
 from ingestor.sftp.auth import AuthThrottle, authorized_blobs, check_password, fingerprint
 from ingestor.sftp.config import SftpSettings
-from ingestor.sftp.fs import Company, CompanyFs, Quota, StatusWithReason
+from ingestor.sftp.fs import (
+    Company,
+    CompanyFs,
+    Quota,
+    StatusWithReason,
+    remove_orphaned_uploads,
+)
 
 log = structlog.get_logger("ingestor.sftp")
 
@@ -157,6 +163,7 @@ class SftpEndpoint:
         return self._host_key
 
     def start(self) -> SftpEndpoint:
+        remove_orphaned_uploads(self._drop_root)
         log.info(
             "sftp_listening",
             host=self.settings.host,
