@@ -372,6 +372,7 @@ class Service:
             return
         held = self._notifier.holding()
         by_folder: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        dropped: list[int] = []
         for run in runs:
             if run.id in held or (
                 finished_before is not None and (run.finished_at or 0) >= finished_before
@@ -386,10 +387,11 @@ class Service:
                     run=run.id,
                     reason="company no longer configured" if company is None else "no report",
                 )
-                ledger.mark_announced([run.id])
+                dropped.append(run.id)
                 continue
             report.setdefault("run_id", run.id)
             by_folder.setdefault((company.name, run.identity.folder), []).append(report)
+        self._mark_announced(dropped)
         for (name, _folder), reports in by_folder.items():
             company = self.settings.companies[name]
             log.info("announcing_missed", company=name, files=len(reports))
