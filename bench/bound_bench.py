@@ -55,13 +55,22 @@ def minimum_span(requests: int, limits: RateLimitSettings) -> float:
     return t
 
 
-def drop_folder(root: Path, records: int) -> Path:
+def drop_folder(root: Path, records: int, csv_too: bool = False) -> Path:
+    """The same small records as JSONL, and with ``csv_too`` also as CSV (a second folder)."""
     folder = root / "drop" / "acme" / "imports" / "custom_objects" / "bench"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"data_source_id": DS_ID}))
     with (folder / "records.jsonl").open("wb") as handle:
         for i in range(records):
             handle.write(b'{"id": %d, "status": "active"}\n' % i)
+    if csv_too:
+        tabular = root / "drop" / "acme" / "imports" / "custom_objects" / "bench-csv"
+        tabular.mkdir()
+        (tabular / "config.json").write_text(json.dumps({"data_source_id": DS_ID}))
+        with (tabular / "records.csv").open("wb") as handle:
+            handle.write(b"id,status\n")
+            for i in range(records):
+                handle.write(b"%d,active\n" % i)
     return folder
 
 
@@ -162,20 +171,23 @@ def main() -> None:
         )
 
         off = RateLimitSettings(burst=10**6, steady=10**6, enabled=False)
-        folder = drop_folder(root / "cpu", args.cpu_records)
-        with Simulator({KEY: "acme"}, bulk_limits=off, read_limits=off, keep_records=False) as sim:
-            sim.add_data_source("acme", DS_ID)
-            began = time.monotonic()
-            cpu, peak = ingest(folder, sim, root / "state-cpu", off)
-            wall = time.monotonic() - began
-            stored = sim.stats()["records"]
-        assert stored == args.cpu_records, stored
-        print(
-            f"\nlimiter off: {args.cpu_records:,} records in {wall:.1f} s wall "
-            f"({args.cpu_records / wall:,.0f} records/s, simulator on the same 2 cores); "
-            f"ingest process CPU {cpu:.2f} s = {cpu / args.cpu_records * 1e6:.2f} CPU-s per "
-            f"million records, parse to HTTP; peak RSS {peak:.0f} MB"
-        )
+        folder = drop_folder(root / "cpu", args.cpu_records, csv_too=True)
+        for name, source in (("JSONL", folder), ("CSV", folder.with_name("bench-csv"))):
+            with Simulator(
+                {KEY: "acme"}, bulk_limits=off, read_limits=off, keep_records=False
+            ) as sim:
+                sim.add_data_source("acme", DS_ID)
+                began = time.monotonic()
+                cpu, peak = ingest(source, sim, root / f"state-cpu-{name}", off)
+                wall = time.monotonic() - began
+                stored = sim.stats()["records"]
+            assert stored == args.cpu_records, stored
+            print(
+                f"\nlimiter off, {name}: {args.cpu_records:,} records in {wall:.1f} s wall "
+                f"({args.cpu_records / wall:,.0f} records/s, simulator on the same 2 cores); "
+                f"ingest process CPU {cpu:.2f} s = {cpu / args.cpu_records * 1e6:.2f} CPU-s "
+                f"per million records, parse to HTTP; peak RSS {peak:.0f} MB"
+            )
         if args.rss_gb:
             big = root / "big" / "acme" / "imports" / "custom_objects" / "big"
             big.mkdir(parents=True)
