@@ -26,6 +26,7 @@ from ingestor.notify.smtp import DeliveryError, send
 from ingestor.service_config import check_service_settings, load_service_settings
 from ingestor.sftp.auth import fingerprint, hash_password
 from ingestor.sftp.server import SftpEndpoint
+from ingestor.worker.lock import LOCK_NAME, lock_holder
 from ingestor.worker.service import Service
 from ingestor.worker.status import records_per_second, service_status
 
@@ -119,6 +120,11 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
         view = service_status(ledger, now)
     finally:
         ledger.close()
+    pid = lock_holder(settings.state_dir / LOCK_NAME)
+    if pid is not None:
+        out.print(f"service: running (pid {pid})")
+    else:
+        out.print("service: not running; files in flight resume from their checkpoints at start")
 
     def table(title: str, *columns: str) -> Table:
         t = Table(title=title, title_justify="left")

@@ -60,15 +60,14 @@ def test_status_shows_done_and_failed_files_from_the_ledger(tmp_path: Path, sim)
     (make_folder(drop, "broken", ds=None) / "b.jsonl").write_bytes(jsonl(0, 2))
     (folder / "pets.jsonl").write_bytes(jsonl(0, 50))
     settings = write_settings(tmp_path / "s.toml", drop, tmp_path / "state", sim)
+    status = [sys.executable, "-m", "ingestor.cli", "status", "--config", str(settings)]
     with running_service(settings) as svc:
         names = {svc.next_run().identity.name, svc.next_run().identity.name}
+        running = subprocess.run(status, capture_output=True, text=True, check=True).stdout
     assert names == {"pets.jsonl", "b.jsonl"}
-    out = subprocess.run(
-        [sys.executable, "-m", "ingestor.cli", "status", "--config", str(settings)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    assert f"service: running (pid {os.getpid()})" in running  # the service is in this process
+    out = subprocess.run(status, capture_output=True, text=True, check=True).stdout
+    assert "service: not running" in out
     assert "in flight (0)" in out and "queued (0)" in out, out
     assert "done, last 24 h (1)" in out and "pets.jsonl" in out
     assert "failed or rejected (1)" in out and "config.json" in out

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ingestor.errors import ConfigError, StateUnwritable
 
+LOCK_NAME = "service.lock"  # in the state directory; holds the running service's pid
+
 
 @contextlib.contextmanager
 def state_dir_lock(path: Path) -> Iterator[None]:
@@ -33,3 +35,18 @@ def state_dir_lock(path: Path) -> Iterator[None]:
         handle.write(str(os.getpid()))
         handle.flush()
         yield
+
+
+def lock_holder(path: Path) -> str | None:
+    """The pid of the service holding the state dir's lock, or None if none runs."""
+    try:
+        handle = path.open("r")
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "?"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None

@@ -41,7 +41,7 @@ from ingestor.notify.notifier import Notifier, load_report
 from ingestor.service_config import ServiceSettings, load_service_settings
 from ingestor.sftp.server import SftpEndpoint
 from ingestor.worker.lane import Finished, FinishedFn, Lane
-from ingestor.worker.lock import state_dir_lock
+from ingestor.worker.lock import LOCK_NAME, state_dir_lock
 from ingestor.worker.metrics import Metrics
 from ingestor.worker.retention import sweep
 from ingestor.worker.sdnotify import SystemdNotifier
@@ -119,7 +119,7 @@ class Service:
             settings.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StateUnwritable.from_os_error(settings.state_dir, exc) from None
-        with state_dir_lock(settings.state_dir / "service.lock"):
+        with state_dir_lock(settings.state_dir / LOCK_NAME):
             return self._run_locked()
 
     def _run_locked(self) -> int:
