@@ -5,7 +5,8 @@
 
 Each input is parsed as JSONL and, behind a fixed header, as CSV, then batched as ingestion
 does. A crash is any exception other than ParseError (CSV header problems), a record that is
-not a JSON object, a line reported twice, or a JSONL line neither sent nor skipped.
+not a JSON object, a line reported twice, a JSONL line neither sent nor skipped, or CSV output
+that changes with the parser's block and chunk sizes (taken from the input's first bytes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.par
 with atheris.instrument_imports():
     from ingestor.errors import ParseError
     from ingestor.parsers import ParseLimits, parse_csv, parse_jsonl
+    from ingestor.parsers import csv as csv_module
     from tests.parser_accounting import check_accounting, jsonl_lines_expected, sent_or_skipped
 
 LIMITS = ParseLimits(max_line_bytes=4096, max_record_bytes=2048, max_excerpt=64)
@@ -32,9 +34,18 @@ def test_one_input(data: bytes) -> None:
     assert len(found) == expected, "a JSONL line neither sent nor skipped"
     csv_data = b"id,name,tags\n" + data
     try:
-        check_accounting(sent_or_skipped(parse_csv, csv_data, LIMITS), len(csv_data))
+        whole = sent_or_skipped(parse_csv, csv_data, LIMITS)
     except ParseError:
         raise AssertionError("a valid header rejected the whole file") from None
+    check_accounting(whole, len(csv_data))
+    sizes = (csv_module.BLOCK_BYTES, csv_module.CHUNK_ROWS)
+    csv_module.BLOCK_BYTES = 1 + (data[0] if data else 0) % 97
+    csv_module.CHUNK_ROWS = 1 + (data[1] if len(data) > 1 else 0) % 5
+    try:
+        small = sent_or_skipped(parse_csv, csv_data, LIMITS)
+    finally:
+        csv_module.BLOCK_BYTES, csv_module.CHUNK_ROWS = sizes
+    assert small == whole, "the block or chunk size changed the CSV output"
 
 
 if __name__ == "__main__":
