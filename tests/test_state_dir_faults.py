@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestor.errors import StateUnwritable
+from ingestor.errors import LedgerError, StateUnwritable
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from ingestor.worker import service as service_module
@@ -233,3 +233,11 @@ def test_an_e_mail_the_outbox_could_not_take_is_queued_once_there_is_room(
             assert ledger.unannounced() == []
         finally:
             ledger.close()
+
+
+def test_a_damaged_ledger_is_named_with_what_to_do(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / LEDGER_NAME).write_bytes(b"not a database " * 1000)
+    with pytest.raises(LedgerError, match=r"the ledger is damaged.*restore a backup"):
+        SqliteLedger(state / LEDGER_NAME)

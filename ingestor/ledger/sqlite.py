@@ -77,6 +77,12 @@ def _ledger_error(doing: str, exc: sqlite3.Error) -> LedgerError:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None and code & 0xFF in _STATE_CODES:
         return StateUnwritable(state_problem(doing, _STATE_CODES[code & 0xFF], str(exc)))
+    if code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return LedgerError(
+            f"{doing}: {exc}: the ledger is damaged. Stop the service, move the file (and its "
+            "-wal and -shm) aside and restore a backup; with no backup, a new ledger treats "
+            "every file in the drop tree as new and sends it again"
+        )
     return LedgerError(f"{doing}: {exc}")
 
 
