@@ -12,9 +12,11 @@ from email.policy import default
 from pathlib import Path
 
 import httpx
+import pytest
 
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
+from ingestor.worker import service as service_module
 from ingestor.worker.retention import DAY, SweepResult, sweep
 from tests.conftest import KEY, make_folder
 from tests.service_helpers import jsonl, running_service, two_companies, write_settings
@@ -166,3 +168,35 @@ def test_a_second_service_on_the_same_state_dir_refuses_to_start(tmp_path: Path,
         )
     assert second.returncode == 2
     assert "another ingestor service" in second.stderr and str(os.getpid()) in second.stderr
+
+
+def test_an_auth_outage_is_emailed_once_however_many_retries_and_rescans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each retry during an outage closes the file as failed again; those closes have nothing
+    new to say, and the rescans that send missed e-mails must not find them either."""
+    monkeypatch.setattr(service_module, "ANNOUNCE_GRACE", 0.0)
+    with two_companies() as sim:
+        drop, key_file = tmp_path / "drop", tmp_path / "acme.key"
+        key_file.write_text("pk_revoked_key")
+        key_file.chmod(0o600)
+        settings = write_settings(
+            tmp_path / "s.toml",
+            drop,
+            tmp_path / "state",
+            sim,
+            companies={"beta": "BETA_KEY"},
+            service="rescan_interval_seconds = 0.2",
+        )
+        settings.write_text(
+            settings.read_text()
+            + f'[companies.acme]\napi_key_file = "{key_file}"\nrecipients = ["ops@acme.example"]\n'
+        )
+        (make_folder(drop) / "a.jsonl").write_bytes(jsonl(0, 20))
+        with running_service(settings):
+            refusals = lambda log: sum(1 for r in log if r.status == 401)  # noqa: E731
+            assert sim.wait_for_requests(lambda log: refusals(log) >= 5, timeout=20)
+            # Rescans every 0.2 s have had their chance at each of those failed closes.
+            assert sim.wait_for_requests(lambda log: refusals(log) >= 6, timeout=20)
+    messages = list((tmp_path / "state" / "outbox").glob("*.eml"))
+    assert len(messages) == 1, [m.name for m in messages]

@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -264,6 +265,12 @@ class Simulator:
             return self.state.stored.wait_for(
                 lambda: self.state.account(account).stored >= count, timeout
             )
+
+    def wait_for_requests(self, check: Callable[[list[RequestLog]], bool], timeout: float) -> bool:
+        """Block until ``check`` holds for the requests answered so far (True) or time runs
+        out."""
+        with self.state.stored:
+            return self.state.stored.wait_for(lambda: check(self.state.requests), timeout)
 
     def stats(self) -> dict[str, Any]:
         with self.state.lock:

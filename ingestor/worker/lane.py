@@ -274,6 +274,8 @@ class Lane:
                         self._auth_outage = True
                         bound.error("auth_failed", reason=str(exc), file=item.found.path.name)
                         self._finished_from_ledger(ledger, item.found)
+                    else:  # this try's failed close has nothing new to e-mail
+                        self._nothing_to_announce(ledger, item.found)
                     self._requeue_front(item, ledger)
                     self._pause(f"authentication failed: {exc}")
                     reread_key = True  # a key rotated in its file needs no reload
@@ -356,6 +358,13 @@ class Lane:
         if run is not None and p.kind in KINDS:
             folder = _folder(found, KINDS[p.kind])
             self._finished(FolderResult(folder, [FileResult(run, None)]))
+
+    def _nothing_to_announce(self, ledger: Ledger, found: Found) -> None:
+        p = found.placed
+        with contextlib.suppress(LedgerError):  # at worst, one more e-mail after a rescan
+            run = ledger.latest(p.company, p.kind, p.folder, found.path.name)
+            if run is not None:
+                ledger.mark_announced([run.id])
 
     def _finished(self, result: FolderResult, announce: bool = True) -> None:
         with self._wake:
