@@ -200,3 +200,33 @@ def test_an_auth_outage_is_emailed_once_however_many_retries_and_rescans(
             assert sim.wait_for_requests(lambda log: refusals(log) >= 6, timeout=20)
     messages = list((tmp_path / "state" / "outbox").glob("*.eml"))
     assert len(messages) == 1, [m.name for m in messages]
+
+
+def test_a_file_failing_the_same_way_at_every_rescan_is_emailed_once(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A failed file is retried at each rescan; the same failure again is not news. The
+    e-mail that matters next is the one saying it finally went through."""
+    drop = tmp_path / "drop"
+    settings = write_settings(
+        tmp_path / "s.toml",
+        drop,
+        tmp_path / "state",
+        sim,
+        service="rescan_interval_seconds = 0.2",
+        company_lines='recipients = ["ops@acme.example"]',
+    )
+    sim.faults.refuse = lambda record: "data source is archived"  # every record: systemic
+    (make_folder(drop) / "a.jsonl").write_bytes(jsonl(0, 20))
+    outbox = tmp_path / "state" / "outbox"
+    with running_service(settings) as svc:
+        for _ in range(4):  # the first failure and three retries, one a rescan
+            assert svc.run_for("a.jsonl").state is FileState.FAILED
+        assert len(list(outbox.glob("*.eml"))) == 1
+        sim.faults.refuse = None
+        assert svc.run_for("a.jsonl").state is FileState.DONE
+    subjects = sorted(
+        email.message_from_bytes(p.read_bytes(), policy=default)["Subject"]
+        for p in outbox.glob("*.eml")
+    )
+    assert len(subjects) == 2 and "20 imported" in subjects[0], subjects

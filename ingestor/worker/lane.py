@@ -31,7 +31,7 @@ from ingestor.identity import KnownHashes
 from ingestor.kinds import KINDS, ImportKind
 from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import ImportFolder, load_folder_config
-from ingestor.ledger import FileRun, Ledger
+from ingestor.ledger import FileRun, FileState, Ledger
 from ingestor.pipeline import FileResult, FolderResult, Pipeline
 from ingestor.ratelimit import AccountLimiter
 from ingestor.records import FileCounts
@@ -131,6 +131,7 @@ class Lane:
         self._files_done = 0
         self._progress = _Progress(company.name, metrics)
         self._folder_problems: dict[Path, str] = {}  # folder → the config problem logged
+        self._failures_said: dict[Path, str] = {}  # file → the failure last e-mailed
         self._auth_outage = False
         self._ledger_outage = False
         self._thread = threading.Thread(target=self._run, name=f"lane-{company.name}", daemon=True)
@@ -329,7 +330,20 @@ class Lane:
         new_problem = self._note_config_problem(folder)
         result = pipeline.ingest_files(folder, [found.path])
         if any(not f.unchanged for f in result.files):
-            self._finished(result, announce=new_problem is not False)
+            repeated = self._failure_repeated(found.path, result)
+            self._finished(result, announce=new_problem is not False and not repeated)
+
+    def _failure_repeated(self, path: Path, result: FolderResult) -> bool:
+        """Did this file fail again just as it did last time? (A failed file is retried at
+        every rescan; the same failure again is not news.)"""
+        runs = [f.run for f in result.files]
+        if not runs or runs[-1].state is not FileState.FAILED:
+            self._failures_said.pop(path, None)
+            return False
+        reason = runs[-1].reason
+        repeated = self._failures_said.get(path) == reason
+        self._failures_said[path] = reason
+        return repeated
 
     def _note_config_problem(self, folder: ImportFolder) -> bool | None:
         """Say once (per folder and reason) that a folder cannot be processed: True for a
