@@ -22,12 +22,23 @@ with atheris.instrument_imports():
     from ingestor.errors import ParseError
     from ingestor.parsers import ParseLimits, parse_csv, parse_jsonl
     from ingestor.parsers import csv as csv_module
-    from tests.parser_accounting import check_accounting, jsonl_lines_expected, sent_or_skipped
+    from tests.parser_accounting import (
+        check_accounting,
+        jsonl_lines_expected,
+        sent_or_skipped,
+        starts_as_utf16,
+    )
 
 LIMITS = ParseLimits(max_line_bytes=4096, max_record_bytes=2048, max_excerpt=64)
 
 
 def test_one_input(data: bytes) -> None:
+    if starts_as_utf16(data):
+        try:
+            sent_or_skipped(parse_jsonl, data, LIMITS)
+        except ParseError:
+            return
+        raise AssertionError("a UTF-16 file was not rejected as a whole")
     found = sent_or_skipped(parse_jsonl, data, LIMITS)
     check_accounting(found, len(data))
     expected = jsonl_lines_expected(data, LIMITS.max_line_bytes)

@@ -42,6 +42,11 @@ def check_accounting(items: list[Record | Reject], size: int) -> None:
             assert item.reason
 
 
+def starts_as_utf16(data: bytes) -> bool:
+    """A UTF-16 byte-order mark: the whole file is rejected with one reason instead."""
+    return data[:2] in (b"\xff\xfe", b"\xfe\xff")
+
+
 def jsonl_lines_expected(data: bytes, max_line: int) -> int:
     """How many JSONL lines must come out (sent or skipped): all but blank ones; a line of
     ``max_line`` bytes or more (newline excluded) counts whatever it holds: skipped unread."""

@@ -190,3 +190,22 @@ def test_block_and_chunk_sizes_never_change_what_comes_out_and_any_checkpoint_re
             index = data_.draw(st.integers(0, len(whole) - 1))
             checkpoint = whole[index]
             assert run(checkpoint.end_offset, checkpoint.end_line) == whole[index + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"id;name;tags\n1;Rex;a\n", "looks semicolon-separated; save it as CSV with commas"),
+        (b"id\tname\n1\tRex\n", "looks tab-separated"),
+        ("id,name\n1,Rex\n".encode("utf-16"), "UTF-16 text, not UTF-8; save it as CSV"),
+    ],
+)
+def test_a_file_that_is_not_comma_separated_utf8_is_rejected_whole(
+    data: bytes, message: str
+) -> None:
+    with pytest.raises(ParseError, match=message):
+        parse(data)
+
+
+def test_a_one_column_file_with_a_comma_free_header_is_fine() -> None:
+    assert records(b"email\na@x.test\n") == [{"email": "a@x.test"}]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
+from ingestor.errors import ParseError
 from ingestor.parsers import ParseLimits, parse_jsonl
 from ingestor.records import Record, Reject
 
@@ -66,3 +69,9 @@ def test_resume_from_checkpoint_continues_numbering() -> None:
     resumed = parse(data, start=first[0].end_offset, line=first[0].end_line)
     assert [i.line for i in resumed] == [2, 3]
     assert [i.json for i in resumed] == [b'{"a":2}', b'{"a":3}']
+
+
+def test_a_utf16_file_is_rejected_whole_with_what_to_do() -> None:
+    data = '{"id": 1}\n{"id": 2}\n'.encode("utf-16")
+    with pytest.raises(ParseError, match="UTF-16 text, not UTF-8; save it as JSON Lines"):
+        list(parse_jsonl(io.BytesIO(data), ParseLimits()))

@@ -6,9 +6,21 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ingestor.errors import ParseError
 from ingestor.kinds import KIB
 
 UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # what Excel's "Unicode Text" export starts with
+
+
+def check_not_utf16(handle: BinaryIO, what: str) -> None:
+    """Raise ParseError for a UTF-16 file: every line of it would fail as invalid UTF-8,
+    so say once, for the whole file, what it is and how to save it instead."""
+    handle.seek(0)
+    if handle.read(2) in _UTF16_BOMS:
+        raise ParseError(
+            f"the file is UTF-16 text, not UTF-8; save it as {what} (UTF-8) and upload it again"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,14 @@ import orjson
 
 from ingestor.errors import ParseError
 from ingestor.kinds import KIB
-from ingestor.parsers.common import UTF8_BOM, ParseLimits, excerpt, read_span, skip_long_line
+from ingestor.parsers.common import (
+    UTF8_BOM,
+    ParseLimits,
+    check_not_utf16,
+    excerpt,
+    read_span,
+    skip_long_line,
+)
 from ingestor.records import Record, Reject
 
 BLOCK_BYTES = 256 * KIB
@@ -173,8 +180,19 @@ def _serialize(header: list[str], rows: list[list[str]]) -> list[bytes]:
     return list(map(orjson.dumps, records))
 
 
+_OTHER_SEPARATORS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _likeliest(name: str) -> str:
+    """The separator other than a comma that a one-column header holds most of, if any."""
+    counts = {separator: name.count(separator) for separator in _OTHER_SEPARATORS}
+    best = max(counts, key=lambda separator: counts[separator])
+    return best if counts[best] else ""
+
+
 def _read_header(handle: BinaryIO, limits: ParseLimits) -> tuple[list[str], int, int]:
     """Parse and validate the header row; return (columns, offset after it, its last line)."""
+    check_not_utf16(handle, "CSV")
     handle.seek(0)
     feed = _Feed(handle, 0, limits.max_line_bytes)
     reader = csv.reader(feed.lines(), strict=True)
@@ -193,6 +211,11 @@ def _read_header(handle: BinaryIO, limits: ParseLimits) -> tuple[list[str], int,
         header[0] = header[0][1:]
     if not header or all(not name.strip() for name in header):
         raise ParseError("the header row is empty: the first row must name the columns")
+    if len(header) == 1 and (separator := _OTHER_SEPARATORS.get(_likeliest(header[0]))):
+        raise ParseError(
+            f"the header row has one column and it contains {separator}s: the file looks "
+            f"{separator}-separated; save it as CSV with commas between fields"
+        )
     seen: dict[str, int] = {}
     for position, name in enumerate(header, start=1):
         if not name.strip():

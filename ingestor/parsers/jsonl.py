@@ -11,7 +11,13 @@ from typing import BinaryIO
 
 import orjson
 
-from ingestor.parsers.common import UTF8_BOM, ParseLimits, excerpt, skip_long_line
+from ingestor.parsers.common import (
+    UTF8_BOM,
+    ParseLimits,
+    check_not_utf16,
+    excerpt,
+    skip_long_line,
+)
 from ingestor.records import Record, Reject
 
 _JSON_TYPE_NAMES = {
@@ -41,6 +47,7 @@ def parse_jsonl(
     """Yield a Record per JSON-object line and a Reject per bad line, from a checkpoint
     (closing ``handle`` at the end if ``close``)."""
     try:
+        check_not_utf16(handle, "JSON Lines")
         handle.seek(start_offset)
         offset, line_no = start_offset, start_line
         max_line = limits.max_line_bytes
