@@ -28,7 +28,7 @@ from ingestor.sftp.auth import fingerprint, hash_password
 from ingestor.sftp.server import SftpEndpoint
 from ingestor.worker.lock import LOCK_NAME, lock_holder
 from ingestor.worker.service import Service
-from ingestor.worker.status import records_per_second, service_status
+from ingestor.worker.status import LIVE_NAME, read_live, records_per_second, service_status
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 
@@ -121,10 +121,25 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
     finally:
         ledger.close()
     pid = lock_holder(settings.state_dir / LOCK_NAME)
-    if pid is not None:
-        out.print(f"service: running (pid {pid})")
-    else:
+    live = read_live(settings.state_dir / LIVE_NAME) if pid is not None else None
+    if pid is None:
         out.print("service: not running; files in flight resume from their checkpoints at start")
+    else:
+        out.print(f"service: running (pid {pid})" + (f"; {live.summary()}" if live else ""))
+    if live is not None:
+        lanes = Table(title="companies", title_justify="left")
+        for column in ("company", "sending", "queued", "files done", "records sent", "blocked"):
+            lanes.add_column(column, overflow="fold")
+        for lane in live.lanes:
+            lanes.add_row(
+                lane.company,
+                lane.current or "-",
+                str(lane.queued),
+                f"{lane.files_done:,}",
+                f"{lane.records_sent:,}",
+                lane.blocked or "-",
+            )
+        out.print(lanes)
 
     def table(title: str, *columns: str) -> Table:
         t = Table(title=title, title_justify="left")

@@ -230,3 +230,39 @@ def test_a_file_failing_the_same_way_at_every_rescan_is_emailed_once(
         for p in outbox.glob("*.eml")
     )
     assert len(subjects) == 2 and "20 imported" in subjects[0], subjects
+
+
+def test_status_shows_each_company_and_why_one_is_blocked(tmp_path: Path) -> None:
+    with two_companies() as sim:
+        drop, state, key_file = tmp_path / "drop", tmp_path / "state", tmp_path / "acme.key"
+        key_file.write_text("pk_revoked_key")
+        key_file.chmod(0o600)
+        settings = write_settings(
+            tmp_path / "s.toml",
+            drop,
+            state,
+            sim,
+            companies={"beta": "BETA_KEY"},
+        )
+        held = settings.read_text().replace(  # held, not retrying, while we look
+            "auth_retry_interval_seconds = 0.5", "auth_retry_interval_seconds = 60"
+        )
+        settings.write_text(held + f'[companies.acme]\napi_key_file = "{key_file}"\n')
+        (make_folder(drop) / "a.jsonl").write_bytes(jsonl(0, 20))
+        (make_folder(drop, company="beta") / "b.jsonl").write_bytes(jsonl(0, 30))
+        status = [sys.executable, "-m", "ingestor.cli", "status", "--config", str(settings)]
+        with running_service(settings) as svc:
+            assert svc.run_for("b.jsonl").state is FileState.DONE
+            live = state / "service-status.json"
+            deadline = time.monotonic() + 10
+            while b"authentication failed" not in (live.read_bytes() if live.exists() else b""):
+                assert time.monotonic() < deadline, "the snapshot never showed the block"
+                time.sleep(0.05)  # the service refreshes it once a second
+            out = subprocess.run(status, capture_output=True, text=True, check=True).stdout
+        assert not live.exists()  # a stopped service leaves no snapshot behind
+    assert "blocked: acme" in out
+    companies = out[out.index("companies") : out.index("in flight (")]  # that table alone
+    rows = {line.split("│")[1].strip(): line for line in companies.splitlines() if "│" in line}
+    assert "authentication failed" in rows["acme"] and "1" in rows["acme"]  # a.jsonl waits
+    assert "30" in rows["beta"] and "authentication" not in rows["beta"]
+    assert "pk_revoked_key" not in out

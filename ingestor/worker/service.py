@@ -45,7 +45,7 @@ from ingestor.worker.lock import LOCK_NAME, state_dir_lock
 from ingestor.worker.metrics import Metrics
 from ingestor.worker.retention import sweep
 from ingestor.worker.sdnotify import SystemdNotifier
-from ingestor.worker.status import ServiceView
+from ingestor.worker.status import LIVE_NAME, ServiceView, write_live
 
 log = structlog.get_logger("ingestor.service")
 
@@ -53,6 +53,7 @@ TICK = 0.25  # how often quiet-period candidates are re-checked, at most
 # A lane queues a finished file's e-mail within milliseconds; one still unannounced after this
 # long was missed (the outbox could not be written) and is tried again at each rescan.
 ANNOUNCE_GRACE = 60.0
+LIVE_EVERY = 1.0  # seconds between looks at the lanes for `ingestor status`
 
 
 class _Signal(enum.Enum):
@@ -94,6 +95,7 @@ class Service:
         self.ready = threading.Event()  # set after the first scan
         self.sftp: SftpEndpoint | None = None
         self._known_hashes = KnownHashes()
+        self._live: ServiceView | None = None  # the lanes as `status` last saw them
 
     # -- control, from any thread or a signal handler ------------------------------------
 
@@ -172,6 +174,8 @@ class Service:
             # left in the ledger, `status` would show files as queued by a stopped service.
             with contextlib.suppress(LedgerError):
                 ledger.clear_queue()
+            with contextlib.suppress(OSError):  # it would describe a service no longer there
+                (settings.state_dir / LIVE_NAME).unlink(missing_ok=True)
             ledger.close()
             log.info("service_stopped")
         return 0
@@ -195,12 +199,14 @@ class Service:
         self._systemd.notify(READY="1", STATUS=self._status(discovery))
         next_rescan = now + settings.rescan_interval
         next_sweep = now
-        next_ping = now
+        next_ping = next_live = now
         ping_every = self._systemd.watchdog_interval
         tick = min(TICK, settings.quiet_period / 4)
         while True:
             now = time.monotonic()
-            wake_at = min(next_rescan, next_sweep, next_ping if ping_every else next_rescan)
+            wake_at = min(
+                next_rescan, next_sweep, next_live, next_ping if ping_every else next_rescan
+            )
             if discovery.readiness.waiting:
                 wake_at = min(wake_at, now + tick)
             try:
@@ -233,12 +239,24 @@ class Service:
             if ping_every and now >= next_ping:
                 self._ping(discovery, observer)
                 next_ping = now + ping_every
+            if now >= next_live:
+                self._publish_live(discovery)
+                next_live = now + LIVE_EVERY
 
-    def _status(self, discovery: Discovery) -> str:
-        view = ServiceView(
+    def _publish_live(self, discovery: Discovery) -> None:
+        """Keep the lanes' snapshot for `ingestor status` current (written when it changes)."""
+        view = self._view(discovery)
+        if view != self._live:
+            write_live(self.settings.state_dir / LIVE_NAME, view)
+            self._live = view
+
+    def _view(self, discovery: Discovery) -> ServiceView:
+        return ServiceView(
             [lane.view() for lane in self._lanes.values()], discovery.readiness.waiting
         )
-        return view.summary()
+
+    def _status(self, discovery: Discovery) -> str:
+        return self._view(discovery).summary()
 
     def _ping(self, discovery: Discovery, observer: BaseObserver) -> None:
         """WATCHDOG=1 only while every part is alive: a dead lane or observer gets us

@@ -1,13 +1,20 @@
-"""What ``ingestor status --config`` shows, read from the ledger (safe while the service runs)."""
+"""What ``ingestor status --config`` shows: the ledger (safe to read while the service runs)
+and the running service's own snapshot of its lanes (``LIVE_NAME`` in the state dir)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
 
 from ingestor.ledger import FileRun, FileState, Ledger, QueuedFile
 from ingestor.worker.lane import LaneView
 
 DAY = 86400.0
+LIVE_NAME = "service-status.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +66,24 @@ class ServiceView:
             f"{self.waiting_uploads} uploads in progress; {sent:,} records sent"
         )
         return text + (f"; blocked: {', '.join(blocked)}" if blocked else "")
+
+
+def write_live(path: Path, view: ServiceView) -> None:
+    """Replace the snapshot atomically; best effort (a full state dir is reported elsewhere)."""
+    data = {"waiting_uploads": view.waiting_uploads, "lanes": [asdict(lane) for lane in view.lanes]}
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_bytes(orjson.dumps(data))
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+
+
+def read_live(path: Path) -> ServiceView | None:
+    """The running service's last snapshot, or None if there is none to read."""
+    try:
+        data = orjson.loads(path.read_bytes())
+        return ServiceView([LaneView(**lane) for lane in data["lanes"]], data["waiting_uploads"])
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        return None
