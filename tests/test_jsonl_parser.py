@@ -75,3 +75,13 @@ def test_a_utf16_file_is_rejected_whole_with_what_to_do() -> None:
     data = '{"id": 1}\n{"id": 2}\n'.encode("utf-16")
     with pytest.raises(ParseError, match="UTF-16 text, not UTF-8; save it as JSON Lines"):
         list(parse_jsonl(io.BytesIO(data), ParseLimits()))
+
+
+def test_a_bom_mid_file_from_concatenated_files_is_not_a_reason_to_skip() -> None:
+    bom = b"\xef\xbb\xbf"
+    data = bom + b'{"id": 1}\n' + bom + b'{"id": 2}\n' + bom + b"[3]\n" + bom + b"{oops\n"
+    items = list(parse_jsonl(io.BytesIO(data), ParseLimits()))
+    assert [i.json for i in items if isinstance(i, Record)] == [b'{"id": 1}', b'{"id": 2}']
+    rejects = [(i.line, i.reason) for i in items if isinstance(i, Reject)]
+    assert rejects[0] == (3, "line is an array, not a JSON object")
+    assert rejects[1][0] == 4 and rejects[1][1].startswith("invalid JSON")

@@ -74,7 +74,15 @@ def parse_jsonl(
             if not body:
                 continue
             try:
-                value = loads(body)
+                try:
+                    value = loads(body)
+                except decode_error:
+                    # A BOM mid-file: files that each began with one, concatenated. Looked
+                    # for only here, so the common path pays nothing for it.
+                    if not body.startswith(UTF8_BOM):
+                        raise
+                    body = body[len(UTF8_BOM) :].strip()
+                    value = loads(body)
             except decode_error as exc:
                 yield Reject(
                     line_no,
