@@ -51,11 +51,9 @@ def ingest_folder_once(
     try:
         with KlaviyoClient(settings.api, key, transport) as client:
             limiter = limiter or AccountLimiter(settings.api.rate_limit)
-            pipeline = Pipeline(settings, ledger, client, limiter, stop, progress)
-            result = pipeline.ingest_folder(folder)
             # The caller shows the outcome; a service on this state dir must not e-mail it.
-            ledger.mark_announced([file.run.id for file in result.files])
-            return result
+            pipeline = Pipeline(settings, ledger, client, limiter, stop, progress, emails=False)
+            return pipeline.ingest_folder(folder)
     finally:
         ledger.close()
 

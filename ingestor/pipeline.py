@@ -73,8 +73,12 @@ class Pipeline:
         stop: threading.Event | None = None,
         progress: ProgressFn | None = None,
         known_hashes: KnownHashes | None = None,
+        emails: bool = True,
     ) -> None:
+        """``emails``: finished files wait in the ledger until their e-mail is queued (the
+        service); False when the caller shows the outcome itself (``ingestor ingest``)."""
         self._known_hashes = known_hashes
+        self._emails = emails
         self._settings = settings
         self._ledger = ledger
         self._client = client
@@ -280,6 +284,8 @@ class Pipeline:
         final = replace(final, report_path=str(report.path))
         crashpoints.reached("report.unrecorded")
         self._ledger.finish(run.id, state, final.counts, reason, str(report.path))
+        if not self._emails:
+            self._ledger.mark_announced([run.id])
         return FileResult(final, report)
 
 

@@ -9,15 +9,20 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from ingestor import crashpoints
 from ingestor.config import RateLimitSettings
+from ingestor.ledger import LEDGER_NAME, SqliteLedger
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, KEY, make_folder
+from tests.service_helpers import ledger_runs
 
 ROWS = 12_000  # 24 requests of 500
 
 
-def run_ingest(sim: Simulator, folder: Path, state: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KLAVIYO_KEY": KEY}
+def run_ingest(
+    sim: Simulator, folder: Path, state: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KLAVIYO_KEY": KEY, **(env or {})}
     return subprocess.Popen(
         [
             sys.executable,
@@ -84,3 +89,27 @@ def test_kill_9_mid_file_then_restart_loses_nothing(tmp_path: Path) -> None:
         )
         rejected = Path(data["rejected_rows_file"]).read_text().splitlines()
         assert len(rejected) == 12  # truncated back on each resume: no duplicated lines
+
+
+def test_files_an_interrupted_ingest_finished_are_not_e_mailed_later(tmp_path: Path) -> None:
+    """`ingestor ingest` shows its outcome itself: the files it finished before it was
+    killed must not wait in the ledger for a service on the same state dir to e-mail."""
+    limits = RateLimitSettings(burst=100, steady=6000)
+    with Simulator({KEY: "acme"}, bulk_limits=limits, read_limits=limits) as sim:
+        sim.add_data_source("acme", DS_ID)
+        folder = make_folder(tmp_path / "drop")
+        for name in ("a.jsonl", "b.jsonl"):  # one batch each; the kill lands in b's
+            (folder / name).write_bytes(b"".join(b'{"id": %d}\n' % i for i in range(300)))
+        state = tmp_path / "state"
+        worker = run_ingest(sim, folder, state, {crashpoints.ENV: "batch.parsed:2"})
+        assert worker.wait(timeout=60) == -signal.SIGKILL
+    runs = ledger_runs(state)
+    assert sorted((r.identity.name, r.state.value) for r in runs) == [
+        ("a.jsonl", "done"),
+        ("b.jsonl", "processing"),
+    ]
+    ledger = SqliteLedger(state / LEDGER_NAME)
+    try:
+        assert ledger.unannounced() == []
+    finally:
+        ledger.close()
