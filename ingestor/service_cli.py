@@ -126,10 +126,17 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
         out.print("service: not running; files in flight resume from their checkpoints at start")
     else:
         out.print(f"service: running (pid {pid})" + (f"; {live.summary()}" if live else ""))
+
+    def table(title: str, *columns: str) -> Table:
+        t = Table(title=title, title_justify="left")
+        for column in columns:
+            t.add_column(column, overflow="fold")
+        return t
+
     if live is not None:
-        lanes = Table(title="companies", title_justify="left")
-        for column in ("company", "sending", "queued", "files done", "records sent", "blocked"):
-            lanes.add_column(column, overflow="fold")
+        lanes = table(
+            "companies", "company", "sending", "queued", "files done", "records sent", "blocked"
+        )
         for lane in live.lanes:
             lanes.add_row(
                 lane.company,
@@ -140,12 +147,6 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
                 lane.blocked or "-",
             )
         out.print(lanes)
-
-    def table(title: str, *columns: str) -> Table:
-        t = Table(title=title, title_justify="left")
-        for column in columns:
-            t.add_column(column, overflow="fold")
-        return t
 
     flight = table(
         f"in flight ({len(view.in_flight)})",

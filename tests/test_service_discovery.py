@@ -12,10 +12,10 @@ import pytest
 from watchdog.events import FileModifiedEvent
 
 from ingestor.discovery import Discovery, Readiness
-from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
+from ingestor.ledger import FileState
 from ingestor.simulator import Simulator
 from tests.conftest import make_folder
-from tests.service_helpers import jsonl, running_service, write_settings
+from tests.service_helpers import jsonl, ledger_runs, running_service, write_settings
 
 
 def rows(start: int, count: int) -> bytes:
@@ -30,11 +30,7 @@ def sent_ids(sim: Simulator) -> list[int]:
 
 
 def runs_of(state: Path, name: str) -> list[object]:
-    ledger = SqliteLedger(state / LEDGER_NAME)
-    try:
-        return [r for r in ledger.runs() if r.identity.name == name]
-    finally:
-        ledger.close()
+    return [r for r in ledger_runs(state) if r.identity.name == name]
 
 
 @pytest.fixture

@@ -13,10 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
+from ingestor.ledger import FileState
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, FAST_LIMITS, KEY, make_folder
-from tests.service_helpers import jsonl, start_process, stop_process, two_companies, write_settings
+from tests.service_helpers import (
+    jsonl,
+    ledger_runs,
+    start_process,
+    stop_process,
+    two_companies,
+    write_settings,
+)
 
 
 class NotifySocket:
@@ -104,9 +111,7 @@ def test_sigterm_mid_file_then_restart_resumes_with_nothing_lost(tmp_path, notif
         assert stop_process(first, tmp_path / "service.log") == 0
         notify.wait_for(lambda m: m.get("STOPPING") == "1")
 
-        ledger = SqliteLedger(state / LEDGER_NAME)
-        interrupted = ledger.runs()[0]
-        ledger.close()
+        interrupted = ledger_runs(state)[0]
         assert interrupted.state is FileState.PROCESSING
         assert 0 < interrupted.counts.sent < rows
         assert interrupted.counts.sent == len(sim.records("acme"))  # checkpoint = what landed
@@ -121,9 +126,7 @@ def test_sigterm_mid_file_then_restart_resumes_with_nothing_lost(tmp_path, notif
         received = Counter(r["id"] for r in sim.records("acme"))
         assert set(received) == set(range(rows))
         assert max(received.values()) == 1  # graceful stop: not one record sent twice
-        ledger = SqliteLedger(state / LEDGER_NAME)
-        final = ledger.runs()[0]
-        ledger.close()
+        final = ledger_runs(state)[0]
         assert final.state is FileState.DONE and final.counts.sent == rows
 
 

@@ -18,10 +18,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
+from ingestor.ledger import FileState
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID
-from tests.service_helpers import Running, jsonl, running_service, write_settings
+from tests.service_helpers import Running, jsonl, ledger_runs, running_service, write_settings
 
 CONFIG = b'{"data_source_id": "%s"}' % DS_ID.encode()
 PETS_CSV = b"id,name,species\n" + b"".join(b"%d,pet %d,cat\n" % (i, i) for i in range(300))
@@ -180,11 +180,8 @@ def test_openssh_sftp_batch_upload_is_ingested(service: Running, sim, keys, tmp_
     run = service.run_for("owners.jsonl")
     assert run.state is FileState.DONE and run.counts.sent == 5
     assert len(sim.records("acme")) == 5
-    ledger = SqliteLedger(tmp_path / "state" / LEDGER_NAME)
-    try:
-        assert [r.identity.name for r in ledger.runs()] == ["owners.jsonl"]  # not upload.tmp
-    finally:
-        ledger.close()
+    runs = ledger_runs(tmp_path / "state")
+    assert [r.identity.name for r in runs] == ["owners.jsonl"]  # not upload.tmp
 
 
 def test_a_wrong_key_is_refused_and_sprays_are_throttled(tmp_path, sim, keys) -> None:
@@ -274,11 +271,10 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(
         assert service.run_for("after.csv").state is FileState.DONE
     finally:
         second.close()
-    ledger = SqliteLedger(tmp_path / "state" / LEDGER_NAME)
-    try:
-        assert sorted(r.identity.name for r in ledger.runs()) == ["after.csv", "ok.csv"]
-    finally:
-        ledger.close()
+    assert sorted(r.identity.name for r in ledger_runs(tmp_path / "state")) == [
+        "after.csv",
+        "ok.csv",
+    ]
 
 
 def test_sessions_per_company_are_capped(service: Running, keys) -> None:

@@ -367,16 +367,14 @@ class Lane:
 
     def _finished_from_ledger(self, ledger: Ledger, found: Found) -> None:
         """Report a file the pipeline closed before raising (e.g. on a refused key)."""
-        p = found.placed
-        run = ledger.latest(p.company, p.kind, p.folder, found.path.name)
-        if run is not None and p.kind in KINDS:
-            folder = _folder(found, KINDS[p.kind])
+        run = _latest_run(ledger, found)
+        if run is not None and found.placed.kind in KINDS:
+            folder = _folder(found, KINDS[found.placed.kind])
             self._finished(FolderResult(folder, [FileResult(run, None)]))
 
     def _nothing_to_announce(self, ledger: Ledger, found: Found) -> None:
-        p = found.placed
         with contextlib.suppress(LedgerError):  # at worst, one more e-mail after a rescan
-            run = ledger.latest(p.company, p.kind, p.folder, found.path.name)
+            run = _latest_run(ledger, found)
             if run is not None:
                 ledger.mark_announced([run.id])
 
@@ -389,6 +387,11 @@ class Lane:
                 self._metrics.files.labels(self.name, f.run.state.value).inc()
         if self._on_finished:
             self._on_finished(Finished(self.name, result, drained, announce))
+
+
+def _latest_run(ledger: Ledger, found: Found) -> FileRun | None:
+    p = found.placed
+    return ledger.latest(p.company, p.kind, p.folder, found.path.name)
 
 
 def _folder(found: Found, kind: ImportKind) -> ImportFolder:
