@@ -11,6 +11,7 @@ import httpx
 
 from ingestor.batcher import batches
 from ingestor.config import ApiKey, Settings
+from ingestor.dropfile import open_directory
 from ingestor.errors import LayoutError, ParseError
 from ingestor.kinds import CUSTOM_OBJECTS, ImportKind
 from ingestor.klaviyo import KlaviyoClient
@@ -94,16 +95,17 @@ def validate_file(
     limits = ParseLimits(max_record_bytes=kind.limits.max_record_bytes)
     envelope = kind.envelope("0" * 26)
     try:
-        for item in batches(parse_file(path, fmt, limits), envelope, kind.limits):
-            if isinstance(item, Reject):
-                result.rejects.append(item)
-            elif item.records:
-                result.batches += 1
-                result.records += len(item.records)
-                result.body_bytes += item.body_size
-                room = max(0, preview - len(result.preview))
-                result.preview += [r.json for r in item.records[:room]]
-    except (ParseError, OSError) as exc:
+        with open_directory(path.parent) as directory, directory.open_file(path.name) as file:
+            for item in batches(parse_file(file.reader(), fmt, limits), envelope, kind.limits):
+                if isinstance(item, Reject):
+                    result.rejects.append(item)
+                elif item.records:
+                    result.batches += 1
+                    result.records += len(item.records)
+                    result.body_bytes += item.body_size
+                    room = max(0, preview - len(result.preview))
+                    result.preview += [r.json for r in item.records[:room]]
+    except (ParseError, LayoutError, OSError) as exc:
         result.error = str(exc)
     return result
 
@@ -115,11 +117,13 @@ def validate_path(target: Path) -> Validation:
     result = Validation(target)
     try:
         folder = locate_import_folder(target)
-        result.data_source_id = load_folder_config(folder.path, folder.kind).target_id
+        with open_directory(folder.path) as directory:
+            result.data_source_id = load_folder_config(directory, folder.kind).target_id
     except LayoutError as exc:
         result.folder_error = str(exc)
     if target.is_dir():
-        listing = list_folder(target)
+        with open_directory(target) as directory:
+            listing = list_folder(directory)
         result.ignored = listing.ignored
         result.files = [validate_file(p) for p in listing.data_files]
     return result
@@ -145,7 +149,7 @@ def scan_drop(drop_root: Path) -> DropScan:
                     continue
                 if entry.is_dir() and kind_dir.name == CUSTOM_OBJECTS.folder:
                     folders.append(
-                        ImportFolder(entry, company_dir.name, CUSTOM_OBJECTS, entry.name)
+                        ImportFolder(entry, company_dir.name, CUSTOM_OBJECTS, entry.name, drop_root)
                     )
                 elif placed.placement is Placement.STRAY:
                     strays.append(entry)

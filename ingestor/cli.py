@@ -36,7 +36,7 @@ from ingestor.errors import (
     LayoutError,
     StateUnwritable,
 )
-from ingestor.layout import load_folder_config
+from ingestor.layout import read_folder_config
 from ingestor.ledger import LEDGER_NAME, FileRun, SqliteLedger
 from ingestor.logs import configure_logging
 from ingestor.pipeline import FileResult, FolderResult
@@ -273,7 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with Simulator(keys) as sim:
         for folder in scan.folders:
             with contextlib.suppress(LayoutError):  # the demo shows how it is reported
-                sim.add_data_source(folder.company, load_folder_config(folder.path).target_id)
+                sim.add_data_source(folder.company, read_folder_config(folder.path).target_id)
         out.print(
             f"Klaviyo simulator on {sim.url}; ingesting {drop}/ "
             f"({len(scan.folders)} import folders) at the guide's limits (3/s, 60/min)"

@@ -1,23 +1,18 @@
-"""A file version's identity: stat plus sha256, hashed only when the stat changed (or taken
-from whoever already saw every byte, e.g. the SFTP endpoint as it received the upload)."""
+"""A file version's identity: fstat of the open descriptor plus sha256, hashed only when the
+size or mtime changed (or taken from whoever already saw every byte, e.g. the SFTP endpoint
+as it received the upload). The hash is read through the same descriptor that is parsed."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
+from ingestor.dropfile import DropFile
 from ingestor.ledger import FileIdentity, Ledger
 
-HASH_CHUNK = 1024 * 1024
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+# The sha256 recorded for a file that could not be opened (a link, a FIFO, no permission):
+# the same refusal again matches the same version, so it is reported once.
+UNOPENED = "unopened"
 
 
 class KnownHashes:
@@ -38,27 +33,36 @@ class KnownHashes:
 
 
 def identify(
-    path: Path,
+    file: DropFile,
     company: str,
     kind: str,
     folder: str,
     ledger: Ledger,
     known: KnownHashes | None = None,
 ) -> FileIdentity:
-    """Identify ``path``; a hash is reused (the ledger's, or a known one) while size and mtime
-    are unchanged, else the file is read and hashed."""
-    info = path.stat()
-    latest = ledger.latest(company, kind, folder, path.name)
-    sha = known.take(path, info.st_size, info.st_mtime_ns) if known else None
+    """Identify an open file; a hash is reused (the ledger's, or a known one) while size and
+    mtime are unchanged, else the file is read through its descriptor and hashed."""
+    size, mtime_ns = file.size, file.mtime_ns
+    latest = ledger.latest(company, kind, folder, file.name)
+    sha = known.take(file.path, size, mtime_ns) if known else None
     if sha is not None:
         pass
-    elif latest and (latest.identity.size, latest.identity.mtime_ns) == (
-        info.st_size,
-        info.st_mtime_ns,
+    elif (
+        latest
+        and latest.identity.sha256 != UNOPENED
+        and (latest.identity.size, latest.identity.mtime_ns) == (size, mtime_ns)
     ):
         sha = latest.identity.sha256
     else:
-        sha = sha256_of(path)
-    return FileIdentity(
-        company, kind, folder, path.name, str(path), info.st_size, info.st_mtime_ns, sha
-    )
+        sha = file.sha256()
+    return FileIdentity(company, kind, folder, file.name, str(file.path), size, mtime_ns, sha)
+
+
+def unopened_identity(path: Path, company: str, kind: str, folder: str) -> FileIdentity:
+    """The identity of a file that was refused before it could be read."""
+    try:
+        info = path.lstat()
+        size, mtime_ns = info.st_size, info.st_mtime_ns
+    except OSError:
+        size, mtime_ns = 0, 0
+    return FileIdentity(company, kind, folder, path.name, str(path), size, mtime_ns, UNOPENED)

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import orjson
 
+from ingestor.dropfile import Directory, open_directory
 from ingestor.errors import LayoutError
 from ingestor.kinds import CUSTOM_OBJECTS, KINDS, RESERVED_FOLDERS, ImportKind
 
@@ -119,23 +120,27 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
     return FolderConfig(target_id=target.upper())
 
 
-def load_folder_config(folder: Path, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:
-    """Read and validate ``folder/config.json`` without following symlinks."""
-    path = folder / CONFIG_NAME
+def load_folder_config(folder: Directory, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:
+    """Read and validate the folder's config.json through its descriptor (never a link,
+    never a FIFO: see ``dropfile``)."""
     try:
-        info = path.lstat()
+        folder.lstat(CONFIG_NAME)
     except FileNotFoundError:
         raise LayoutError(
-            f"{CONFIG_NAME} is missing in {folder.name}/; add one naming the {kind.target_key}"
+            f"{CONFIG_NAME} is missing in {folder.path.name}/; add one naming the {kind.target_key}"
         ) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise LayoutError(f"{CONFIG_NAME} in {folder.name}/ is not a regular file")
-    if info.st_size > MAX_CONFIG_BYTES:
-        raise LayoutError(
-            f"config.json is {info.st_size:,} bytes, over the {MAX_CONFIG_BYTES:,}-byte limit"
-        )
-    with path.open("rb") as handle:
-        return parse_folder_config(handle.read(MAX_CONFIG_BYTES + 1), kind)
+    try:
+        config = folder.open_file(CONFIG_NAME, MAX_CONFIG_BYTES)
+    except LayoutError as exc:
+        raise LayoutError(f"{CONFIG_NAME} in {folder.path.name}/ cannot be used: {exc}") from None
+    with config:
+        return parse_folder_config(config.read_all(MAX_CONFIG_BYTES), kind)
+
+
+def read_folder_config(path: Path, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:
+    """``load_folder_config`` for a folder named by the operator (``validate``, the demo)."""
+    with open_directory(path) as folder:
+        return load_folder_config(folder, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,14 @@ class ImportFolder:
     company: str
     kind: ImportKind
     name: str
+    # The trusted ancestor (the drop root, or the folder itself when given on the command
+    # line): everything below it is opened without following links.
+    base: Path | None = None
+
+    def open(self) -> Directory:
+        """The folder, opened from its base one component at a time (see ``dropfile``)."""
+        base = self.base or self.path
+        return open_directory(base, self.path.relative_to(base).parts)
 
 
 def locate_import_folder(path: Path, company: str | None = None) -> ImportFolder:
@@ -156,7 +169,8 @@ def locate_import_folder(path: Path, company: str | None = None) -> ImportFolder
         raise LayoutError(f"{path} is not a directory; give an import folder holding config.json")
     parts = resolved.parts
     if len(parts) >= 4 and parts[-3] == "imports" and parts[-2] in KINDS:
-        return ImportFolder(resolved, company or parts[-4], KINDS[parts[-2]], parts[-1])
+        kind = KINDS[parts[-2]]
+        return ImportFolder(resolved, company or parts[-4], kind, parts[-1], resolved.parents[3])
     if len(parts) >= 3 and parts[-2] == "imports" and parts[-1] in (*KINDS, *RESERVED_FOLDERS):
         raise LayoutError(
             f"{path} is the {parts[-1]}/ folder itself; files must sit in a named subfolder "
@@ -171,15 +185,14 @@ class FolderListing:
     ignored: tuple[str, ...]  # names listed in the report, not read
 
 
-def list_folder(folder: Path) -> FolderListing:
-    """The data files of an import folder in name order; symlinks and others are set aside."""
+def list_folder(folder: Directory) -> FolderListing:
+    """The data files of an import folder in name order; symlinks and others are set aside
+    (looked at with lstat through the folder's descriptor: nothing is followed)."""
     data: list[Path] = []
     ignored: list[str] = []
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        name = entry.name
+    for name, info in sorted(folder.entries(), key=lambda entry: entry[0]):
         if name == CONFIG_NAME or is_hidden_or_partial(name):
             continue
-        info = entry.lstat()
         if stat.S_ISLNK(info.st_mode):
             ignored.append(f"{name} (symlink, not followed)")
         elif not stat.S_ISREG(info.st_mode):
@@ -187,5 +200,5 @@ def list_folder(folder: Path) -> FolderListing:
         elif data_format(name) is None:
             ignored.append(f"{name} (only .csv and .jsonl are processed)")
         else:
-            data.append(entry)
+            data.append(folder.path / name)
     return FolderListing(tuple(data), tuple(ignored))

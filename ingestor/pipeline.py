@@ -3,7 +3,6 @@ checkpoint → report. The only module that knows all the stages; each stage kno
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -15,6 +14,7 @@ import structlog
 from ingestor import crashpoints
 from ingestor.batcher import batches
 from ingestor.config import Settings
+from ingestor.dropfile import Directory, DropFile, Unreadable, UnsafeEntry, open_directory
 from ingestor.errors import (
     AuthError,
     FileChanged,
@@ -24,10 +24,10 @@ from ingestor.errors import (
     ParseError,
     SystemicRejection,
 )
-from ingestor.identity import KnownHashes, identify
+from ingestor.identity import KnownHashes, identify, unopened_identity
 from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import FolderConfig, ImportFolder, data_format, list_folder, load_folder_config
-from ingestor.ledger import FileIdentity, FileRun, FileState, Ledger
+from ingestor.ledger import FileRun, FileState, Ledger
 from ingestor.parsers import ParseLimits, parse_file
 from ingestor.ratelimit import AccountLimiter
 from ingestor.records import FileCounts, Reject
@@ -37,6 +37,8 @@ from ingestor.sender import Sender
 log = structlog.get_logger("ingestor.pipeline")
 
 ProgressFn = Callable[[FileRun, int, FileCounts], None]
+# A test seam: called with a file's path just before it is opened (tests swap files there).
+BeforeOpenFn = Callable[[Path], None]
 
 # How long a data source found by GET stays trusted before a folder's next file checks again.
 DATA_SOURCE_TTL = 300.0
@@ -74,9 +76,11 @@ class Pipeline:
         progress: ProgressFn | None = None,
         known_hashes: KnownHashes | None = None,
         emails: bool = True,
+        before_open: BeforeOpenFn | None = None,
     ) -> None:
         """``emails``: finished files wait in the ledger until their e-mail is queued (the
         service); False when the caller shows the outcome itself (``ingestor ingest``)."""
+        self._before_open = before_open
         self._known_hashes = known_hashes
         self._emails = emails
         self._settings = settings
@@ -94,30 +98,56 @@ class Pipeline:
     def ingest_files(self, folder: ImportFolder, only: Collection[Path] | None) -> FolderResult:
         """Process the data files of ``folder`` (those in ``only``, if given) not already done."""
         bound = log.bind(company=folder.company, folder=folder.name)
-        listing = list_folder(folder.path)
+        try:
+            directory = folder.open()
+        except LayoutError as exc:  # the folder itself is a link now, or gone
+            bound.warning("folder_not_processed", reason=str(exc))
+            return FolderResult(folder, [], str(exc))
+        with directory:
+            return self._ingest_directory(folder, directory, only)
+
+    def _ingest_directory(
+        self, folder: ImportFolder, directory: Directory, only: Collection[Path] | None
+    ) -> FolderResult:
+        listing = list_folder(directory)
         if only is not None:
             wanted = {p.name for p in only}
             listing = replace(
                 listing, data_files=tuple(p for p in listing.data_files if p.name in wanted)
             )
+        opened = [self._open(folder, directory, path) for path in listing.data_files]
         try:
-            config = load_folder_config(folder.path, folder.kind)
+            return self._ingest_opened(folder, directory, opened, listing.ignored)
+        finally:
+            for _run, file, _refusal in opened:
+                if file is not None:
+                    file.close()
+
+    def _ingest_opened(
+        self,
+        folder: ImportFolder,
+        directory: Directory,
+        opened: list[tuple[FileRun, DropFile | None, LayoutError | None]],
+        ignored: tuple[str, ...],
+    ) -> FolderResult:
+        try:
+            config = load_folder_config(directory, folder.kind)
         except LayoutError as exc:
-            bound.info("folder_not_processed", reason=str(exc))
-            runs = [self._register(folder, path) for path in listing.data_files]
-            files = [self._close(r, FileState.REJECTED, str(exc), listing.ignored) for r in runs]
-            return FolderResult(folder, files, str(exc), listing.ignored)
+            files = [self._close(r, FileState.REJECTED, str(exc), ignored) for r, _, _ in opened]
+            return FolderResult(folder, files, str(exc), ignored)
 
         results: list[FileResult] = []
-        todo: list[tuple[FileRun, Path]] = []
-        for path in listing.data_files:
-            run = self._register(folder, path)
-            if run.state is FileState.DONE:
+        todo: list[tuple[FileRun, DropFile]] = []
+        for run, file, refusal in opened:
+            if refusal is not None:
+                results.append(self._refused(run, refusal, ignored))
+            elif run.state is FileState.DONE:
                 results.append(FileResult(run, None, unchanged=True))
             else:
-                todo.append((run, path))
+                assert file is not None
+                todo.append((run, file))
         if not todo:
-            return FolderResult(folder, results, "", listing.ignored)
+            return FolderResult(folder, results, "", ignored)
 
         kind = folder.kind
         sender = Sender(
@@ -128,6 +158,7 @@ class Pipeline:
             self._settings.api.retry,
             self._stop,
         )
+        bound = log.bind(company=folder.company, folder=folder.name)
         try:
             self._check_data_source(sender, config.target_id)
         except NotFound:
@@ -136,26 +167,65 @@ class Pipeline:
                 "account; create it or correct data_source_id"
             )
             bound.warning("folder_not_processed", reason=reason)
-            results += [
-                self._close(r, FileState.REJECTED, reason, listing.ignored) for r, _ in todo
-            ]
-            return FolderResult(folder, results, reason, listing.ignored)
+            results += [self._close(r, FileState.REJECTED, reason, ignored) for r, _ in todo]
+            return FolderResult(folder, results, reason, ignored)
         except AuthError as exc:
             for run, _ in todo:
-                self._close(run, FileState.FAILED, str(exc), listing.ignored)
+                self._close(run, FileState.FAILED, str(exc), ignored)
             raise
 
-        for run, path in todo:
-            results.append(self._ingest_file(folder, config, sender, run, path, listing.ignored))
-        return FolderResult(folder, results, "", listing.ignored)
+        for run, file in todo:
+            results.append(self._ingest_file(folder, config, sender, run, file, ignored))
+        return FolderResult(folder, results, "", ignored)
 
-    def reject_stray(self, company: str, kind: str, path: Path) -> FileResult:
-        """A data file directly under ``imports/<kind>/``: recorded and reported, never read."""
+    def _open(
+        self, folder: ImportFolder, directory: Directory, path: Path
+    ) -> tuple[FileRun, DropFile | None, LayoutError | None]:
+        """Open a data file once and register the version found through that descriptor;
+        a file that cannot be opened safely is registered as such, with the refusal."""
+        if self._before_open is not None:
+            self._before_open(path)
+        kind, name = folder.kind.folder, folder.name
+        try:
+            file = directory.open_file(path.name)
+        except LayoutError as exc:
+            log.warning(
+                "file_refused", company=folder.company, folder=name, file=path.name, reason=str(exc)
+            )
+            identity = unopened_identity(path, folder.company, kind, name)
+            return self._ledger.register(identity), None, exc
+        try:
+            identity = identify(file, folder.company, kind, name, self._ledger, self._known_hashes)
+            return self._ledger.register(identity), file, None
+        except BaseException:
+            file.close()
+            raise
+
+    def _refused(self, run: FileRun, refusal: LayoutError, ignored: tuple[str, ...]) -> FileResult:
+        """A file that could not be opened: unsafe entries are rejected for good (until they
+        change), unreadable ones failed (retried: the operator can fix the mode)."""
+        if run.state in (FileState.REJECTED, FileState.FAILED) and run.reason == str(refusal):
+            return FileResult(run, None, unchanged=True)
+        state = FileState.FAILED if isinstance(refusal, Unreadable) else FileState.REJECTED
+        return self._close(run, state, str(refusal), ignored)
+
+    def reject_stray(
+        self, company: str, kind: str, path: Path, base: Path | None = None
+    ) -> FileResult:
+        """A data file directly under ``imports/<kind>/``: recorded and reported, never parsed
+        (it is opened safely to hash it, so a changed stray is a new version)."""
         reason = (
-            f"{path.name} is directly under imports/{kind}/; put it in a named folder with a "
-            "config.json (imports/" + kind + "/<folder>/" + path.name + ")"
+            f"{path.name} is directly under imports/{kind}/; move it into a named folder that "
+            f"has a config.json (imports/{kind}/<folder>/{path.name})"
         )
-        identity = identify(path, company, kind, "", self._ledger, self._known_hashes)
+        base = base or path.parent
+        parts = path.parent.relative_to(base).parts
+        try:
+            with open_directory(base, parts) as directory, directory.open_file(path.name) as file:
+                identity = identify(file, company, kind, "", self._ledger, self._known_hashes)
+        except (UnsafeEntry, Unreadable) as exc:
+            reason = f"{reason}; besides, {exc}"
+            identity = unopened_identity(path, company, kind, "")
         run = self._ledger.register(identity)
         if run.state is FileState.REJECTED:
             return FileResult(run, None, unchanged=True)
@@ -169,21 +239,16 @@ class Pipeline:
         sender.call(lambda: self._client.get_data_source(target_id))
         self._verified[target_id] = time.monotonic()
 
-    def _register(self, folder: ImportFolder, path: Path) -> FileRun:
-        identity = identify(
-            path, folder.company, folder.kind.folder, folder.name, self._ledger, self._known_hashes
-        )
-        return self._ledger.register(identity)
-
     def _ingest_file(
         self,
         folder: ImportFolder,
         config: FolderConfig,
         sender: Sender,
         run: FileRun,
-        path: Path,
+        file: DropFile,
         ignored: tuple[str, ...],
     ) -> FileResult:
+        path = file.path
         bound = log.bind(company=folder.company, folder=folder.name, file=path.name)
         rejects_path = report_dir(self._settings.state_dir, folder.company) / (
             f"{run_stem(run)}.rejected.jsonl"
@@ -201,8 +266,9 @@ class Pipeline:
         counts = replace(run.counts)
         pending = FileCounts()
         rejects = RejectsFile(rejects_path, run.rejects_bytes)
+        checkpoint = run.offset  # the byte offset after the last acknowledged batch
         try:
-            items = parse_file(path, fmt, limits, run.offset, run.line)
+            items = parse_file(file.reader(), fmt, limits, run.offset, run.line)
             for item in batches(items, sender.envelope, kind.limits):
                 if type(item) is Reject:
                     rejects.write(item)
@@ -227,10 +293,11 @@ class Pipeline:
                 self._ledger.checkpoint(
                     run.id, item.end_offset, item.end_line, rejects.sync(), counts
                 )
+                checkpoint = item.end_offset
                 if self._progress:
                     self._progress(run, item.end_offset, counts)
-                _check_unchanged(path, run.identity)
-            _check_unchanged(path, run.identity)
+                _check_unchanged(file)
+            _check_unchanged(file)
         except ParseError as exc:
             return self._close(run, FileState.REJECTED, str(exc), ignored, counts)
         except FileChanged as exc:
@@ -246,7 +313,7 @@ class Pipeline:
             reason = f"cannot read {path.name}: {exc.strerror or exc}"
             return self._close(run, FileState.FAILED, reason, ignored, counts)
         except Interrupted:
-            bound.info("file_interrupted", offset=run.offset)
+            bound.info("file_interrupted", offset=checkpoint)
             raise
         finally:
             rejects.close()
@@ -289,15 +356,11 @@ class Pipeline:
         return FileResult(final, report)
 
 
-def _check_unchanged(path: Path, identity: FileIdentity) -> None:
-    """Raise FileChanged if ``path`` is no longer the version being sent."""
-    try:
-        info = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        raise FileChanged(f"{path.name} was removed while being processed") from None
-    if (info.st_size, info.st_mtime_ns) != (identity.size, identity.mtime_ns):
+def _check_unchanged(file: DropFile) -> None:
+    """Raise FileChanged if the file being sent was written to, replaced or removed."""
+    what = file.replaced_or_written()
+    if what:
         raise FileChanged(
-            f"{path.name} changed while being processed ({identity.size:,} bytes when it "
-            f"started, {info.st_size:,} now); records up to the last checkpoint were sent, and "
-            "the new version will be processed from its start"
+            f"{what}; records up to the last checkpoint were sent, and the new version will "
+            "be processed from its start"
         )

@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from ingestor.errors import LayoutError
-from ingestor.layout import Placement, load_folder_config, parse_folder_config, place
+from ingestor.layout import Placement, parse_folder_config, place, read_folder_config
 
 
 @pytest.mark.parametrize(
@@ -31,10 +31,10 @@ def test_invalid_config_json_says_why(data: bytes, message: str) -> None:
 
 def test_valid_config_and_missing_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"data_source_id": "01ktmwcz8zmnzs0hg5hqnx0h6e"}')
-    assert load_folder_config(tmp_path).target_id == "01KTMWCZ8ZMNZS0HG5HQNX0H6E"
+    assert read_folder_config(tmp_path).target_id == "01KTMWCZ8ZMNZS0HG5HQNX0H6E"
     (tmp_path / "config.json").unlink()
     with pytest.raises(LayoutError, match=r"config\.json is missing"):
-        load_folder_config(tmp_path)
+        read_folder_config(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ one record's worth of a file in memory.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
+from typing import BinaryIO
 
 from ingestor.parsers.common import ParseLimits
 from ingestor.parsers.csv import parse_csv
@@ -18,14 +18,15 @@ __all__ = ["ParseLimits", "parse_csv", "parse_file", "parse_jsonl"]
 
 
 def parse_file(
-    path: Path, fmt: str, limits: ParseLimits, start_offset: int = 0, start_line: int = 0
+    handle: BinaryIO, fmt: str, limits: ParseLimits, start_offset: int = 0, start_line: int = 0
 ) -> Iterator[Record | Reject]:
-    """Parse ``path`` as ``fmt`` ('csv' or 'jsonl') from a checkpoint. The parser's own
-    generator is returned (no wrapper in between); it closes the file when done."""
+    """Parse an open file as ``fmt`` ('csv' or 'jsonl') from a checkpoint. The parser's own
+    generator is returned (no wrapper in between); it closes ``handle`` when done."""
     parser = _PARSERS.get(fmt)
     if parser is None:
+        handle.close()
         raise ValueError(f"unknown format {fmt!r}")
-    return parser(path.open("rb"), limits, start_offset, start_line, close=True)
+    return parser(handle, limits, start_offset, start_line, close=True)
 
 
 _PARSERS = {"csv": parse_csv, "jsonl": parse_jsonl}

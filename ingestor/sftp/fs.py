@@ -33,6 +33,8 @@ from paramiko.sftp import (
     SFTP_PERMISSION_DENIED,
 )
 
+from ingestor.dropfile import open_directory
+from ingestor.errors import LayoutError
 from ingestor.kinds import KINDS
 
 if TYPE_CHECKING:
@@ -336,17 +338,17 @@ class CompanyFs(paramiko.SFTPServerInterface):
     @_answers
     def open(self, path: str, flags: int, attr: Any) -> paramiko.SFTPHandle | int:
         local = self._local(path)
+        if flags & _WRITE_FLAGS:
+            return self._upload(path, local, flags)
+        # Read through the safe opener: no link followed anywhere on the way, and a FIFO or
+        # device is refused before it is opened for reading (it would block this session).
+        parts = local.relative_to(self.company.root).parts
         try:
-            if flags & _WRITE_FLAGS:
-                return self._upload(path, local, flags)
-            fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise Refused(SFTP_PERMISSION_DENIED, "symbolic links are not followed") from None
-            raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return SFTP_PERMISSION_DENIED
+            with open_directory(self.company.root, parts[:-1]) as directory:
+                file = directory.open_file(local.name)
+        except LayoutError as exc:
+            raise Refused(SFTP_PERMISSION_DENIED, str(exc)) from None
+        fd, file.fd = file.fd, -1  # the handle owns the descriptor from here
         return ReadHandle(fd, flags)
 
     def _upload(self, path: str, local: Path, flags: int) -> paramiko.SFTPHandle | int:

@@ -322,11 +322,13 @@ class Lane:
             return
         kind = KINDS[placed.kind]
         if found.kind is FoundKind.STRAY:
-            stray = pipeline.reject_stray(self.name, placed.kind, found.path)
+            stray = pipeline.reject_stray(
+                self.name, placed.kind, found.path, self._service.drop_root
+            )
             if not stray.unchanged:
-                self._finished(FolderResult(_folder(found, kind), [stray]))
+                self._finished(FolderResult(self._folder(found, kind), [stray]))
             return
-        folder = _folder(found, kind)
+        folder = self._folder(found, kind)
         new_problem = self._note_config_problem(folder)
         result = pipeline.ingest_files(folder, [found.path])
         if any(not f.unchanged for f in result.files):
@@ -349,7 +351,8 @@ class Lane:
         """Say once (per folder and reason) that a folder cannot be processed: True for a
         new problem, False for one already said, None when config.json is valid."""
         try:
-            load_folder_config(folder.path, folder.kind)
+            with folder.open() as directory:
+                load_folder_config(directory, folder.kind)
         except LayoutError as exc:
             if self._folder_problems.get(folder.path) == str(exc):
                 return False
@@ -369,7 +372,7 @@ class Lane:
         """Report a file the pipeline closed before raising (e.g. on a refused key)."""
         run = _latest_run(ledger, found)
         if run is not None and found.placed.kind in KINDS:
-            folder = _folder(found, KINDS[found.placed.kind])
+            folder = self._folder(found, KINDS[found.placed.kind])
             self._finished(FolderResult(folder, [FileResult(run, None)]))
 
     def _nothing_to_announce(self, ledger: Ledger, found: Found) -> None:
@@ -377,6 +380,10 @@ class Lane:
             run = _latest_run(ledger, found)
             if run is not None:
                 ledger.mark_announced([run.id])
+
+    def _folder(self, found: Found, kind: ImportKind) -> ImportFolder:
+        p = found.placed
+        return ImportFolder(found.path.parent, p.company, kind, p.folder, self._service.drop_root)
 
     def _finished(self, result: FolderResult, announce: bool = True) -> None:
         with self._wake:
@@ -392,7 +399,3 @@ class Lane:
 def _latest_run(ledger: Ledger, found: Found) -> FileRun | None:
     p = found.placed
     return ledger.latest(p.company, p.kind, p.folder, found.path.name)
-
-
-def _folder(found: Found, kind: ImportKind) -> ImportFolder:
-    return ImportFolder(found.path.parent, found.placed.company, kind, found.placed.folder)

@@ -32,6 +32,7 @@ from ingestor.discovery import (
     Readiness,
     observer_reports_close,
     start_observer,
+    stat_of,
 )
 from ingestor.errors import ConfigError, LedgerError, StateUnwritable
 from ingestor.identity import KnownHashes
@@ -306,16 +307,15 @@ class Service:
         run = ledger.latest(p.company, p.kind, p.folder, item.path.name)
         if run is None or run.state in (FileState.FAILED, FileState.PROCESSING):
             return False
-        try:
-            info = item.path.stat()
-        except OSError:
+        current = stat_of(str(item.path))  # never through a link
+        if current is None:
             return True
-        if (info.st_size, info.st_mtime_ns) != (run.identity.size, run.identity.mtime_ns):
+        if current != (run.identity.size, run.identity.mtime_ns):
             return False
         if run.state is FileState.REJECTED and item.kind is FoundKind.DATA:
             config = item.path.parent / CONFIG_NAME
             try:
-                return config.stat().st_mtime <= (run.finished_at or 0)
+                return os.lstat(config).st_mtime <= (run.finished_at or 0)
             except OSError:
                 return True
         return True

@@ -1,0 +1,265 @@
+"""A hostile company (or a hostile local process) attacks the trust boundary: its own tree.
+
+Each test is an attack that worked before its defence; a swap "at the right moment" is made
+deterministic by the pipeline's ``before_open`` seam, called between the moment a file was
+found and the moment it is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ingestor.kinds import CUSTOM_OBJECTS
+from ingestor.klaviyo import KlaviyoClient
+from ingestor.layout import ImportFolder
+from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
+from ingestor.pipeline import FolderResult, Pipeline
+from ingestor.ratelimit import AccountLimiter
+from ingestor.simulator import Simulator
+from tests.conftest import api_key, make_folder, settings_for
+
+SECRET_ROWS = b"id,secret\n1,beta-private-row-one\n2,beta-private-row-two\n"
+
+
+@pytest.fixture
+def drop(tmp_path: Path) -> Path:
+    """acme's folder with one good file, and beta's private file next door."""
+    root = tmp_path / "drop"
+    folder = make_folder(root)
+    (folder / "pets.csv").write_bytes(b"id,name\n1,Rex\n2,Tom\n")
+    beta = make_folder(root, "private", company="beta")
+    (beta / "secret.csv").write_bytes(SECRET_ROWS)
+    return root
+
+
+def ingest(
+    sim: Simulator,
+    tmp_path: Path,
+    folder: Path,
+    drop: Path,
+    before_open: Callable[[Path], None] | None = None,
+) -> FolderResult:
+    settings = settings_for(sim, tmp_path / "state")
+    settings.state_dir.mkdir(exist_ok=True)
+    ledger = SqliteLedger(settings.state_dir / LEDGER_NAME)
+    try:
+        with KlaviyoClient(settings.api, api_key()) as client:
+            limiter = AccountLimiter(settings.api.rate_limit)
+            pipeline = Pipeline(
+                settings, ledger, client, limiter, emails=False, before_open=before_open
+            )
+            target = ImportFolder(folder, "acme", CUSTOM_OBJECTS, folder.name, drop)
+            return pipeline.ingest_folder(target)
+    finally:
+        ledger.close()
+
+
+def swap_in_symlink(target: Path) -> Callable[[Path], None]:
+    def swap(path: Path) -> None:
+        link = path.with_name(".swap")
+        link.symlink_to(target)
+        os.replace(link, path)  # atomically, as a rename over the data file
+
+    return swap
+
+
+def everything_written(state: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in state.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("target", ["beta", "/etc/passwd"])
+def test_a_symlink_swapped_over_a_data_file_is_refused_not_read(
+    sim: Simulator, tmp_path: Path, drop: Path, target: str
+) -> None:
+    """Before: the file was hashed and parsed by path, so the link was followed: beta's rows
+    went into acme's account, and /etc/passwd came back to acme as rejected rows."""
+    beta_file = drop / "beta/imports/custom_objects/private/secret.csv"
+    pointed = beta_file if target == "beta" else Path(target)
+    folder = drop / "acme/imports/custom_objects/pets"
+    result = ingest(sim, tmp_path, folder, drop, swap_in_symlink(pointed))
+    (file,) = result.files
+    assert file.run.state is FileState.REJECTED
+    assert "symbolic link" in file.run.reason
+    assert sim.records("acme") == []
+    written = everything_written(tmp_path / "state")
+    assert b"beta-private-row" not in written and b"root:x:0:0" not in written
+
+
+def test_a_fifo_swapped_in_is_refused_without_blocking(
+    sim: Simulator, tmp_path: Path, drop: Path
+) -> None:
+    """Before: opening the FIFO for reading blocked the lane forever."""
+
+    def swap(path: Path) -> None:
+        fifo = path.with_name(".fifo")
+        os.mkfifo(fifo)
+        os.replace(fifo, path)
+
+    folder = drop / "acme/imports/custom_objects/pets"
+    outcome: list[FolderResult] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(ingest(sim, tmp_path, folder, drop, swap)), daemon=True
+    )
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "the pipeline blocked on the FIFO"
+    (file,) = outcome[0].files
+    assert file.run.state is FileState.REJECTED and "FIFO" in file.run.reason
+
+
+def test_a_symlinked_import_folder_is_not_entered(
+    sim: Simulator, tmp_path: Path, drop: Path
+) -> None:
+    """The folder itself swapped for a link to another company's folder."""
+    link = drop / "acme/imports/custom_objects/stolen"
+    link.symlink_to(drop / "beta/imports/custom_objects/private")
+    result = ingest(sim, tmp_path, link, drop)
+    assert "symbolic link" in result.error
+    assert result.files == [] and sim.records("acme") == []
+
+
+def test_a_symlinked_config_json_is_not_read(sim: Simulator, tmp_path: Path, drop: Path) -> None:
+    folder = drop / "acme/imports/custom_objects/pets"
+    (folder / "config.json").unlink()
+    (folder / "config.json").symlink_to(drop / "beta/imports/custom_objects/private/config.json")
+    result = ingest(sim, tmp_path, folder, drop)
+    assert "config.json" in result.error and "symbolic link" in result.error
+    assert sim.records("acme") == []
+
+
+def test_a_file_replaced_after_opening_is_still_read_from_what_was_opened(
+    sim: Simulator, tmp_path: Path, drop: Path
+) -> None:
+    """What is hashed is what is parsed: a swap after the open changes nothing that is sent,
+    and the file is then reported as replaced (its new version goes through on its own)."""
+    folder = drop / "acme/imports/custom_objects/pets"
+    original = folder / "pets.csv"
+    big = b"id,name\n" + b"".join(b"%d,pet %d\n" % (i, i) for i in range(2000))
+    original.write_bytes(big)
+    state = tmp_path / "state"
+    sent_batches: list[int] = []
+
+    def swap_after_first_batch(_run: object, offset: int, _counts: object) -> None:
+        sent_batches.append(offset)
+        if len(sent_batches) == 1:
+            (folder / ".other").write_bytes(SECRET_ROWS)
+            os.replace(folder / ".other", original)
+
+    settings = settings_for(sim, state)
+    state.mkdir()
+    ledger = SqliteLedger(state / LEDGER_NAME)
+    try:
+        with KlaviyoClient(settings.api, api_key()) as client:
+            pipeline = Pipeline(
+                settings,
+                ledger,
+                client,
+                AccountLimiter(settings.api.rate_limit),
+                progress=swap_after_first_batch,
+                emails=False,
+            )
+            result = pipeline.ingest_folder(
+                ImportFolder(folder, "acme", CUSTOM_OBJECTS, "pets", drop)
+            )
+    finally:
+        ledger.close()
+    (file,) = result.files
+    assert file.run.state is FileState.FAILED
+    assert "replaced by another file while being processed" in file.run.reason
+    assert all("secret" not in record for record in sim.records("acme"))
+    assert [r["id"] for r in sim.records("acme")] == [str(i) for i in range(500)]
+
+
+# -- a file the service may not read ---------------------------------------------------------
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="ingestor-perm-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _as_service_user(work: Callable[[], FolderResult]) -> tuple[str, bool, str]:
+    """Run ``work`` as an unprivileged user (a forked child that drops root, as a service
+    user would be); return the state, whether it was unchanged, and the reason of its one
+    file."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exec, so the interpreter under /root need not be readable
+        code = 1
+        try:
+            os.close(reader)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            (file,) = work().files
+            answer = f"{file.run.state.value}\n{int(file.unchanged)}\n{file.run.reason}"
+            os.write(writer, answer.encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        answer = pipe.read().decode()
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the unprivileged run failed"
+    state, unchanged, reason = answer.split("\n", 2)
+    return state, unchanged == "1", reason
+
+
+def test_a_file_the_service_cannot_read_is_reported_once_with_the_fix(
+    sim: Simulator, open_dir: Path
+) -> None:
+    """Before: a traceback at every scan, and no report, e-mail or status line."""
+    drop = open_dir / "drop"
+    folder = make_folder(drop)
+    data = folder / "pets.csv"
+    data.write_bytes(b"id,name\n1,Rex\n")
+    state = open_dir / "state"
+    state.mkdir()
+    if os.geteuid() == 0:
+        data.chmod(0o600)  # root's, unreadable to the service user
+        for path in (state, drop):
+            os.chown(path, NOBODY, NOBODY)
+
+        def run() -> tuple[str, bool, str]:
+            return _as_service_user(lambda: ingest(sim, open_dir, folder, drop))
+
+    else:  # pragma: no cover - where the suite runs unprivileged already
+        data.chmod(0)
+
+        def run() -> tuple[str, bool, str]:
+            (file,) = ingest(sim, open_dir, folder, drop).files
+            return file.run.state.value, file.unchanged, file.run.reason
+
+    first_state, first_unchanged, first_reason = run()
+    assert first_state == "failed" and not first_unchanged
+    assert "may not read pets.csv (permission denied)" in first_reason
+    assert "operator" in first_reason and "chmod" in first_reason
+    ledger = SqliteLedger(state / LEDGER_NAME)
+    try:
+        (recorded,) = ledger.runs()
+        assert recorded.report_path and Path(recorded.report_path).exists()
+    finally:
+        ledger.close()
+    _state, second_unchanged, second_reason = run()  # the next rescan: not news again
+    assert second_unchanged and second_reason == first_reason
+    ledger = SqliteLedger(state / LEDGER_NAME)
+    try:
+        assert len(ledger.runs()) == 1  # one version, not one per scan
+    finally:
+        ledger.close()
