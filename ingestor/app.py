@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -11,11 +12,12 @@ import httpx
 
 from ingestor.batcher import batches
 from ingestor.config import ApiKey, Settings
-from ingestor.dropfile import open_directory
+from ingestor.dropfile import open_directory, walk
 from ingestor.errors import LayoutError, ParseError
 from ingestor.kinds import CUSTOM_OBJECTS, ImportKind
 from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import (
+    FOLDER_DEPTH,
     ImportFolder,
     Placement,
     data_format,
@@ -135,24 +137,21 @@ class DropScan:
     strays: list[Path]
 
 
+STRAY = Placement.STRAY
+
+
 def scan_drop(drop_root: Path) -> DropScan:
-    """Every import folder and every stray file under a drop root (symlinks not followed)."""
+    """Every import folder and every stray file under a drop root (walked iteratively, down to
+    the import folders only; links are not followed)."""
     folders: list[ImportFolder] = []
     strays: list[Path] = []
-    for company_dir in sorted(p for p in drop_root.iterdir() if p.is_dir() and not p.is_symlink()):
-        for kind_dir in sorted((company_dir / "imports").glob("*")):
-            if kind_dir.is_symlink() or not kind_dir.is_dir():
-                continue
-            for entry in sorted(kind_dir.iterdir()):
-                placed = place(PurePosixPath(entry.relative_to(drop_root).as_posix()))
-                if entry.is_symlink():
-                    continue
-                if entry.is_dir() and kind_dir.name == CUSTOM_OBJECTS.folder:
-                    folders.append(
-                        ImportFolder(entry, company_dir.name, CUSTOM_OBJECTS, entry.name, drop_root)
-                    )
-                elif placed.placement is Placement.STRAY:
-                    strays.append(entry)
+    for path, info, _depth in sorted(walk(drop_root, FOLDER_DEPTH), key=lambda e: e[0]):
+        parts = path.relative_to(drop_root).parts
+        if stat.S_ISDIR(info.st_mode) and len(parts) == FOLDER_DEPTH:
+            if parts[1] == "imports" and parts[2] == CUSTOM_OBJECTS.folder:
+                folders.append(ImportFolder(path, parts[0], CUSTOM_OBJECTS, path.name, drop_root))
+        elif stat.S_ISREG(info.st_mode) and place(PurePosixPath(*parts)).placement is STRAY:
+            strays.append(path)
     return DropScan(folders, strays)
 
 

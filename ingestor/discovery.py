@@ -12,11 +12,13 @@ for the quiet period, and never while empty. A file seen being written waits for
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import stat
+import threading
 import time
-import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,13 +33,19 @@ from watchdog.events import (
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
-    FileSystemEventHandler,
 )
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    WatchDescriptor,
+)
 
-from ingestor.layout import Placed, Placement, place
+from ingestor.dropfile import walk
+from ingestor.kinds import KINDS
+from ingestor.layout import FOLDER_DEPTH, Placed, Placement, place
 
 log = structlog.get_logger("ingestor.discovery")
 STALE_CLOSE_MIN = 60.0  # seconds; see Readiness.stale_close
@@ -153,6 +161,37 @@ class Discovery:
     def __init__(self, drop_root: Path, readiness: Readiness) -> None:
         self.drop_root = drop_root
         self.readiness = readiness
+        self._nested_reported: set[Path] = set()  # import folders whose subfolders were said
+
+    def _files(self, top: Path) -> Iterator[str]:
+        """Regular files under ``top`` down to the import folders' files (depth 5 below the
+        drop root), walked iteratively: links are not followed, and folders inside an import
+        folder (not part of the drop tree) are reported once per import folder, not entered."""
+        try:
+            base = len(top.relative_to(self.drop_root).parts)
+        except ValueError:
+            return
+        for path, info, depth in walk(top, FOLDER_DEPTH + 1 - base):
+            if stat.S_ISREG(info.st_mode):
+                yield str(path)
+            elif stat.S_ISDIR(info.st_mode) and base + depth > FOLDER_DEPTH:
+                self._report_nested(path)
+
+    def _report_nested(self, path: Path) -> None:
+        folder = path.parent
+        relative = path.relative_to(self.drop_root)
+        if relative.parts[1] != "imports" or relative.parts[2] not in KINDS:
+            return  # not inside an import folder: nobody expects it to be read
+        if folder in self._nested_reported or len(self._nested_reported) > 10_000:
+            return
+        self._nested_reported.add(folder)
+        log.warning(
+            "nested_folder_ignored",
+            company=relative.parts[0],
+            folder=str(relative.parent),
+            nested=path.name,
+            detail="folders inside an import folder are not read; put files in the folder itself",
+        )
 
     def _placed(self, path: str) -> Placed | None:
         try:
@@ -208,7 +247,7 @@ class Discovery:
         now = time.monotonic() if now is None else now
         wall = time.time()
         count = 0
-        for path in _walk(top or self.drop_root):
+        for path in self._files(top or self.drop_root):
             placed = self._placed(path)
             if placed is None or placed.placement is Placement.CONFIG:
                 continue
@@ -222,38 +261,170 @@ class Discovery:
         return self._ready(self.readiness.due(stat_of, now))
 
 
-def _walk(top: Path) -> Iterator[str]:
-    """Regular files under ``top``; symlinked files and directories are not followed."""
-    for root, dirs, files in os.walk(top, followlinks=False):
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
-        for name in files:
-            yield os.path.join(root, name)
+_ONE = CallbackId(0)  # the watcher is the one callback on each of its watches
 
 
-class _Forwarder(FileSystemEventHandler):
-    def __init__(self, sink: Callable[[FileSystemEvent], None]) -> None:
-        self._sink = sink
+class TreeWatcher:
+    """inotify watches on the folders that can hold work, and on nothing deeper: the drop
+    root (depth 0), each company, its ``imports/``, each kind and each import folder (depth
+    4, whose files are the work). Every watch is a plain, non-recursive one on a single
+    inotify descriptor read by one thread, so a company's deep or wide tree is never walked
+    by the watcher, and costs one watch per folder that matters.
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        self._sink(event)
+    Events go to ``sink`` as watchdog events; a lost-events overflow calls ``on_overflow``
+    (the service rescans). The watcher is also the one callback inotify calls (watchdog's
+    ``WatchCallback``), so an overflow is reported once.
+    """
 
+    reports_close = True  # inotify reports close-after-write
 
-def start_observer(
-    drop_root: Path, sink: Callable[[FileSystemEvent], None], polling: bool = False
-) -> BaseObserver:
-    """Watch the whole drop root (symlinks not followed), forwarding every event to ``sink``."""
-    # watchdog warns when a directory created in a burst is added to its watch twice; the
-    # second add replaces the first with the same callback, so nothing is lost.
-    warnings.filterwarnings(
-        "ignore", message="Callback with id .* already exists", category=RuntimeWarning
+    _MASK = (
+        InotifyConstants.IN_CLOSE_WRITE
+        | InotifyConstants.IN_CREATE
+        | InotifyConstants.IN_MODIFY
+        | InotifyConstants.IN_MOVED_FROM
+        | InotifyConstants.IN_MOVED_TO
+        | InotifyConstants.IN_DELETE
+        | InotifyConstants.IN_ONLYDIR
+        | InotifyConstants.IN_DONT_FOLLOW
+        | InotifyConstants.IN_EXCL_UNLINK
     )
-    observer: BaseObserver = PollingObserver() if polling else Observer()
-    observer.schedule(_Forwarder(sink), str(drop_root), recursive=True, follow_symlink=False)
-    observer.daemon = True
-    observer.start()
-    return observer
+    _MOVES_REMEMBERED = 1024
+
+    def __init__(
+        self,
+        root: Path,
+        sink: Callable[[FileSystemEvent], None],
+        on_overflow: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.root = root
+        self._sink = sink
+        self._on_overflow = on_overflow
+        self._inotify = InotifyFD()
+        self._lock = threading.Lock()
+        self._watched: dict[Path, WatchDescriptor] = {}
+        self._folders: dict[WatchDescriptor, tuple[Path, int]] = {}  # → (folder, depth)
+        self._moved_from: OrderedDict[int, Path] = OrderedDict()  # cookie → source
+
+    def start(self) -> TreeWatcher:
+        self._inotify.start()
+        self.watch_below(self.root, 0)
+        return self
+
+    def stop(self) -> None:
+        self._inotify.stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._inotify.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._inotify.is_alive()
+
+    @property
+    def watches(self) -> int:
+        with self._lock:
+            return len(self._watched)
+
+    def watch_below(self, top: Path, depth: int) -> None:
+        """Watch ``top`` (at ``depth`` below the root) and its folders down to depth 4."""
+        self._watch(top, depth)
+        for path, info, below in walk(top, FOLDER_DEPTH - depth):
+            if stat.S_ISDIR(info.st_mode):
+                self._watch(path, depth + below)
+
+    def _watch(self, path: Path, depth: int) -> None:
+        if depth > FOLDER_DEPTH:
+            return
+        with self._lock:
+            if path in self._watched:
+                return
+            try:
+                wd = self._inotify.add_callback(os.fsencode(path), Mask(self._MASK), self, _ONE)
+            except OSError as exc:  # gone already, or a link (IN_DONT_FOLLOW | IN_ONLYDIR)
+                log.debug("watch_not_added", path=str(path), reason=str(exc))
+                return
+            self._watched[path] = wd
+            self._folders[wd] = (path, depth)
+
+    def _unwatch_below(self, top: Path) -> None:
+        with self._lock:
+            gone = [p for p in self._watched if p == top or top in p.parents]
+            callbacks = []
+            for path in gone:
+                wd = self._watched.pop(path)
+                self._folders.pop(wd, None)
+                callbacks.append((wd, _ONE))
+        with contextlib.suppress(OSError, KeyError):
+            self._inotify.remove_callbacks(callbacks)
+
+    # -- watchdog's WatchCallback, called on the inotify thread ------------------------------
+
+    def on_watch_deleted(self, wd: WatchDescriptor) -> None:
+        with self._lock:
+            known = self._folders.pop(wd, None)
+            if known is not None and self._watched.get(known[0]) == wd:
+                del self._watched[known[0]]
+
+    def on_queue_overflow(self) -> None:
+        log.warning("watch_events_lost", detail="the kernel's event queue overflowed; rescanning")
+        self._on_overflow()
+
+    def on_event(self, event: InotifyEvent) -> None:
+        with self._lock:
+            known = self._folders.get(event.wd)
+        if known is None or not event.name:
+            return  # a folder no longer watched, or the folder itself (its parent says)
+        folder, depth = known
+        path = folder / os.fsdecode(event.name)
+        if event.is_directory:
+            if event.is_moved_from or event.is_delete:
+                self._unwatch_below(path)
+            elif event.is_create or event.is_moved_to:
+                if depth < FOLDER_DEPTH:
+                    self.watch_below(path, depth + 1)
+                created = event.is_create
+                self._sink(DirCreatedEvent(str(path)) if created else DirMovedEvent("", str(path)))
+            return
+        if event.is_close_write:
+            self._sink(FileClosedEvent(str(path)))
+        elif event.is_moved_from:
+            with self._lock:
+                self._moved_from[event.cookie] = path
+                if len(self._moved_from) > self._MOVES_REMEMBERED:
+                    self._moved_from.popitem(last=False)
+            self._sink(FileDeletedEvent(str(path)))  # gone from here, wherever it went
+        elif event.is_moved_to:
+            with self._lock:
+                source = self._moved_from.pop(event.cookie, path)
+            self._sink(FileMovedEvent(str(source), str(path)))
+        elif event.is_create:
+            self._sink(FileCreatedEvent(str(path)))
+        elif event.is_modify:
+            self._sink(FileModifiedEvent(str(path)))
+        elif event.is_delete:
+            self._sink(FileDeletedEvent(str(path)))
 
 
-def observer_reports_close(observer: BaseObserver) -> bool:
-    """Only the inotify observer reports close-after-write."""
-    return type(observer).__name__ == "InotifyObserver"
+class PollingWatcher:
+    """No watches (network file systems send none): the service rescans every
+    ``poll_interval`` seconds instead, and files are ready by the quiet period."""
+
+    reports_close = False
+
+    def __init__(self, poll_interval: float = 1.0) -> None:
+        self.poll_interval = poll_interval
+
+    def start(self) -> PollingWatcher:
+        return self
+
+    def stop(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return True
+
+
+Watcher = TreeWatcher | PollingWatcher

@@ -199,6 +199,30 @@ class DropFile:
         self.close()
 
 
+def walk(top: Path, max_depth: int) -> Iterator[tuple[Path, os.stat_result, int]]:
+    """Every entry below ``top`` as (path, lstat, depth) with depth 1 for ``top``'s own
+    entries, breadth first, iteratively (no recursion, whatever the tree's depth). Links are
+    reported, never followed; folders deeper than ``max_depth`` are reported, not entered;
+    folders that vanish or cannot be read are passed over."""
+    pending: list[tuple[Path, int]] = [(top, 0)]
+    while pending:
+        folder, depth = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            path = Path(entry.path)
+            yield path, info, depth + 1
+            if stat.S_ISDIR(info.st_mode) and depth + 1 < max_depth:
+                pending.append((path, depth + 1))
+
+
 def open_file_at(dir_fd: int, name: str, path: Path, max_bytes: int | None = None) -> DropFile:
     """Open ``name`` in the folder ``dir_fd`` for reading, if and only if it is a regular
     file (checked on the descriptor itself, before any read)."""

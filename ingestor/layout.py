@@ -21,6 +21,9 @@ from ingestor.errors import LayoutError
 from ingestor.kinds import CUSTOM_OBJECTS, KINDS, RESERVED_FOLDERS, ImportKind
 
 CONFIG_NAME = "config.json"
+# company (1) / imports (2) / kind (3) / folder (4): an import folder's depth below the drop
+# root. Its files are the work; nothing deeper is ever watched, walked or read.
+FOLDER_DEPTH = 4
 MAX_CONFIG_BYTES = 64 * 1024
 DATA_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 PARTIAL_SUFFIXES = (".tmp", ".part", ".filepart", ".partial", ".crdownload")

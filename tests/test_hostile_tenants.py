@@ -7,6 +7,7 @@ found and the moment it is opened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -263,3 +264,64 @@ def test_a_file_the_service_cannot_read_is_reported_once_with_the_fix(
         assert len(ledger.runs()) == 1  # one version, not one per scan
     finally:
         ledger.close()
+
+
+# -- a tree deeper than any recursion limit ---------------------------------------------------
+
+
+def deep_tree(top: Path, levels: int) -> None:
+    """``levels`` nested folders under ``top``, made one at a time relative to a descriptor
+    (os.makedirs would itself recurse once a level)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+
+
+def remove_deep_tree(top: Path) -> None:
+    """Undo ``deep_tree`` without recursion (shutil.rmtree recurses on Python 3.11): lift the
+    second level up and remove the first, once a level."""
+    while (top / "d").exists():
+        if (top / "d" / "d").exists():
+            os.rename(top / "d" / "d", top / "lifted")
+            os.rmdir(top / "d")
+            os.rename(top / "lifted", top / "d")
+        else:
+            os.rmdir(top / "d")
+
+
+def test_a_company_tree_deeper_than_the_recursion_limit_stops_nobody(tmp_path: Path) -> None:
+    """Before: 1,101 nested folders made every rescan, reload and restart die with
+    RecursionError (os.walk and watchdog's recursive watch both recurse on Python 3.11)."""
+    from tests.service_helpers import jsonl, running_service, two_companies, write_settings
+
+    drop, state = tmp_path / "drop", tmp_path / "state"
+    acme = make_folder(drop)
+    deep_tree(acme, 1101)  # inside an import folder
+    deep_tree(drop / "acme" / "imports", 1101)  # beside the kinds
+    beta = make_folder(drop, company="beta")
+    with contextlib.ExitStack() as cleanup, two_companies() as sim:
+        cleanup.callback(remove_deep_tree, drop / "acme" / "imports")
+        cleanup.callback(remove_deep_tree, acme)
+        settings = write_settings(
+            tmp_path / "s.toml",
+            drop,
+            state,
+            sim,
+            companies={"acme": "ACME_KEY", "beta": "BETA_KEY"},
+        )
+        with running_service(settings) as svc:  # the start-up scan and watches survive it
+            (beta / "b.jsonl").write_bytes(jsonl(0, 5))
+            assert svc.run_for("b.jsonl").counts.sent == 5
+            (acme / "a.jsonl").write_bytes(jsonl(0, 7))
+            assert svc.run_for("a.jsonl").counts.sent == 7
+            svc.service.request_rescan()  # a rescan walks past it too
+            svc.service.request_reload()
+            (beta / "c.jsonl").write_bytes(jsonl(10, 3))
+            assert svc.run_for("c.jsonl").counts.sent == 3
+        assert len(sim.records("beta")) == 8 and len(sim.records("acme")) == 7

@@ -33,9 +33,10 @@ from paramiko.sftp import (
     SFTP_PERMISSION_DENIED,
 )
 
-from ingestor.dropfile import open_directory
+from ingestor.dropfile import open_directory, walk
 from ingestor.errors import LayoutError
 from ingestor.kinds import KINDS
+from ingestor.layout import FOLDER_DEPTH
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -137,26 +138,27 @@ def remove_orphaned_uploads(drop_root: Path) -> int:
     """Delete upload temporaries left by a process that died mid-upload (before it starts
     listening, no session can own one); each is logged. Returns how many."""
     removed = 0
-    for directory, _dirs, files in os.walk(drop_root, followlinks=False):
-        for name in filter(_is_upload_temp, files):
-            path = Path(directory, name)
+    for path, info, _depth in walk(drop_root, FOLDER_DEPTH + 1):
+        if stat.S_ISREG(info.st_mode) and _is_upload_temp(path.name):
             with contextlib.suppress(FileNotFoundError):
-                size = path.lstat().st_size
                 path.unlink()
                 removed += 1
-                log.info("sftp_orphaned_upload_removed", path=str(path), size=size)
+                log.info("sftp_orphaned_upload_removed", path=str(path), size=info.st_size)
     return removed
 
 
+# How deep below a company's root its stored bytes are counted (iteratively): far deeper than
+# SFTP lets a company create folders, so nothing it stores escapes the count.
+USAGE_DEPTH = 64
+
+
 def disk_usage(root: Path, skip: Callable[[str], bool] = lambda _name: False) -> int:
-    total = 0
-    for directory, _dirs, files in os.walk(root, followlinks=False):
-        for name in files:
-            if skip(name):
-                continue
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(directory, name)).st_size
-    return total
+    """Bytes of the regular files under ``root`` (links are not followed)."""
+    return sum(
+        info.st_size
+        for path, info, _depth in walk(root, USAGE_DEPTH)
+        if stat.S_ISREG(info.st_mode) and not skip(path.name)
+    )
 
 
 class Jail:
@@ -182,9 +184,12 @@ class Jail:
                 break  # the rest does not exist yet (a new file or folder)
         return self.root.joinpath(*parts)
 
+    def parts(self, path: str) -> list[str]:
+        return [p for p in self.virtual(path).split("/") if p]
+
     def writable(self, path: str) -> bool:
         """Files and folders may be created only below ``/imports/<kind>/``."""
-        parts = [p for p in self.virtual(path).split("/") if p]
+        parts = self.parts(path)
         return len(parts) >= 3 and parts[0] == "imports" and parts[1] in KINDS
 
 
@@ -404,6 +409,11 @@ class CompanyFs(paramiko.SFTPServerInterface):
         local = self._local(path)
         if not self.jail.writable(path):
             return self.refuse(SFTP_PERMISSION_DENIED, "folders go under /imports/<kind>/ only")
+        if len(self.jail.parts(path)) > FOLDER_DEPTH - 1:  # an import folder's own depth
+            return self.refuse(
+                SFTP_PERMISSION_DENIED,
+                "import folders hold files, not folders: create /imports/<kind>/<folder>/ only",
+            )
         os.mkdir(local, 0o750)
         return SFTP_OK
 

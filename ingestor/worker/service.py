@@ -23,15 +23,15 @@ from typing import Any
 import httpx
 import structlog
 from watchdog.events import FileMovedEvent, FileSystemEvent
-from watchdog.observers.api import BaseObserver
 
 from ingestor.discovery import (
     Discovery,
     Found,
     FoundKind,
+    PollingWatcher,
     Readiness,
-    observer_reports_close,
-    start_observer,
+    TreeWatcher,
+    Watcher,
     stat_of,
 )
 from ingestor.errors import ConfigError, LedgerError, StateUnwritable
@@ -146,7 +146,11 @@ class Service:
         for company in settings.companies.values():
             if company.enabled:
                 self._start_lane(company.name)
-        observer = start_observer(settings.drop_root, self._inbox.put, self._polling)
+        observer: Watcher = (
+            PollingWatcher()
+            if self._polling
+            else TreeWatcher(settings.drop_root, self._inbox.put, self.request_rescan)
+        ).start()
         if settings.sftp is not None:
             self.sftp = SftpEndpoint(
                 settings.sftp,
@@ -155,7 +159,7 @@ class Service:
                 on_upload=self._uploaded,
                 busy=self._busy,
             ).start()
-        readiness = Readiness(settings.quiet_period, observer_reports_close(observer))
+        readiness = Readiness(settings.quiet_period, observer.reports_close)
         discovery = Discovery(settings.drop_root, readiness)
         try:
             self._loop(ledger, discovery, observer)
@@ -184,7 +188,7 @@ class Service:
     def _open_ledger(self) -> Ledger:
         return SqliteLedger(self.settings.state_dir / LEDGER_NAME)
 
-    def _loop(self, ledger: Ledger, discovery: Discovery, observer: BaseObserver) -> None:
+    def _loop(self, ledger: Ledger, discovery: Discovery, observer: Watcher) -> None:
         settings = self.settings
         now = time.monotonic()
         seen = discovery.scan(now=now)
@@ -198,7 +202,11 @@ class Service:
         )
         self.ready.set()
         self._systemd.notify(READY="1", STATUS=self._status(discovery))
-        next_rescan = now + settings.rescan_interval
+        # Without watches (polling), a bounded scan every poll interval finds the files.
+        rescan_every = settings.rescan_interval
+        if isinstance(observer, PollingWatcher):
+            rescan_every = min(rescan_every, observer.poll_interval)
+        next_rescan, next_announce = now + rescan_every, now + settings.rescan_interval
         next_sweep = now
         next_ping = next_live = now
         ping_every = self._systemd.watchdog_interval
@@ -206,7 +214,11 @@ class Service:
         while True:
             now = time.monotonic()
             wake_at = min(
-                next_rescan, next_sweep, next_live, next_ping if ping_every else next_rescan
+                next_rescan,
+                next_announce,
+                next_sweep,
+                next_live,
+                next_ping if ping_every else next_rescan,
             )
             if discovery.readiness.waiting:
                 wake_at = min(wake_at, now + tick)
@@ -222,15 +234,17 @@ class Service:
                 self._reload(discovery)
                 next_rescan = now  # new companies' files are found at once
             elif item is _Signal.RESCAN:
-                next_rescan = now
+                next_rescan = next_announce = now
             elif item is not None:
                 self._route(ledger, discovery.on_event(item, now), discovery)
             self._route(ledger, discovery.due(now), discovery)
             if now >= next_rescan:
                 discovery.scan(now=now)
                 self._route(ledger, discovery.due(now), discovery)
-                next_rescan = now + settings.rescan_interval
+                next_rescan = now + rescan_every
+            if now >= next_announce:
                 self._announce_missed(ledger, finished_before=time.time() - ANNOUNCE_GRACE)
+                next_announce = now + settings.rescan_interval
             if now >= next_sweep:
                 try:
                     sweep(ledger, self.settings.retention_days, time.time())
@@ -259,7 +273,7 @@ class Service:
     def _status(self, discovery: Discovery) -> str:
         return self._view(discovery).summary()
 
-    def _ping(self, discovery: Discovery, observer: BaseObserver) -> None:
+    def _ping(self, discovery: Discovery, observer: Watcher) -> None:
         """WATCHDOG=1 only while every part is alive: a dead lane or observer gets us
         restarted by systemd rather than silently idle."""
         dead = [lane.name for lane in self._lanes.values() if not lane.alive]
