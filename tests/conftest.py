@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ingestor.config import ApiKey, ApiSettings, RateLimitSettings, RetrySettings, Settings
 from ingestor.simulator import Simulator
@@ -53,6 +55,35 @@ def make_folder(
     if ds is not None:
         (folder / "config.json").write_text(json.dumps({"data_source_id": ds}))
     return folder
+
+
+# -- SFTP logins ----------------------------------------------------------------------------
+
+
+def keypair(directory: Path, name: str) -> Path:
+    """An Ed25519 key pair in OpenSSH's formats (``name`` and ``name.pub``)."""
+    key = Ed25519PrivateKey.generate()
+    private = directory / name
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    private.chmod(0o600)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    (directory / f"{name}.pub").write_bytes(public + f" {name}\n".encode())
+    return private
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    return {name: keypair(directory, name) for name in ("acme", "beta", "stranger")}
 
 
 # -- Secrets never leak: every test's output and every file the suite writes is searched ----

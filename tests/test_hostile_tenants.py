@@ -12,8 +12,10 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -325,3 +327,95 @@ def test_a_company_tree_deeper_than_the_recursion_limit_stops_nobody(tmp_path: P
             (beta / "c.jsonl").write_bytes(jsonl(10, 3))
             assert svc.run_for("c.jsonl").counts.sent == 3
         assert len(sim.records("beta")) == 8 and len(sim.records("acme")) == 7
+
+
+# -- over SFTP ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sftp_service(tmp_path: Path, sim: Simulator, keys: dict[str, Path]) -> Iterator[object]:
+    from tests.service_helpers import running_service
+    from tests.test_sftp import sftp_settings
+
+    settings = sftp_settings(tmp_path, sim, keys)
+    settings.write_text(
+        settings.read_text().replace(
+            "[companies.acme]\n", "[companies.acme]\nsftp_quota_bytes = 3000\n"
+        )
+    )
+    with running_service(settings) as svc:
+        yield svc
+
+
+def acme_client(svc: object, keys: dict[str, Path]) -> object:
+    from tests.test_sftp import Client
+
+    client = Client(svc, "acme", keys["acme"])  # type: ignore[arg-type]
+    client.sftp.mkdir("/imports/custom_objects/pets")
+    return client
+
+
+def test_hidden_upload_names_cannot_hide_bytes_from_the_quota(
+    sftp_service: object, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Before: a finished upload renamed to '.x.upload' left the count (11.7 MB stored
+    against a 3 MB quota)."""
+    client: Any = acme_client(sftp_service, keys)
+    try:
+        client.put(b"x" * 2000, "/imports/custom_objects/pets/a.txt")
+        with pytest.raises(OSError, match="reserved for uploads"):
+            client.sftp.posix_rename(
+                "/imports/custom_objects/pets/a.txt", "/imports/custom_objects/pets/.a.1.upload"
+            )
+        # Even a file that got such a name some other way counts.
+        folder = tmp_path / "drop/acme/imports/custom_objects/pets"
+        os.replace(folder / "a.txt", folder / ".a.1234abcd.upload")
+        with pytest.raises(OSError, match="quota exceeded: acme may store at most 3,000"):
+            client.put(b"y" * 2000, "/imports/custom_objects/pets/b.txt")
+    finally:
+        client.close()
+
+
+def test_an_upload_onto_a_folders_name_leaves_nothing_behind(
+    sftp_service: object, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Before: the upload was written to a hidden temporary, failed to take the folder's name
+    and stayed there, uncounted."""
+    client: Any = acme_client(sftp_service, keys)
+    folder = tmp_path / "drop/acme/imports/custom_objects/pets"
+    try:
+        client.sftp.mkdir("/imports/custom_objects/other")
+        with pytest.raises(OSError, match="exists and is not a file"):
+            client.put(b"z" * 1000, "/imports/custom_objects/other")
+        assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []
+        client.put(b"z" * 2500, "/imports/custom_objects/pets/fits.txt")  # the quota is whole
+    finally:
+        client.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["fits.txt"]
+
+
+def test_folders_cannot_be_nested_inside_an_import_folder_over_sftp(
+    sftp_service: object, keys: dict[str, Path]
+) -> None:
+    client: Any = acme_client(sftp_service, keys)
+    try:
+        with pytest.raises(OSError, match="import folders hold files, not folders"):
+            client.sftp.mkdir("/imports/custom_objects/pets/deeper")
+    finally:
+        client.close()
+
+
+def test_reading_a_fifo_over_sftp_is_refused_without_hanging(
+    sftp_service: object, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Before: the session's server thread blocked opening the FIFO for reading."""
+    client: Any = acme_client(sftp_service, keys)
+    os.mkfifo(tmp_path / "drop/acme/imports/custom_objects/pets/pipe.csv")
+    try:
+        began = time.monotonic()
+        with pytest.raises(OSError, match="FIFO"):
+            client.sftp.open("/imports/custom_objects/pets/pipe.csv", "rb").read()
+        assert time.monotonic() - began < 5
+        assert client.sftp.listdir("/imports/custom_objects")  # the session still answers
+    finally:
+        client.close()

@@ -1,17 +1,22 @@
-"""Who may log in: authorized_keys per company, optional scrypt password hashes, and a
-per-address throttle that makes password- or key-spraying pointless."""
+"""Who may log in: authorized_keys per company, optional scrypt password hashes, a per-address
+ban that makes spraying pointless, and a per-name delay that slows guessing at one company
+without ever locking the real company out.
+
+A failed login must teach nothing: a name that is no company gets the same methods, the same
+work (a password is checked against a dummy hash) and the same delays as a real one."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 
 import paramiko
@@ -61,6 +66,12 @@ def hash_password(password: str) -> str:
     return "$".join(["scrypt", *parts])
 
 
+@functools.cache
+def dummy_hash() -> str:
+    """A hash no password matches, checked for names without one (same work, same time)."""
+    return hash_password(secrets.token_urlsafe(24))
+
+
 def check_password(password: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
@@ -106,3 +117,57 @@ class AuthThrottle:
             self._failures.pop(address, None)
             stamps = self._failures.setdefault(address, deque())
         return stamps
+
+
+class KeyBook:
+    """Each company's authorized public keys, read from its file at most every ``ttl``
+    seconds (an edited file is used within that time, no reload needed)."""
+
+    def __init__(self, ttl: float = 10.0) -> None:
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._cache: dict[Path, tuple[float, frozenset[bytes]]] = {}
+
+    def blobs(self, path: Path | None) -> frozenset[bytes]:
+        if path is None:
+            return frozenset()
+        now = time.monotonic()
+        with self._lock:
+            known = self._cache.get(path)
+            if known is not None and now - known[0] < self._ttl:
+                return known[1]
+        fresh = frozenset(authorized_blobs(path))
+        with self._lock:
+            self._cache[path] = (now, fresh)
+        return fresh
+
+
+class GuessDelay:
+    """Per login name: after ``free`` failures within ``window`` seconds, each further
+    failure is answered only after a delay that doubles up to ``max_delay``. Guessing at one
+    company from many addresses slows to a crawl; the company's own successful logins are
+    never delayed. Names that are no company are tracked the same way (a bounded number)."""
+
+    def __init__(
+        self, free: int = 5, window: float = 300.0, max_delay: float = 4.0, names: int = 10_000
+    ) -> None:
+        self._free, self._window, self._max = free, window, max_delay
+        self._names = names
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def failed(self, name: str) -> float:
+        """Record a failure for ``name``; return how long to wait before answering it."""
+        now = time.monotonic()
+        with self._lock:
+            stamps = self._failures.pop(name, None) or deque()
+            while stamps and stamps[0] <= now - self._window:
+                stamps.popleft()
+            stamps.append(now)
+            self._failures[name] = stamps
+            while len(self._failures) > self._names:
+                self._failures.popitem(last=False)
+            over = len(stamps) - self._free
+        if over <= 0:
+            return 0.0
+        return float(min(self._max, 0.25 * 2 ** (over - 1)))

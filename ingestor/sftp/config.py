@@ -20,6 +20,10 @@ SFTP_KEYS = {
     "auth_failures_before_ban",
     "ban_seconds",
     "password_login",
+    "login_grace_seconds",
+    "max_unauthenticated",
+    "max_unauthenticated_per_address",
+    "failures_before_delay",
 }
 COMPANY_SFTP_KEYS = {
     "sftp_authorized_keys",
@@ -49,6 +53,10 @@ class SftpSettings:
     auth_failures_before_ban: int = 10  # per source address, within ban_seconds
     ban_seconds: float = 300.0
     password_login: bool = False
+    login_grace: float = 30.0  # seconds an unauthenticated connection may stay
+    max_unauthenticated: int = 64  # connections not yet logged in, in all
+    max_unauthenticated_per_address: int = 8
+    failures_before_delay: int = 5  # per login name; further failures are answered slowly
     companies: Mapping[str, CompanySftp] = field(default_factory=dict)
 
 
@@ -108,5 +116,20 @@ def parse_sftp(
         ),
         ban_seconds=r.value(table, "ban_seconds", p, float, d.ban_seconds, positive),
         password_login=password_login,
+        login_grace=r.value(table, "login_grace_seconds", p, float, d.login_grace, positive),
+        max_unauthenticated=r.value(
+            table, "max_unauthenticated", p, int, d.max_unauthenticated, positive
+        ),
+        max_unauthenticated_per_address=r.value(
+            table,
+            "max_unauthenticated_per_address",
+            p,
+            int,
+            d.max_unauthenticated_per_address,
+            positive,
+        ),
+        failures_before_delay=r.value(
+            table, "failures_before_delay", p, int, d.failures_before_delay, positive
+        ),
         companies=logins,
     )

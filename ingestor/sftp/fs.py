@@ -56,12 +56,21 @@ class Quota:
         self._lock = threading.Lock()
         self._settled = 0  # bytes on disk, not counting uploads in progress (at the last look)
         self._reserved: dict[int, int] = {}  # upload → the size it may grow to
+        self._in_progress: set[Path] = set()  # those uploads' temporaries (counted as reserved)
 
     def look(self, root: Path) -> None:
-        """Recount what is on disk (files come and go outside SFTP too)."""
-        settled = disk_usage(root, skip=_is_upload_temp)
+        """Recount what is on disk (files come and go outside SFTP too). Everything stored
+        counts, whatever its name, except the temporaries of uploads in progress, which
+        count through their reservations."""
+        with self._lock:
+            live = set(self._in_progress)
+        settled = disk_usage(root, skip=live.__contains__)
         with self._lock:
             self._settled = settled
+
+    def begin(self, temporary: Path) -> None:
+        with self._lock:
+            self._in_progress.add(temporary)
 
     def reserve(self, upload: int, size: int, replacing: int) -> bool:
         """May ``upload`` (which will replace a file of ``replacing`` bytes) grow to
@@ -76,10 +85,11 @@ class Quota:
             self._reserved[upload] = size
             return True
 
-    def release(self, upload: int, kept: int | None, replacing: int) -> None:
+    def release(self, upload: int, kept: int | None, replacing: int, temporary: Path) -> None:
         """The upload ended: ``kept`` bytes are now a file in place (None: discarded)."""
         with self._lock:
             self._reserved.pop(upload, None)
+            self._in_progress.discard(temporary)
             if kept is not None:
                 self._settled += kept - replacing
 
@@ -152,12 +162,12 @@ def remove_orphaned_uploads(drop_root: Path) -> int:
 USAGE_DEPTH = 64
 
 
-def disk_usage(root: Path, skip: Callable[[str], bool] = lambda _name: False) -> int:
+def disk_usage(root: Path, skip: Callable[[Path], bool] = lambda _path: False) -> int:
     """Bytes of the regular files under ``root`` (links are not followed)."""
     return sum(
         info.st_size
         for path, info, _depth in walk(root, USAGE_DEPTH)
-        if stat.S_ISREG(info.st_mode) and not skip(path.name)
+        if stat.S_ISREG(info.st_mode) and not skip(path)
     )
 
 
@@ -268,12 +278,19 @@ class UploadHandle(paramiko.SFTPHandle):
                 kept = self._size
         finally:
             os.close(self._fd)
-            if kept is None:
+            if kept is not None:
+                try:
+                    os.replace(self._temporary, self._final)
+                except OSError as exc:  # e.g. a folder took the name meanwhile
+                    log.warning(
+                        "sftp_upload_not_placed", path=str(self._final), reason=exc.strerror
+                    )
+                    kept = None
+            if kept is None:  # nothing of a refused or broken upload stays behind
                 self._temporary.unlink(missing_ok=True)
-            self._fs.company.quota.release(id(self), kept, self._replacing)
+            self._fs.company.quota.release(id(self), kept, self._replacing, self._temporary)
         if kept is None:
             return
-        os.replace(self._temporary, self._final)
         digest = self._hash.hexdigest() if self._hash is not None else None
         self._fs.company.on_upload(self._temporary, self._final, digest)
 
@@ -362,16 +379,24 @@ class CompanyFs(paramiko.SFTPServerInterface):
                 SFTP_PERMISSION_DENIED,
                 "uploads go to /imports/<kind>/<folder>/ (e.g. /imports/custom_objects/pets/)",
             )
-        if local.exists() and not flags & os.O_TRUNC:
+        try:
+            existing: os.stat_result | None = os.lstat(local)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and not stat.S_ISREG(existing.st_mode):
+            return self.refuse(SFTP_FAILURE, f"{local.name} exists and is not a file")
+        if existing is not None and not flags & os.O_TRUNC:
             return self.refuse(
                 SFTP_OP_UNSUPPORTED, "resuming or appending is not supported; upload the whole file"
             )
         if not local.parent.is_dir():
             return SFTP_NO_SUCH_FILE
-        self.company.quota.look(self.company.root)
-        replacing = local.stat().st_size if local.exists() else 0
+        quota = self.company.quota
+        quota.look(self.company.root)
+        replacing = existing.st_size if existing is not None else 0
         temporary = local.parent / f".{local.name}.{secrets.token_hex(4)}{UPLOAD_SUFFIX}"
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+        quota.begin(temporary)
         return UploadHandle(self, fd, flags, temporary, local, replacing)
 
     @_answers
@@ -397,6 +422,10 @@ class CompanyFs(paramiko.SFTPServerInterface):
         old, new = self._local(oldpath), self._local(newpath)
         if not (self.jail.writable(oldpath) and self.jail.writable(newpath)):
             return SFTP_PERMISSION_DENIED
+        if _is_upload_temp(new.name) or _is_upload_temp(old.name):
+            return self.refuse(
+                SFTP_PERMISSION_DENIED, f"names like {new.name} are reserved for uploads"
+            )
         if new.exists() and not overwrite:
             return self.refuse(SFTP_FAILURE, f"{new.name} already exists")
         if self.company.busy(old):
