@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ingestor demo --drop sample_drop --state-dir .demo-state
+	$(BIN)/ingestor demo --state-dir .demo-state
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -13,7 +13,7 @@ import httpx
 from ingestor.batcher import batches
 from ingestor.config import ApiKey, Settings
 from ingestor.dropfile import open_directory, walk
-from ingestor.errors import LayoutError, ParseError
+from ingestor.errors import ConfigError, LayoutError, ParseError
 from ingestor.kinds import CUSTOM_OBJECTS, ImportKind
 from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import (
@@ -171,10 +171,39 @@ def write_emails(
     return written
 
 
+DEMO_MARKER = ".ingestor-demo"
+# Everything a demo run writes in its state directory; nothing else is ever removed.
+_DEMO_ENTRIES = {DEMO_MARKER, "ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm"}
+_DEMO_FOLDERS = {"reports", "outbox"}
+
+
+def sample_drop() -> Path:
+    """The sample drop tree: shipped inside the wheel (``ingestor/sample_drop``), or the
+    checkout's own ``sample_drop/`` beside the package."""
+    packaged = Path(__file__).with_name("sample_drop")
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "sample_drop"
+
+
 def reset_demo_state(state_dir: Path) -> None:
-    """The demo's simulator starts empty, so its ledger must too (only a demo dir is wiped)."""
-    marker = state_dir / ".ingestor-demo"
-    if state_dir.exists() and marker.exists():
-        shutil.rmtree(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    """Give the demo an empty state directory: a new or empty one is marked as the demo's;
+    one the demo made before is emptied of what the demo wrote. Any other directory is
+    refused (ConfigError): it may be a real service's state, and nothing here deletes data
+    it did not create."""
+    if not state_dir.exists() or (state_dir.is_dir() and not any(state_dir.iterdir())):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / DEMO_MARKER).touch()
+        return
+    if not state_dir.is_dir():
+        raise ConfigError(f"{state_dir} is not a directory; give --state-dir a new directory")
+    names = {p.name for p in state_dir.iterdir()}
+    foreign = sorted(names - _DEMO_ENTRIES - _DEMO_FOLDERS)
+    if DEMO_MARKER not in names or foreign:
+        shown = ", ".join(foreign[:3]) or "no demo marker"
+        raise ConfigError(
+            f"{state_dir} holds files the demo did not make ({shown}); it may be a real "
+            "service's state, so it is left alone: give --state-dir a new or empty directory"
+        )
+    for name in names & _DEMO_ENTRIES - {DEMO_MARKER}:
+        (state_dir / name).unlink()
+    for name in names & _DEMO_FOLDERS:
+        shutil.rmtree(state_dir / name)

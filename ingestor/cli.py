@@ -23,6 +23,7 @@ from ingestor.app import (
     Validation,
     ingest_folder_once,
     reset_demo_state,
+    sample_drop,
     scan_drop,
     validate_path,
     write_emails,
@@ -264,7 +265,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ingestor.simulator import Simulator
 
     configure_logging("console" if args.log_format == "auto" else args.log_format, "warning")
-    drop, state_dir = Path(args.drop), Path(args.state_dir)
+    drop = Path(args.drop) if args.drop else sample_drop()
+    state_dir = Path(args.state_dir)
+    if not drop.is_dir():
+        raise ConfigError(f"{drop} is not a directory; give --drop a drop tree (or leave it out)")
     reset_demo_state(state_dir)
     scan = scan_drop(drop)
     keys = {f"demo-key-{company}": company for company in {f.company for f in scan.folders}}
@@ -399,7 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(handler=cmd_simulate)
 
     demo = commands.add_parser("demo", help="ingest sample_drop/ into a built-in simulator")
-    demo.add_argument("--drop", default="sample_drop")
+    demo.add_argument(
+        "--drop",
+        default=None,
+        metavar="DIR",
+        help="a drop tree to ingest (default: the sample drop shipped with ingestor)",
+    )
     demo.add_argument("--state-dir", default=".demo-state")
     _add_common(demo)
     demo.set_defaults(handler=cmd_demo)

@@ -94,7 +94,19 @@ class ApiKey:
             raise ConfigError(
                 f"environment variable {var} is empty or not set; put the API key there"
             )
-        return cls(value)
+        return cls(checked_secret(value, f"the API key in {var}"))
+
+
+def checked_secret(value: str, where: str) -> str:
+    """``value`` if it can go into a header as is; a line break or other control character
+    inside it (a key pasted with its newline, two keys in one file) is refused here, at
+    load, instead of failing every request as if the network were down."""
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        raise ConfigError(
+            f"{where} contains a line break, space or other control character inside it; "
+            "it must be the key alone, on one line"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +145,14 @@ class SecretSource:
         return _secret_from_file(Path(directory) / self.credential, self.what, check_mode=False)
 
     def load(self, environ: Mapping[str, str]) -> ApiKey:
-        return ApiKey(self.load_text(environ))
+        where = (
+            f"the API key in environment variable {self.env}"
+            if self.env
+            else f"the API key in {self.file}"
+            if self.file
+            else f"the API key in credential {self.credential}"
+        )
+        return ApiKey(checked_secret(self.load_text(environ), where))
 
 
 def _secret_from_file(path: Path, what: str, check_mode: bool) -> str:

@@ -14,13 +14,16 @@ from typing import Any, TextIO
 import structlog
 
 REDACTED = "***"
+# A "secret" shorter than this cannot be a real API key or password, and masking it would
+# mangle ordinary words in every line ("exist" → "e***ist" for a one-letter key).
+MIN_SECRET_LENGTH = 8
 
 
 class Redactor:
     """Replace each secret with *** in every string of an event dict."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = tuple(s for s in secrets if s)
+        self._secrets = tuple(s for s in secrets if len(s) >= MIN_SECRET_LENGTH)
 
     def __call__(
         self, _logger: Any, _name: str, event: MutableMapping[str, Any]

@@ -22,6 +22,7 @@ from ingestor.errors import ConfigError
 from ingestor.notify.message import DEFAULT_ATTACH_MAX
 from ingestor.notify.notifier import DEFAULT_SENDER, NotifySettings
 from ingestor.notify.smtp import SECURITY, SmtpSettings
+from ingestor.sftp.auth import authorized_keys_problem
 from ingestor.sftp.config import COMPANY_SFTP_KEYS, SftpSettings, parse_sftp
 from ingestor.toml_reader import Problem, TableReader, one_of, positive
 
@@ -156,7 +157,13 @@ def _mailbox(value: str) -> str | None:
     return None if _EMAIL.fullmatch(address) else f"{value!r} is not an e-mail address"
 
 
-def _smtp(r: TableReader, data: Mapping[str, Any]) -> SmtpSettings | None:
+def _path_under(base: Path, text: str) -> str:
+    """A path from the settings file: relative ones are relative to the file's folder (not
+    to the working directory, which is / under systemd)."""
+    return str(base / Path(text).expanduser()) if text else ""
+
+
+def _smtp(r: TableReader, data: Mapping[str, Any], base: Path) -> SmtpSettings | None:
     """[smtp]: absent means messages are written to <state_dir>/outbox/ only."""
     if "smtp" not in data:
         return None
@@ -176,7 +183,7 @@ def _smtp(r: TableReader, data: Mapping[str, Any]) -> SmtpSettings | None:
     }
     password = SecretSource(
         env=sources["password_env"],
-        file=sources["password_file"],
+        file=_path_under(base, sources["password_file"]),
         credential=sources["password_credential"],
         what="SMTP password",
     )
@@ -198,7 +205,7 @@ def _smtp(r: TableReader, data: Mapping[str, Any]) -> SmtpSettings | None:
         security=security,
         username=username,
         password=password if password.complete else None,
-        ca_file=r.value(table, "ca_file", p, str, ""),
+        ca_file=_path_under(base, r.value(table, "ca_file", p, str, "")),
         timeout=r.value(table, "timeout_seconds", p, float, 30.0, positive),
         retry_initial=r.value(table, "retry_initial_seconds", p, float, 5.0, positive),
         retry_max=r.value(table, "retry_max_seconds", p, float, 300.0, positive),
@@ -206,7 +213,12 @@ def _smtp(r: TableReader, data: Mapping[str, Any]) -> SmtpSettings | None:
 
 
 def _company(
-    r: TableReader, name: str, table: Any, default_limits: RateLimitSettings, default_digest: bool
+    r: TableReader,
+    name: str,
+    table: Any,
+    default_limits: RateLimitSettings,
+    default_digest: bool,
+    base: Path,
 ) -> CompanySettings | None:
     prefix = f"companies.{name}."
     if not isinstance(table, dict):
@@ -250,7 +262,7 @@ def _company(
         name=name,
         key_source=SecretSource(
             env=sources["api_key_env"],
-            file=sources["api_key_file"],
+            file=_path_under(base, sources["api_key_file"]),
             credential=sources["api_key_credential"],
         ),
         recipients=tuple(recipients),
@@ -269,7 +281,7 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         return None, [Problem(str(path), f"not valid TOML: {exc}")]
     r.known(data, _TOP_KEYS, "")
-    base = path.parent
+    base = path.resolve().parent  # relative paths in the file are relative to its folder
 
     def location(key: str) -> Path | None:
         if key not in data:
@@ -298,11 +310,11 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
         attach_max_bytes=r.value(
             notify_table, "attach_max_bytes", "notify.", int, DEFAULT_ATTACH_MAX, positive
         ),
-        smtp=_smtp(r, data),
+        smtp=_smtp(r, data, base),
     )
     companies: dict[str, CompanySettings] = {}
     for name, table in r.table(data, "companies", "").items():
-        company = _company(r, name, table, default_limits, notify_digest)
+        company = _company(r, name, table, default_limits, notify_digest, base)
         if company is not None:
             companies[name] = company
     if not companies:
@@ -389,6 +401,8 @@ def check_service_settings(
             smtp.password.load_text(env)
         except ConfigError as exc:
             problems.append(Problem("smtp", str(exc)))
+    if smtp is not None and smtp.ca_file and not os.access(smtp.ca_file, os.R_OK):
+        problems.append(Problem("smtp.ca_file", f"{smtp.ca_file} cannot be read"))
     for company in settings.companies.values():
         if not company.enabled or not company.key_source.complete:
             continue  # a missing or doubled source is already a problem
@@ -396,6 +410,12 @@ def check_service_settings(
             company.key_source.load(env)
         except ConfigError as exc:
             problems.append(Problem(f"companies.{company.name}", str(exc)))
+    if settings.sftp is not None:
+        for name, login in settings.sftp.companies.items():
+            if login.authorized_keys is not None:
+                problem = authorized_keys_problem(login.authorized_keys)
+                if problem:
+                    problems.append(Problem(f"companies.{name}.sftp_authorized_keys", problem))
     return settings, problems
 
 

@@ -98,3 +98,33 @@ def test_demo_ingests_the_sample_drop(tmp_path: Path) -> None:
     assert "simulator received 2,247 records" in result.stdout
     assert "(0 failures)" in result.stdout and "stray.csv" in result.stdout
     assert len(list((tmp_path / "demo" / "reports" / "acme").glob("*.report.json"))) == 7
+
+
+def test_demo_twice_in_its_own_directory_starts_afresh(tmp_path: Path) -> None:
+    state = tmp_path / "demo"
+    for _ in range(2):
+        result = ingestor("demo", "--state-dir", str(state), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "simulator received 2,247 records" in result.stdout
+    assert len(list((state / "reports" / "acme").glob("*.report.json"))) == 7
+
+
+def test_demo_refuses_a_state_dir_it_did_not_make_and_deletes_nothing(tmp_path: Path) -> None:
+    """Before: the second `ingestor demo --state-dir DIR` wiped DIR, even a real service's
+    state dir (ledger, reports, e-mails, the SFTP host key)."""
+    state = tmp_path / "service-state"
+    (state / "reports" / "acme").mkdir(parents=True)
+    kept = {
+        "ledger.sqlite3": b"a real ledger",
+        "sftp_host_key": b"a real host key",
+        "reports/acme/000001-pets-pets.csv-v1.report.json": b"{}",
+    }
+    for name, data in kept.items():
+        (state / name).write_bytes(data)
+    for _ in range(2):  # the first run used to mark it; the second then wiped it
+        result = ingestor("demo", "--state-dir", str(state), cwd=tmp_path)
+        assert result.returncode == 2
+        assert "holds files the demo did not make (sftp_host_key)" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert {name: (state / name).read_bytes() for name in kept} == kept
+    assert not (state / ".ingestor-demo").exists()

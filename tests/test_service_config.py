@@ -174,3 +174,77 @@ def test_run_with_a_missing_drop_root_says_so_and_exits_2(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert f"drop_root {tmp_path / 'nowhere'} is not a directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def relative_settings(root: Path, sftp: bool = True) -> Path:
+    """A settings file in ``root/etc`` whose paths are all relative to it."""
+    etc = root / "etc"
+    (etc / "keys").mkdir(parents=True)
+    (root / "drop").mkdir()
+    key = etc / "keys" / "acme.key"
+    key.write_text("pk_test_relative_0123456789\n")
+    key.chmod(0o600)
+    (etc / "keys" / "acme.pub").write_text(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOvvB7kqxFQe0u6lYQpX0Q5bqK3m1b7Zb3x1c2d3e4f5 acme\n"
+    )
+    settings = etc / "ingestor.toml"
+    settings.write_text(
+        'drop_root = "../drop"\nstate_dir = "../state"\n'
+        + ('[sftp]\nlisten = "127.0.0.1:0"\n' if sftp else "")
+        + '[companies.acme]\napi_key_file = "keys/acme.key"\n'
+        + ('sftp_authorized_keys = "keys/acme.pub"\n' if sftp else "")
+    )
+    return settings
+
+
+def test_relative_paths_are_relative_to_the_settings_file_not_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    """Before: api_key_file was read relative to the working directory, so under systemd
+    (cwd /) the company's key silently became unavailable."""
+    settings = relative_settings(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "ingestor.cli", "check-config", str(settings)],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = load_service_settings(settings)
+    assert loaded.drop_root == tmp_path / "drop"
+    key_file = Path(loaded.companies["acme"].key_source.file)
+    assert key_file == tmp_path / "etc" / "keys" / "acme.key"
+    assert loaded.sftp is not None
+    assert loaded.sftp.companies["acme"].authorized_keys == tmp_path / "etc/keys/acme.pub"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "cannot read"),
+        ("this is not a key\n", "holds no usable public key"),
+        ("ssh-ed25519 !!!notbase64!!! acme\n", "holds no usable public key"),
+    ],
+)
+def test_check_config_reads_each_sftp_authorized_keys_file(
+    tmp_path: Path, content: str | None, says: str
+) -> None:
+    """Before: check-config said OK, and the company could not log in."""
+    settings = relative_settings(tmp_path)
+    public = tmp_path / "etc" / "keys" / "acme.pub"
+    if content is None:
+        public.unlink()
+    else:
+        public.write_text(content)
+    result = check_config(settings)
+    assert result.returncode == 2
+    assert "companies.acme.sftp_authorized_keys" in result.stderr and says in result.stderr
+
+
+@pytest.mark.parametrize("key", ["pk_test_one\npk_test_two", "pk_test key", "pk_test\x00key"])
+def test_a_key_with_a_line_break_inside_is_refused_at_load(key: str) -> None:
+    """Before: a key with an embedded newline made every request fail as if the network were
+    down, and was retried forever."""
+    with pytest.raises(ConfigError, match="line break, space or other control character"):
+        SecretSource(env="K").load({"K": key})
+    assert SecretSource(env="K").load({"K": " pk_test_fine \n"}).value == "pk_test_fine"

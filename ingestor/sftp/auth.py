@@ -33,11 +33,31 @@ KEY_TYPES = (
 def authorized_blobs(path: Path) -> set[bytes]:
     """The public-key blobs in an OpenSSH authorized_keys file (options before the type are
     allowed and ignored; unknown types are skipped)."""
-    blobs: set[bytes] = set()
+    try:
+        return _blobs(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return set()
+
+
+def authorized_keys_problem(path: Path) -> str:
+    """What stops ``path`` from letting anyone log in ('' if nothing), for check-config;
+    no key material is shown."""
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError:
-        return blobs
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    except UnicodeDecodeError:
+        return f"{path} is not text; it must be in OpenSSH's authorized_keys format"
+    if not _blobs(text):
+        return (
+            f"{path} holds no usable public key (one per line, e.g. 'ssh-ed25519 AAAA… name'; "
+            f"types: {', '.join(KEY_TYPES)})"
+        )
+    return ""
+
+
+def _blobs(text: str) -> set[bytes]:
+    blobs: set[bytes] = set()
     for line in text.splitlines():
         fields = line.strip().split()
         for index, token in enumerate(fields[:-1]):
