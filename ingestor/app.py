@@ -26,7 +26,7 @@ from ingestor.layout import (
     locate_import_folder,
     place,
 )
-from ingestor.ledger import LEDGER_NAME, SqliteLedger
+from ingestor.ledger import open_ledger
 from ingestor.notify.notifier import Notifier, NotifySettings
 from ingestor.parsers import ParseLimits, parse_file
 from ingestor.pipeline import FolderResult, Pipeline, ProgressFn
@@ -50,7 +50,7 @@ def ingest_folder_once(
     Pass the account's ``limiter`` when ingesting several folders of one account in turn.
     """
     folder = locate_import_folder(path, company)
-    ledger = SqliteLedger(settings.state_dir / LEDGER_NAME)
+    ledger = open_ledger(settings.state_dir)
     try:
         with KlaviyoClient(settings.api, key, transport) as client:
             limiter = limiter or AccountLimiter(settings.api.rate_limit)

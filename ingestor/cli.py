@@ -38,7 +38,7 @@ from ingestor.errors import (
     StateUnwritable,
 )
 from ingestor.layout import read_folder_config
-from ingestor.ledger import LEDGER_NAME, FileRun, SqliteLedger
+from ingestor.ledger import FileRun, open_existing_ledger
 from ingestor.logs import configure_logging
 from ingestor.pipeline import FileResult, FolderResult
 from ingestor.ratelimit import AccountLimiter
@@ -315,7 +315,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.config:
         return cmd_service_status(args, out)
-    ledger = SqliteLedger(Path(args.state_dir) / LEDGER_NAME)
+    ledger = open_existing_ledger(Path(args.state_dir))
     try:
         runs = ledger.runs()
     finally:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ingestor.errors import ConfigError
-from ingestor.ledger import LEDGER_NAME, FileRun, SqliteLedger
+from ingestor.ledger import FileRun, SqliteLedger, open_existing_ledger
 from ingestor.logs import configure_logging
 from ingestor.notify.message import compose, render
 from ingestor.notify.notifier import load_report
@@ -114,7 +114,7 @@ def _age(seconds: float) -> str:
 
 def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
     settings = load_service_settings(Path(args.config))
-    ledger = SqliteLedger(settings.state_dir / LEDGER_NAME)
+    ledger = open_existing_ledger(settings.state_dir)
     now = time.time()
     try:
         view = service_status(ledger, now)
@@ -135,7 +135,14 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
 
     if live is not None:
         lanes = table(
-            "companies", "company", "sending", "queued", "files done", "records sent", "blocked"
+            "companies",
+            "company",
+            "sending",
+            "queued",
+            "files done",
+            "failed or rejected",
+            "records sent",
+            "blocked",
         )
         for lane in live.lanes:
             lanes.add_row(
@@ -143,6 +150,7 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
                 lane.current or "-",
                 str(lane.queued),
                 f"{lane.files_done:,}",
+                f"{lane.files_failed:,}",
                 f"{lane.records_sent:,}",
                 lane.blocked or "-",
             )
@@ -150,6 +158,7 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
 
     flight = table(
         f"in flight ({len(view.in_flight)})",
+        "run",
         "company",
         "folder",
         "file",
@@ -163,6 +172,7 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
         i, c = run.identity, run.counts
         share = f"{run.offset / i.size:.0%}" if i.size else "-"
         flight.add_row(
+            str(run.id),
             i.company,
             i.folder,
             i.name,
@@ -177,6 +187,7 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
         queued.add_row(q.company, q.path, _age(now - q.queued_at))
     done = table(
         f"done, last 24 h ({len(view.done)})",
+        "run",
         "company",
         "folder",
         "file",
@@ -188,6 +199,7 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
     for run in view.done:
         i, c = run.identity, run.counts
         done.add_row(
+            str(run.id),
             i.company,
             i.folder,
             i.name,
@@ -198,6 +210,7 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
         )
     failed = table(
         f"failed or rejected ({len(view.failed)})",
+        "run",
         "company",
         "folder",
         "file",
@@ -208,6 +221,7 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
     for run in view.failed:
         i = run.identity
         failed.add_row(
+            str(run.id),
             i.company,
             i.folder or "-",
             i.name,
@@ -282,7 +296,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_report(args: argparse.Namespace, out: Console) -> int:
-    ledger = SqliteLedger(_state_dir(args) / LEDGER_NAME)
+    ledger = open_existing_ledger(_state_dir(args))
     try:
         run = _find_run(ledger, args.which)
     finally:
@@ -300,7 +314,7 @@ def cmd_report(args: argparse.Namespace, out: Console) -> int:
 
 def cmd_notify(args: argparse.Namespace, out: Console, err: Console) -> int:
     settings = load_service_settings(Path(args.config))
-    ledger = SqliteLedger(settings.state_dir / LEDGER_NAME)
+    ledger = open_existing_ledger(settings.state_dir)
     try:
         run = _find_run(ledger, args.resend)
     finally:

@@ -128,3 +128,25 @@ def test_demo_refuses_a_state_dir_it_did_not_make_and_deletes_nothing(tmp_path: 
         assert len(result.stderr.strip().splitlines()) == 1
     assert {name: (state / name).read_bytes() for name in kept} == kept
     assert not (state / ".ingestor-demo").exists()
+
+
+def test_read_only_commands_refuse_a_missing_state_dir_and_create_nothing(
+    tmp_path: Path,
+) -> None:
+    """Before: `status --state-dir /typo` and `report 1 --state-dir /typo` created the
+    directory and an empty ledger, and said all was well."""
+    typo = tmp_path / "typo"
+    for command in (
+        ("status", "--state-dir", str(typo)),
+        ("report", "1", "--state-dir", str(typo)),
+    ):
+        result = ingestor(*command)
+        assert result.returncode == 2, result.stdout
+        assert f"{typo} does not exist" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not typo.exists()
+    home = tmp_path / "home"
+    home.mkdir()
+    plain = ingestor("status", env={"HOME": str(home), "XDG_STATE_HOME": ""})
+    assert plain.returncode == 2 and "does not exist" in plain.stderr
+    assert not (home / ".local").exists()

@@ -1,9 +1,31 @@
 """Durable state behind a small interface: SQLite now, PostgreSQL for shared workers later."""
 
+from pathlib import Path
+
+from ingestor.errors import ConfigError
 from ingestor.ledger.base import FileIdentity, FileRun, FileState, Ledger, QueuedFile
 from ingestor.ledger.sqlite import SqliteLedger
 
 LEDGER_NAME = "ledger.sqlite3"  # inside the state directory
+
+
+def open_ledger(state_dir: Path) -> SqliteLedger:
+    """The ledger of a state directory, created if it is new (for commands that ingest)."""
+    return SqliteLedger(state_dir / LEDGER_NAME)
+
+
+def open_existing_ledger(state_dir: Path) -> SqliteLedger:
+    """The ledger of a state directory that must already hold one (for commands that only
+    read: a mistyped path must not quietly become a new, empty state directory)."""
+    path = state_dir / LEDGER_NAME
+    if not path.is_file():
+        what = "does not exist" if not state_dir.exists() else "holds no ledger"
+        raise ConfigError(
+            f"{state_dir} {what}: give the service's state_dir (--state-dir DIR), or its "
+            "settings file (--config FILE)"
+        )
+    return SqliteLedger(path)
+
 
 __all__ = [
     "LEDGER_NAME",
@@ -13,4 +35,6 @@ __all__ = [
     "Ledger",
     "QueuedFile",
     "SqliteLedger",
+    "open_existing_ledger",
+    "open_ledger",
 ]

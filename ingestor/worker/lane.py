@@ -70,8 +70,9 @@ class LaneView:
     queued: int
     current: str = ""
     blocked: str = ""
-    files_done: int = 0
+    files_done: int = 0  # finished as done
     records_sent: int = 0
+    files_failed: int = 0  # finished as failed or rejected
 
 
 @dataclass(slots=True)
@@ -129,6 +130,7 @@ class Lane:
         self._current = ""
         self._blocked = ""
         self._files_done = 0
+        self._files_failed = 0
         self._progress = _Progress(company.name, metrics)
         self._folder_problems: dict[Path, str] = {}  # folder → the config problem logged
         self._failures_said: dict[Path, str] = {}  # file → the failure last e-mailed
@@ -183,6 +185,7 @@ class Lane:
                 self._blocked,
                 self._files_done,
                 self._progress.sent,
+                self._files_failed,
             )
 
     # -- the lane's own thread -----------------------------------------------------------
@@ -387,7 +390,9 @@ class Lane:
 
     def _finished(self, result: FolderResult, announce: bool = True) -> None:
         with self._wake:
-            self._files_done += len(result.files)
+            done = sum(1 for f in result.files if f.run.state is FileState.DONE)
+            self._files_done += done
+            self._files_failed += len(result.files) - done
             drained = not any(q.found.path.parent == result.folder.path for q in self._queue)
         if self._metrics:
             for f in result.files:

@@ -37,7 +37,7 @@ from ingestor.discovery import (
 from ingestor.errors import ConfigError, LedgerError, StateUnwritable
 from ingestor.identity import KnownHashes
 from ingestor.layout import CONFIG_NAME, place
-from ingestor.ledger import LEDGER_NAME, FileState, Ledger, SqliteLedger
+from ingestor.ledger import FileState, Ledger, open_ledger
 from ingestor.notify.notifier import Notifier, load_report
 from ingestor.service_config import ServiceSettings, load_service_settings
 from ingestor.sftp.server import SftpEndpoint
@@ -186,7 +186,7 @@ class Service:
         return 0
 
     def _open_ledger(self) -> Ledger:
-        return SqliteLedger(self.settings.state_dir / LEDGER_NAME)
+        return open_ledger(self.settings.state_dir)
 
     def _loop(self, ledger: Ledger, discovery: Discovery, observer: Watcher) -> None:
         settings = self.settings
