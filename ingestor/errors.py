@@ -79,7 +79,14 @@ class AuthError(ApiError):
 
 
 class NotFound(ApiError):
-    """404: e.g. the data source named in config.json does not exist in the account."""
+    """404 with Klaviyo's JSON:API error body: e.g. the data source named in config.json
+    does not exist in the account."""
+
+
+class ApiUnreachable(ApiError):
+    """The answer did not come from the API (a 404 without a JSON:API error body: a wrong
+    ``api.base_url``, or a proxy answering instead). The operator must act; the company's
+    files wait with their place kept."""
 
 
 class RateLimited(ApiError):

@@ -20,6 +20,7 @@ from ingestor import __version__
 from ingestor.config import ApiKey, ApiSettings
 from ingestor.errors import (
     ApiError,
+    ApiUnreachable,
     AuthError,
     NotFound,
     PayloadTooLarge,
@@ -136,12 +137,29 @@ def classify(method: str, path: str, response: httpx.Response) -> ApiError:
             detail,
         )
     if status == 404:
+        if not _is_json_api_error(response):
+            return ApiUnreachable(
+                f"{where} without a JSON:API error body, so not from Klaviyo's API: check "
+                f"api.base_url ({response.request.url.scheme}://{response.request.url.host}) "
+                "and any proxy in between",
+                status,
+                detail[:200],
+            )
         return NotFound(f"{where}: not found ({detail or 'no detail'})", status, detail)
     if status == 413:
         return PayloadTooLarge(f"{where}: payload too large", status, detail)
     if status >= 500 or status in (408, 409, 425):
         return Transient(f"{where}: {detail or 'server error'}", status, detail)
     return Rejected(f"{where}: {detail or 'request refused'}", status, detail, index)
+
+
+def _is_json_api_error(response: httpx.Response) -> bool:
+    """Whether the body is a JSON:API error document, as Klaviyo's API sends."""
+    try:
+        errors = orjson.loads(response.content).get("errors")
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+    return isinstance(errors, list) and bool(errors) and isinstance(errors[0], dict)
 
 
 def _error_detail(response: httpx.Response) -> tuple[str, int | None]:

@@ -20,6 +20,7 @@ import structlog
 
 from ingestor.discovery import Found, FoundKind
 from ingestor.errors import (
+    ApiUnreachable,
     AuthError,
     ConfigError,
     IngestorError,
@@ -136,6 +137,7 @@ class Lane:
         self._failures_said: dict[Path, str] = {}  # file → the failure last e-mailed
         self._auth_outage = False
         self._ledger_outage = False
+        self._api_outage = False
         self._thread = threading.Thread(target=self._run, name=f"lane-{company.name}", daemon=True)
 
     # -- called from the service thread -------------------------------------------------
@@ -273,6 +275,9 @@ class Lane:
                     if self._ledger_outage:
                         self._ledger_outage = False
                         bound.info("ledger_recovered", detail="work has resumed")
+                    if self._api_outage:
+                        self._api_outage = False
+                        bound.info("api_reachable_again", detail="work has resumed")
                 except AuthError as exc:
                     if not self._auth_outage:  # said once per outage, not once per try
                         self._auth_outage = True
@@ -287,6 +292,15 @@ class Lane:
                 except Interrupted:
                     bound.info("lane_stopping", file=item.found.path.name)
                     return
+                except ApiUnreachable as exc:
+                    # Not the company's doing: the operator must fix the URL or the proxy.
+                    # Said once per outage; the file waits at the head of the queue.
+                    report = bound.debug if self._api_outage else bound.error
+                    self._api_outage = True
+                    report("api_unreachable", reason=str(exc), file=item.found.path.name)
+                    self._requeue_front(item, ledger)
+                    self._pause(f"the API could not be reached: {exc}")
+                    continue
                 except LedgerError as exc:
                     # Progress cannot be recorded: stop taking work rather than send
                     # batches whose checkpoints would be lost. The file waits at the head.
