@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 KIB = 1024
 MIB = 1024 * 1024
+# The published spec says "4MB" and "512KB" without saying which megabyte. The worker packs
+# to the stricter, decimal reading (4,000,000 and 512,000 bytes), so a server that means
+# either accepts every request; the simulator enforces the same reading.
+MB = 1000 * 1000
+KB = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +79,8 @@ class ImportKind:
 CUSTOM_OBJECTS = ImportKind(
     folder="custom_objects",
     endpoint="/api/data-source-record-bulk-create-jobs",
-    # Klaviyo's published limits: 500 records, 4 MB payload, 512 KB per record.
-    limits=BatchLimits(max_records=500, max_body_bytes=4 * MIB, max_record_bytes=512 * KIB),
+    # Klaviyo's published limits: 500 records, 4 MB payload, 512 KB per record (decimal).
+    limits=BatchLimits(max_records=500, max_body_bytes=4 * MB, max_record_bytes=512 * KB),
     target_key="data_source_id",
 )
 

@@ -159,9 +159,22 @@ def test_a_lone_cr_inside_a_quoted_cell_is_kept_and_does_not_split_the_line() ->
     ]
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_a_crlf_inside_quotes_is_data_and_reaches_the_api_exactly(ending: bytes) -> None:
+    """What is inside quotes passes through as written (RFC 4180), whatever the file's own
+    line endings, and at every block size."""
+    data = b"id,story" + ending + b'1,"Once upon\r\na time"' + ending + b"2,plain" + ending
+    expected = [{"id": "1", "story": "Once upon\r\na time"}, {"id": "2", "story": "plain"}]
+    assert records(data) == expected
+    with pytest.MonkeyPatch.context() as patch:
+        for block in range(1, len(data) + 1):
+            patch.setattr(csv_module, "BLOCK_BYTES", block)
+            assert records(data) == expected
+
+
 csv_piece = st.sampled_from(
     [b"a", b"1", b",", b'"', b'""', b"\n", b"\r\n", b"\r", b"\xff", b"\xc3\xa9", b"[1]",
-     b'"{""k"": 2}"', b" [", b"{", b",,\n", b"\n\n", b"z" * 70]
+     b'"{""k"": 2}"', b" [", b"{", b",,\n", b"\n\n", b"z" * 70, b'"a\r\nb"']
 )  # fmt: skip
 
 

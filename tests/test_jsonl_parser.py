@@ -85,3 +85,17 @@ def test_a_bom_mid_file_from_concatenated_files_is_not_a_reason_to_skip() -> Non
     rejects = [(i.line, i.reason) for i in items if isinstance(i, Reject)]
     assert rejects[0] == (3, "line is an array, not a JSON object")
     assert rejects[1][0] == 4 and rejects[1][1].startswith("invalid JSON")
+
+
+@pytest.mark.parametrize("padding", [b"\x0c", b"\x0b"])
+def test_form_feed_or_vertical_tab_around_a_line_is_not_json_whitespace(padding: bytes) -> None:
+    """Before: bytes.strip() took them away and the line was sent. JSON's whitespace is
+    space, tab, CR and LF only (RFC 8259)."""
+    items = parse(b'{"a":1}\n' + padding + b'{"b":2}\n{"c":3}' + padding + b'\n \t{"d":4}\r\n')
+    assert [(type(i).__name__, i.line) for i in items] == [
+        ("Record", 1),
+        ("Reject", 2),
+        ("Reject", 3),
+        ("Record", 4),
+    ]
+    assert all("invalid JSON" in i.reason for i in items if isinstance(i, Reject))

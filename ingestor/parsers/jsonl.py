@@ -20,6 +20,8 @@ from ingestor.parsers.common import (
 )
 from ingestor.records import Record, Reject
 
+JSON_WHITESPACE = b" \t\r\n"  # RFC 8259; bytes.strip() would also take \f and \v
+
 _JSON_TYPE_NAMES = {
     list: "an array",
     str: "a string",
@@ -70,7 +72,7 @@ def parse_jsonl(
                 continue
             if offset == len(raw) and raw.startswith(UTF8_BOM):
                 raw = raw[len(UTF8_BOM) :]
-            body = raw.strip()
+            body = raw.strip(JSON_WHITESPACE)
             if not body:
                 continue
             try:
@@ -81,7 +83,7 @@ def parse_jsonl(
                     # for only here, so the common path pays nothing for it.
                     if not body.startswith(UTF8_BOM):
                         raise
-                    body = body[len(UTF8_BOM) :].strip()
+                    body = body[len(UTF8_BOM) :].strip(JSON_WHITESPACE)
                     value = loads(body)
             except decode_error as exc:
                 yield Reject(

@@ -30,7 +30,7 @@ from ingestor.simulator.state import (
 )
 
 REVISION = re.compile(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?")
-JSON_TYPES = ("application/vnd.api+json", "application/json")
+JSON_TYPES = ("application/vnd.api+json",)  # the only request media type the spec lists
 RECORDS_POINTER = "/data/attributes/data-source-records/data"
 
 

@@ -1,0 +1,46 @@
+"""The simulator holds the worker to the published spec, and says how to use it."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+
+from ingestor.kinds import CUSTOM_OBJECTS
+from ingestor.simulator import Simulator
+from tests.conftest import DS_ID, KEY
+
+ENVELOPE = CUSTOM_OBJECTS.envelope(DS_ID)
+
+
+def post(sim: Simulator, body: bytes, content_type: str) -> httpx.Response:
+    return httpx.post(
+        sim.url + CUSTOM_OBJECTS.endpoint,
+        content=body,
+        headers={
+            "Authorization": f"Klaviyo-API-Key {KEY}",
+            "revision": "2025-07-15",
+            "content-type": content_type,
+        },
+    )
+
+
+def test_only_the_media_type_the_spec_lists_is_accepted(sim: Simulator) -> None:
+    body = ENVELOPE.body([b'{"id": 1}'])
+    assert post(sim, body, "application/json").status_code == 415
+    assert post(sim, body, "application/vnd.api+json").status_code == 204
+
+
+def test_records_and_bodies_are_held_to_the_decimal_reading_of_4mb_and_512kb(
+    sim: Simulator,
+) -> None:
+    """The spec says "512KB" and "4MB"; between 512,000 and 524,288 bytes a record is refused
+    (the worker skips such records before sending; see the batcher)."""
+    just_over = orjson.dumps({"id": 1, "pad": "x" * (512_000 - 10)})
+    assert 512_000 < len(just_over) < 512 * 1024
+    refused = post(sim, ENVELOPE.body([just_over]), "application/vnd.api+json")
+    assert refused.status_code == 400 and "the maximum is 512000" in refused.text
+    fits = orjson.dumps({"id": 1, "pad": "x" * (512_000 - 40)})
+    assert post(sim, ENVELOPE.body([fits]), "application/vnd.api+json").status_code == 204
+    big = [orjson.dumps({"id": i, "pad": "y" * 150_000}) for i in range(27)]
+    assert 4_000_000 < len(ENVELOPE.body(big)) < 4 * 1024 * 1024
+    assert post(sim, ENVELOPE.body(big), "application/vnd.api+json").status_code == 413
