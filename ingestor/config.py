@@ -29,6 +29,9 @@ class RateLimitSettings:
     steady: int = 60
     steady_window: float = 60.0
     enabled: bool = True
+    # A Retry-After (or RateLimit-Reset) longer than this is cut to it: a server's hint must
+    # not silence an account for ten minutes; at worst the next request is throttled again.
+    max_retry_after: float = 120.0
 
     def scaled(self, clock_factor: float) -> RateLimitSettings:
         """The same limits on a clock running ``clock_factor`` times faster (tests, benches)."""
@@ -38,6 +41,7 @@ class RateLimitSettings:
             steady=self.steady,
             steady_window=self.steady_window / clock_factor,
             enabled=self.enabled,
+            max_retry_after=self.max_retry_after / clock_factor,
         )
 
     @property

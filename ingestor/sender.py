@@ -178,7 +178,7 @@ class Sender:
             except Transient as exc:
                 if exc.status:
                     tally.count(exc.status)
-                self._limiter.completed()
+                self._limiter.completed(bulk=False)  # not something the server allowed
                 delay = backoff_delay(attempt, self._retry, self._rng)
                 attempt += 1
                 tally.retries += 1
@@ -196,7 +196,10 @@ class Sender:
                     tally.count(exc.status)
                 self._limiter.completed()
                 raise
-            self._limiter.completed(result.headers if isinstance(result, Answer) else None)
+            if isinstance(result, Answer):  # the bulk endpoint's answer
+                self._limiter.completed(result.headers)
+            else:  # a lookup: it does not count towards the bulk endpoint's limit
+                self._limiter.completed(bulk=False)
             return result
 
 

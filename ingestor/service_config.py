@@ -122,7 +122,13 @@ _API_KEYS = {
     "retry_initial_seconds",
     "retry_max_seconds",
 }
-_RATE_KEYS = {"burst", "burst_window_seconds", "steady", "steady_window_seconds"}
+_RATE_KEYS = {
+    "burst",
+    "burst_window_seconds",
+    "steady",
+    "steady_window_seconds",
+    "max_retry_after_seconds",
+}
 _COMPANY_KEYS = {
     *COMPANY_SFTP_KEYS,
     "digest",
@@ -148,6 +154,9 @@ def _rate_limit(
         steady=r.value(table, "steady", prefix, int, base.steady, positive),
         steady_window=r.value(
             table, "steady_window_seconds", prefix, float, base.steady_window, positive
+        ),
+        max_retry_after=r.value(
+            table, "max_retry_after_seconds", prefix, float, base.max_retry_after, positive
         ),
     )
 

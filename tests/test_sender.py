@@ -13,6 +13,7 @@ from ingestor.errors import AuthError
 from ingestor.ledger import FileState
 from ingestor.pipeline import FolderResult
 from ingestor.simulator import Simulator
+from ingestor.simulator.state import GUIDE_BULK_LIMITS, SPEC_BULK_LIMITS
 from tests.conftest import DS_ID, KEY, api_key, make_folder, settings_for
 
 
@@ -95,17 +96,73 @@ def test_limiter_matching_the_server_provokes_no_429(tmp_path: Path) -> None:
         assert sim.stats()["statuses"] == {"200": 1, "204": 25}
 
 
-def test_a_faster_client_adapts_to_the_servers_stricter_limit(tmp_path: Path) -> None:
-    server = RateLimitSettings(burst=3, burst_window=0.05, steady=5, steady_window=0.5)
-    client = RateLimitSettings(burst=3, burst_window=0.05, steady=20, steady_window=0.5)
-    with Simulator({KEY: "acme"}, bulk_limits=server, integer_retry_after=False) as sim:
+CLOCK = 60.0  # one server minute is one second of the test
+
+
+def throttles_per_window(sim: Simulator, window: float) -> list[int]:
+    """429s in each server window, counted from the first bulk request."""
+    bulk = [r for r in sim.state.requests if r.method == "POST"]
+    start = bulk[0].at
+    windows = [0] * (int((bulk[-1].at - start) // window) + 1)
+    for request in bulk:
+        if request.status == 429:
+            windows[int((request.at - start) // window)] += 1
+    return windows
+
+
+@pytest.mark.parametrize("headers", [True, False], ids=["RateLimit-headers", "no-headers"])
+def test_configured_at_the_guides_60_against_the_specs_15_it_learns_the_servers_window(
+    tmp_path: Path, headers: bool
+) -> None:
+    """Before: configured at 60/min against a server at 15/min, the limiter cut a spacing
+    factor but kept a 60-request window, and drew a 429 in every window, forever."""
+    spec = SPEC_BULK_LIMITS.scaled(CLOCK)  # 15 per server minute
+    guide = GUIDE_BULK_LIMITS.scaled(CLOCK)  # what the settings say: 60
+    with Simulator(
+        {KEY: "acme"}, bulk_limits=spec, rate_limit_headers=headers, integer_retry_after=False
+    ) as sim:
         sim.add_data_source("acme", DS_ID)
         folder = make_folder(tmp_path / "drop")
-        jsonl(folder, 30 * 500)
-        ingest_folder_once(folder, api_key(), settings_for(sim, tmp_path / "s", client))
-        assert sorted(ids(sim)) == list(range(15_000))
-        throttled = sim.stats()["statuses"].get("429", 0)
-        assert 0 < throttled < 15  # it learned: far fewer 429s than requests
+        jsonl(folder, 80 * 500)  # 80 requests: over five server windows at 15
+        ingest_folder_once(folder, api_key(), settings_for(sim, tmp_path / "s", guide))
+        assert sorted(ids(sim)) == list(range(40_000))
+        per_window = throttles_per_window(sim, spec.steady_window)
+    assert len(per_window) >= 5
+    if headers:  # the server says its limit on every answer: not one 429 after the first
+        assert sum(per_window) == 0, per_window
+    else:  # learned by counting at the first 429, then only probes after two clean windows
+        assert per_window[0] >= 1 and per_window[1] == 0, per_window
+        late = [r.at for r in sim.state.requests if r.status == 429][per_window[0] - 1 :]
+        gaps = [b - a for a, b in zip(late, late[1:], strict=False)]
+        assert all(gap >= 2 * spec.steady_window for gap in gaps), per_window
+
+
+def test_a_retry_after_far_in_the_future_is_capped(tmp_path: Path) -> None:
+    """A server's Retry-After: 600 no longer silences an account for ten minutes."""
+    from ingestor.ratelimit import AccountLimiter
+
+    now = [100.0]
+    limiter = AccountLimiter(RateLimitSettings(max_retry_after=30.0), clock=lambda: now[0])
+    assert limiter.throttled(600.0) == 30.0
+    now[0] += 30.0
+    assert limiter.delay() <= 0.0
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_retry_after_as_seconds_and_as_an_http_date(form: str) -> None:
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    from ingestor.klaviyo import retry_after
+
+    if form == "seconds":
+        assert retry_after("7") == 7.0 and retry_after("0.25") == 0.25
+    else:
+        when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+        assert 28.0 <= (retry_after(when) or 0.0) <= 30.0
+        past = format_datetime(datetime.now(UTC) - timedelta(seconds=30), usegmt=True)
+        assert retry_after(past) == 0.0
+    assert retry_after("soon") is None and retry_after(None) is None
 
 
 def test_bad_key_stops_with_a_clear_error_and_no_secret(sim: Simulator, tmp_path: Path) -> None:

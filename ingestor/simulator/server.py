@@ -191,9 +191,13 @@ class Simulator:
         success_status: int = 204,
         integer_retry_after: bool | None = None,
         keep_records: bool = True,
+        rate_limit_headers: bool = True,
     ) -> None:
-        """``keep_records=False`` only counts what is stored (long benchmarks)."""
+        """``keep_records=False`` only counts what is stored (long benchmarks);
+        ``rate_limit_headers=False`` leaves out the RateLimit-* headers Klaviyo sends (a
+        server that declares nothing, whose limit a client must learn from its 429s)."""
         self.keep_records = keep_records
+        self.rate_limit_headers = rate_limit_headers
         self.state = SimulatorState(
             keys or {},
             bulk_limits.scaled(clock_factor),
@@ -286,10 +290,12 @@ class Simulator:
 
     # --- endpoints ---
 
-    def _admit(self, account: Account, bulk: bool) -> None:
+    def _admit(self, account: Account, bulk: bool) -> dict[str, str]:
+        """Count the request against the account's windows: the RateLimit-* headers for its
+        answer, or a 429."""
         state = self.state
+        windows = account.bulk_windows if bulk else account.read_windows
         with state.lock:
-            windows = account.bulk_windows if bulk else account.read_windows
             wait = windows.admit(state.now())
         if wait is not None:
             raise _Answer(
@@ -302,6 +308,7 @@ class Simulator:
                 ),
                 {"Retry-After": state.retry_after_header(wait)},
             )
+        return state.rate_limit_headers(windows) if self.rate_limit_headers else {}
 
     def bulk_create(self, handler: _Handler, account: Account, body: bytes) -> None:
         faults, state, limits = self.state.faults, self.state, self.batch_limits
@@ -323,7 +330,7 @@ class Simulator:
                 else {"Retry-After": state.retry_after_header(retry_after)}
             )
             raise _Answer(429, _error(429, "throttled", "Request was throttled.", "storm"), headers)
-        self._admit(account, bulk=True)
+        limit_headers = self._admit(account, bulk=True)
         if fail:
             raise _Answer(
                 faults.fail_status,
@@ -399,7 +406,7 @@ class Simulator:
             state.stored.notify_all()
         if hang:
             time.sleep(faults.hang_seconds)
-        raise _Answer(self.success_status, records=len(records))
+        raise _Answer(self.success_status, headers=limit_headers, records=len(records))
 
     def _parse_and_validate(self, body: bytes, operation: str) -> dict[str, Any]:
         try:
@@ -424,7 +431,7 @@ class Simulator:
         }
 
     def get_data_source(self, account: Account, ds_id: str) -> None:
-        self._admit(account, bulk=False)
+        limit_headers = self._admit(account, bulk=False)
         attrs = account.data_sources.get(ds_id)
         if attrs is None:
             raise _Answer(
@@ -441,6 +448,7 @@ class Simulator:
                     "links": {"self": f"{self.url}/api/data-sources/"},
                 }
             ),
+            limit_headers,
         )
 
     def list_data_sources(self, account: Account) -> None:

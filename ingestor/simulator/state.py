@@ -48,6 +48,14 @@ class ServerWindows:
         self._steady.append(now)
         return None
 
+    def steady_state(self, now: float) -> tuple[int, int, float]:
+        """The steady window as Klaviyo's RateLimit-* headers describe it: the limit, the
+        requests remaining, and seconds until the oldest counted request leaves it."""
+        limits = self._limits
+        remaining = max(0, limits.steady - len(self._steady))
+        reset = (self._steady[0] + limits.steady_window - now) if self._steady else 0.0
+        return limits.steady, remaining, max(0.0, reset)
+
 
 @dataclass
 class Account:
@@ -141,6 +149,17 @@ class SimulatorState:
         if self.integer_retry_after:
             return str(max(1, math.ceil(seconds)))
         return f"{max(0.001, seconds):.3f}"
+
+    def rate_limit_headers(self, windows: ServerWindows) -> dict[str, str]:
+        """What Klaviyo sends on every answer that is not a 429 (its steady window)."""
+        with self.lock:
+            limit, remaining, reset = windows.steady_state(self.now())
+        shown = str(math.ceil(reset)) if self.integer_retry_after else f"{reset:.3f}"
+        return {
+            "RateLimit-Limit": str(limit),
+            "RateLimit-Remaining": str(remaining),
+            "RateLimit-Reset": shown,
+        }
 
     def log(self, entry: RequestLog) -> None:
         with self.stored:
