@@ -157,6 +157,7 @@ class Pipeline:
             kind.envelope(config.target_id),
             self._settings.api.retry,
             self._stop,
+            probe=lambda: self._client.get_data_source(config.target_id),
         )
         bound = log.bind(company=folder.company, folder=folder.name)
         try:

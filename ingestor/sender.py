@@ -10,6 +10,11 @@
   the cause is the request, not the data: SystemicRejection stops the file with its place
   kept instead of skipping good records.
 - 401/403/404 propagate: the account or folder must stop.
+- a batch the API fails on every time (a dropped connection, a 5xx) while it answers other
+  requests: after ``POISON_AFTER`` failures in a row the sender checks that the API is up
+  (``probe``, a cheap read), tries once more, then bisects the batch as for a refusal. A
+  single record is skipped ("the API failed on this record every time") only if other bulk
+  requests succeeded meanwhile; when every request fails, that is an outage, retried forever.
 """
 
 from __future__ import annotations
@@ -39,7 +44,17 @@ from ingestor.ratelimit import AccountLimiter
 from ingestor.records import Record, Reject, SendOutcome
 
 SYSTEMIC_MIN_REFUSALS = 8
+POISON_AFTER = 3  # transient failures of one body in a row before the API itself is checked
 T = TypeVar("T")
+
+
+class _FailsEveryTime(Exception):
+    """A body failed ``POISON_AFTER`` times, and again after a probe found the API up."""
+
+    def __init__(self, last: Transient) -> None:
+        super().__init__(str(last))
+        self.last = last
+
 
 log = structlog.get_logger("ingestor.sender")
 
@@ -76,7 +91,12 @@ class Sender:
         retry: RetrySettings,
         stop: threading.Event,
         rng: random.Random | None = None,
+        probe: Callable[[], object] | None = None,
     ) -> None:
+        """``probe`` is a cheap request that tells whether the API answers at all (without
+        one, a body that always fails is retried forever, as in an outage)."""
+        self._probe = probe
+        self._bulk_successes = 0  # bulk requests accepted by this sender, ever
         self._client = client
         self._limiter = limiter
         self._endpoint = endpoint
@@ -90,11 +110,30 @@ class Sender:
         stop, AuthError/NotFound for the caller to stop the account or folder."""
         tally = _Tally()
         parts: deque[Sequence[Record]] = deque([records])
+        successes_before: int | None = None  # bulk successes when a body first failed for good
         while parts:
             part = parts.popleft()
             try:
-                self._deliver(part, tally)
+                self._deliver(part, tally, outage=False)
                 tally.accepted += len(part)
+            except _FailsEveryTime as exc:
+                if successes_before is None:
+                    successes_before = self._bulk_successes
+                if len(part) > 1:
+                    middle = len(part) // 2
+                    parts.extendleft((part[middle:], part[:middle]))
+                elif self._bulk_successes > successes_before:  # others got through: poison
+                    log.warning("record_fails_every_time", line=part[0].line, error=str(exc))
+                    tally.refused.append(
+                        _refusal(
+                            part[0],
+                            "the API failed on this record every time while accepting the "
+                            f"others ({exc.last}); skipped",
+                        )
+                    )
+                else:  # nothing gets through: an outage, waited out as ever
+                    self._deliver(part, tally, outage=True)
+                    tally.accepted += len(part)
             except PayloadTooLarge as exc:
                 if len(part) == 1:
                     tally.refused.append(
@@ -151,17 +190,31 @@ class Sender:
             middle = len(part) // 2
             parts.extendleft((part[middle:], part[:middle]))
 
-    def _deliver(self, part: Sequence[Record], tally: _Tally) -> None:
-        """Send one body until the API decides on it (2xx, 413 or a refusal)."""
+    def _deliver(self, part: Sequence[Record], tally: _Tally, outage: bool) -> None:
+        """Send one body until the API decides on it (2xx, 413 or a refusal). Unless in an
+        ``outage``, a body that fails every time raises _FailsEveryTime."""
         body = self.envelope.body([record.json for record in part])
-        answer = self.call(lambda: self._client.post_bulk(self._endpoint, body), tally)
+        answer = self.call(
+            lambda: self._client.post_bulk(self._endpoint, body),
+            tally,
+            poison_after=None if outage else POISON_AFTER,
+        )
+        self._bulk_successes += 1
         tally.count(answer.status)
 
-    def call(self, request: Callable[[], T], tally: _Tally | None = None) -> T:
+    def call(
+        self,
+        request: Callable[[], T],
+        tally: _Tally | None = None,
+        poison_after: int | None = None,
+    ) -> T:
         """Run one API call under the limiter, retrying 429s and transient failures until it
-        succeeds or fails for good (any other ApiError propagates)."""
+        succeeds or fails for good (any other ApiError propagates). With ``poison_after``,
+        that many transient failures in a row make it probe the API; if the API answers and
+        the call fails once more, _FailsEveryTime is raised instead of retrying forever."""
         tally = tally if tally is not None else _Tally()
         attempt = 0
+        probed = False
         while True:
             tally.throttled += self._limiter.acquire(self._stop)
             if self._stop.is_set():
@@ -179,9 +232,15 @@ class Sender:
                 if exc.status:
                     tally.count(exc.status)
                 self._limiter.completed(bulk=False)  # not something the server allowed
-                delay = backoff_delay(attempt, self._retry, self._rng)
                 attempt += 1
                 tally.retries += 1
+                if probed:
+                    raise _FailsEveryTime(exc) from None
+                if poison_after is not None and attempt >= poison_after and self._probe:
+                    self.call(self._probe, tally)  # waits out an outage, as any call does
+                    probed = True
+                    continue
+                delay = backoff_delay(attempt - 1, self._retry, self._rng)
                 log.warning(
                     "transient_error_retrying",
                     error=str(exc),

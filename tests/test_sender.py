@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -48,19 +49,51 @@ def test_5xx_and_dropped_connections_are_retried_until_accepted(
     assert result.files[0].run.counts.retries == 6
 
 
+@pytest.mark.parametrize("pointer", [True, False], ids=["by-pointer", "by-bisection"])
 def test_poison_records_are_isolated_by_pointer_and_by_bisection(
-    sim: Simulator, tmp_path: Path
+    sim: Simulator, tmp_path: Path, pointer: bool
 ) -> None:
     folder = jsonl_folder(tmp_path, 1000)
     poison = {7, 499, 500, 733}
     sim.faults.refuse = lambda r: "bad value" if r["id"] in poison else None
-    sim.faults.refuse_with_pointer = False
+    sim.faults.refuse_with_pointer = pointer
     result = ingest(sim, folder, tmp_path)
     run = result.files[0].run
     assert sorted(ids(sim)) == sorted(set(range(1000)) - poison)
     assert (run.counts.sent, run.counts.skipped) == (996, 4)
     lines = [s["line"] for s in result.files[0].report.data["skipped_samples"]]  # type: ignore[union-attr]
     assert sorted(lines) == sorted(p + 1 for p in poison)
+    refusals = sum(1 for r in sim.state.requests if r.status == 400)
+    if pointer:  # one refusal names each poison record: no bisection needed
+        assert refusals == len(poison)
+    else:  # bisection: several refusals per poison record
+        assert refusals > len(poison)
+
+
+def test_a_record_the_api_drops_the_connection_on_every_time_is_skipped_not_retried_forever(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Before: the batch holding it was re-sent 27 times over 892 s and the file never
+    finished. Now the batch is bisected once the API is seen answering other requests."""
+    folder = jsonl_folder(tmp_path, 1200)
+    sim.faults.drop_when = lambda record: record["id"] == 611
+    result = ingest(sim, folder, tmp_path)
+    run = result.files[0].run
+    assert run.state is FileState.DONE
+    assert sorted(ids(sim)) == [i for i in range(1200) if i != 611]
+    (skipped,) = result.files[0].report.data["skipped_samples"]  # type: ignore[union-attr]
+    assert skipped["line"] == 612 and "failed on this record every time" in skipped["reason"]
+    assert len(sim.state.requests) < 80  # bounded (about 5 per halving): not forever
+
+
+def test_an_outage_of_the_bulk_endpoint_alone_skips_nothing(sim: Simulator, tmp_path: Path) -> None:
+    """Reads still work, every bulk request fails for a while: that is an outage, not poison;
+    no record may be skipped for it."""
+    folder = jsonl_folder(tmp_path, 1200)
+    sim.faults.fail_next = 30
+    result = ingest(sim, folder, tmp_path)
+    assert sorted(ids(sim)) == list(range(1200))
+    assert result.files[0].run.counts.skipped == 0
 
 
 def test_a_systemic_refusal_pauses_the_file_instead_of_skipping_everything(
@@ -133,7 +166,7 @@ def test_configured_at_the_guides_60_against_the_specs_15_it_learns_the_servers_
     else:  # learned by counting at the first 429, then only probes after two clean windows
         assert per_window[0] >= 1 and per_window[1] == 0, per_window
         late = [r.at for r in sim.state.requests if r.status == 429][per_window[0] - 1 :]
-        gaps = [b - a for a, b in zip(late, late[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(late)]
         assert all(gap >= 2 * spec.steady_window for gap in gaps), per_window
 
 

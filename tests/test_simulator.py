@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import orjson
 
@@ -10,6 +12,10 @@ from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, KEY
 
 ENVELOPE = CUSTOM_OBJECTS.envelope(DS_ID)
+
+
+def json_dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def post(sim: Simulator, body: bytes, content_type: str) -> httpx.Response:
@@ -44,3 +50,13 @@ def test_records_and_bodies_are_held_to_the_decimal_reading_of_4mb_and_512kb(
     big = [orjson.dumps({"id": i, "pad": "y" * 150_000}) for i in range(27)]
     assert 4_000_000 < len(ENVELOPE.body(big)) < 4 * 1024 * 1024
     assert post(sim, ENVELOPE.body(big), "application/vnd.api+json").status_code == 413
+
+
+def test_a_record_nested_255_levels_deep_is_answered_not_dropped(sim: Simulator) -> None:
+    """Before: the simulator's own serializer gave up at 254 levels and the connection was
+    dropped without an answer."""
+    deep: dict[str, object] = {"leaf": 1}
+    for _ in range(255):
+        deep = {"n": deep}
+    record = b'{"id": 1, "deep": ' + json_dumps(deep) + b"}"
+    assert post(sim, ENVELOPE.body([record]), "application/vnd.api+json").status_code == 204

@@ -6,6 +6,7 @@ the socket, which the fault injection needs (a dropped connection is a real drop
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import sys
@@ -45,6 +46,16 @@ def _error(status: int, code: str, title: str, detail: str, pointer: str = "") -
     if pointer:
         error["source"] = {"pointer": pointer}
     return orjson.dumps({"errors": [error]})
+
+
+def _serialized_size(value: Any) -> int:
+    """The record's size as compact JSON. orjson refuses to write more than 254 levels of
+    nesting; such a record is still valid JSON (and valid per the spec), so the stdlib,
+    which goes deeper, measures it instead."""
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 class _Answer(Exception):
@@ -131,6 +142,18 @@ class _Handler(BaseHTTPRequestHandler):
                     self.headers.get("revision", ""),
                 )
             )
+        except Exception as exc:  # answer every request: a dropped connection is a fault only
+            failure = _Answer(  # when injected on purpose
+                500,
+                _error(500, "error", "Simulator error", f"{type(exc).__name__}: {exc}"[:300]),
+            )
+            self._reply(failure)
+            state.log(
+                RequestLog(
+                    arrived, account_name, method, path, 500, 0, len(body),
+                    self.headers.get("revision", ""),
+                )
+            )  # fmt: skip
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("content-length") or 0)
@@ -388,7 +411,7 @@ class Simulator:
             )
         records = [item["attributes"]["record"] for item in items]
         for index, record in enumerate(records):
-            size = len(orjson.dumps(record))
+            size = _serialized_size(record)
             detail = (
                 f"record is {size} bytes; the maximum is {limits.max_record_bytes}"
                 if size > limits.max_record_bytes
@@ -399,6 +422,8 @@ class Simulator:
             if detail:
                 pointer = f"{RECORDS_POINTER}/{index}" if faults.refuse_with_pointer else ""
                 raise _Answer(400, _error(400, "invalid", "Invalid input.", detail, pointer))
+        if faults.drop_when is not None and any(map(faults.drop_when, records)):
+            raise _Answer(-1)
         with state.lock:
             account.stored += len(records)
             if self.keep_records:

@@ -83,6 +83,8 @@ class Faults:
     latency: float = 0.0
     refuse: RecordRefusal | None = None  # a record → error detail, or None to accept it
     refuse_with_pointer: bool = True
+    # Drop the connection, unanswered, on any request holding a record this matches.
+    drop_when: Callable[[dict[str, Any]], bool] | None = None
     on_bulk: Callable[[], None] | None = None  # called as each bulk request arrives
 
     def take(self, name: str) -> bool:

@@ -233,6 +233,9 @@ class Lane:
             self._metrics.blocked.labels(self.name).set(0)
 
     def _run(self) -> None:
+        # Every event logged on this thread (the sender's rate_limited, the pipeline's
+        # file_started, ...) names the company: a thread has a context of its own.
+        structlog.contextvars.bind_contextvars(company=self.name)
         ledger = self._ledger_factory()
         client: KlaviyoClient | None = None
         pipeline: Pipeline | None = None
