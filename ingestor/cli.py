@@ -84,8 +84,31 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+class _ConsoleStream:
+    """A text stream that prints through a rich console: log lines written while a progress
+    bar is live appear above the bar instead of tearing through it."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+
+    def write(self, text: str) -> int:
+        self._console.print(text.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        self._console.file.flush()
+
+    def isatty(self) -> bool:
+        return self._console.is_terminal
+
+
+RATE_AFTER = 1.0  # seconds of sending before a rate is shown (one batch is not a rate)
+
+
 class _ProgressView:
-    """A rich progress bar per file: bytes for the bar and ETA, records and rate as text."""
+    """A rich progress bar per file: bytes for the bar and ETA, records and rate as text.
+    The rate is measured from the first acknowledged batch, and shown once a second of
+    sending lies behind it."""
 
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
@@ -94,14 +117,13 @@ class _ProgressView:
     def __call__(self, run: FileRun, offset: int, counts: FileCounts) -> None:
         if run.id not in self._tasks:
             task = self._progress.add_task(
-                run.identity.name, total=run.identity.size or 1, sent=0, rate=0.0
+                run.identity.name, total=run.identity.size or 1, sent=0, rate="…"
             )
             self._tasks[run.id] = (task, time.monotonic(), counts.sent)
         task, began, sent_before = self._tasks[run.id]
-        elapsed = max(1e-6, time.monotonic() - began)
-        self._progress.update(
-            task, completed=offset, sent=counts.sent, rate=(counts.sent - sent_before) / elapsed
-        )
+        elapsed = time.monotonic() - began
+        rate = f"{(counts.sent - sent_before) / elapsed:,.0f}" if elapsed >= RATE_AFTER else "…"
+        self._progress.update(task, completed=offset, sent=counts.sent, rate=rate)
 
 
 def _summary_table(results: Sequence[FolderResult], title: str) -> Table:
@@ -155,13 +177,15 @@ def _summary_table(results: Sequence[FolderResult], title: str) -> Table:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     key = ApiKey.from_env(args.api_key_env)
-    configure_logging(args.log_format, args.log_level, secrets=[key.value])
+    configure_logging(
+        args.log_format, args.log_level, secrets=[key.value], stream=_ConsoleStream(err)
+    )
     settings = Settings(state_dir=Path(args.state_dir), api=_api_settings(args))
     stop = _stop_on_signals()
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.fields[sent]:,} sent · {task.fields[rate]:,.0f} rec/s"),
+        TextColumn("{task.fields[sent]:,} sent · {task.fields[rate]} rec/s"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, disable=not err.is_terminal) as progress:

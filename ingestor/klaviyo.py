@@ -131,8 +131,8 @@ def classify(method: str, path: str, response: httpx.Response) -> ApiError:
         return RateLimited(f"{where}: rate limited", retry_after(headers.get("retry-after")))
     if status in (401, 403):
         return AuthError(
-            f"{where}: the API key was refused ({detail or 'no detail'}); check the key and that "
-            "it has the custom-objects:write scope",
+            f"Klaviyo refused the API key ({status}: {detail or 'no detail'}); the operator "
+            "must check the key and that it has the custom-objects:write scope",
             status,
             detail,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, cast
 
 import structlog
 
@@ -40,11 +40,19 @@ class Redactor:
         return event
 
 
+class Stream(Protocol):
+    """Where log lines go: a text file, or anything that writes like one."""
+
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+    def isatty(self) -> bool: ...
+
+
 def configure_logging(
     fmt: str = "auto",
     level: str = "info",
     secrets: Iterable[str] = (),
-    stream: TextIO | None = None,
+    stream: Stream | None = None,
 ) -> None:
     """``fmt`` is 'json', 'console' or 'auto' (console on a terminal, JSON otherwise)."""
     out = stream or sys.stderr
@@ -66,6 +74,6 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, out)),
         cache_logger_on_first_use=False,
     )

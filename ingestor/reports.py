@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -34,27 +34,44 @@ def report_dir(state_dir: Path, company: str) -> Path:
     return state_dir / "reports" / safe_name(company)
 
 
+def folder_label(folder: str, kind: str) -> str:
+    """How a file's folder is named everywhere a person sees it (report and e-mail file
+    names, subject, body): the import folder, or for a file put directly under a kind's
+    folder, that folder (``custom_objects``)."""
+    return folder or kind
+
+
 def run_stem(run: FileRun) -> str:
     ident = run.identity
-    return f"{run.id:06d}-{safe_name(ident.folder, 40)}-{safe_name(ident.name)}-v{run.version}"
+    folder = safe_name(folder_label(ident.folder, ident.kind), 40)
+    return f"{run.id:06d}-{folder}-{safe_name(ident.name)}-v{run.version}"
 
 
 class RejectsFile:
-    """Append-only JSONL of skipped rows, resumable at a checkpointed size."""
+    """Append-only JSONL of skipped rows, resumable at a checkpointed size. The file exists
+    only once a row has been skipped."""
 
     def __init__(self, path: Path, resume_at: int) -> None:
         self.path = path
+        self._handle: BinaryIO | None = None
+        self._size = resume_at
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = path.open("ab")
-            self._handle.truncate(resume_at)  # what a crash left past the checkpoint
-            self._handle.seek(resume_at)
+            if resume_at or path.exists():
+                self._open().truncate(resume_at)  # what a crash left past the checkpoint
         except OSError as exc:
             raise StateUnwritable.from_os_error(path, exc) from None
 
+    def _open(self) -> BinaryIO:
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("ab")
+            self._handle.seek(self._size)
+        return self._handle
+
     def write(self, reject: Reject) -> None:
         try:
-            self._handle.write(
+            handle = self._open()
+            handle.write(
                 orjson.dumps(
                     {"line": reject.line, "reason": reject.reason, "raw": reject.raw},
                     option=orjson.OPT_APPEND_NEWLINE,
@@ -63,23 +80,31 @@ class RejectsFile:
         except OSError as exc:
             raise StateUnwritable.from_os_error(self.path, exc) from None
         if crashpoints.armed("rejects.unsynced"):
-            self._handle.flush()  # so the crash leaves bytes past the checkpoint on disk
+            handle.flush()  # so the crash leaves bytes past the checkpoint on disk
             crashpoints.reached("rejects.unsynced")
 
     def sync(self) -> int:
         """Flush to disk; return the size to checkpoint."""
+        if self._handle is None:
+            return self._size
         try:
             self._handle.flush()
             os.fsync(self._handle.fileno())
         except OSError as exc:
             raise StateUnwritable.from_os_error(self.path, exc) from None
-        return self._handle.tell()
+        self._size = self._handle.tell()
+        return self._size
 
     def close(self) -> None:
         """Close; rows not yet synced may be lost, and need not be: they lie past the
-        checkpoint, so a resume writes them again."""
+        checkpoint, so a resume writes them again. An empty file is not left behind."""
+        if self._handle is None:
+            return
         with contextlib.suppress(OSError):
+            empty = self._handle.tell() == 0
             self._handle.close()
+            if empty:
+                self.path.unlink(missing_ok=True)
 
 
 def first_rejects(path: str, limit: int) -> list[dict[str, Any]]:

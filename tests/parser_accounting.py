@@ -48,7 +48,8 @@ def starts_as_utf16(data: bytes) -> bool:
 
 
 def jsonl_lines_expected(data: bytes, max_line: int) -> int:
-    """How many JSONL lines must come out (sent or skipped): all but blank ones; a line of
+    """How many JSONL lines must come out (sent or skipped): all but blank ones (JSON
+    whitespace only: a form feed is not blank); a line of
     ``max_line`` bytes or more (newline excluded) counts whatever it holds: skipped unread."""
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
@@ -56,6 +57,6 @@ def jsonl_lines_expected(data: bytes, max_line: int) -> int:
     expected = 0
     for index, line in enumerate(lines):
         body = line[3:] if index == 0 and line.startswith(b"\xef\xbb\xbf") else line
-        if len(line) >= max_line or body.strip():
+        if len(line) >= max_line or body.strip(b" \t\r\n"):  # blank: JSON whitespace only
             expected += 1
     return expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,46 @@ def test_read_only_commands_refuse_a_missing_state_dir_and_create_nothing(
     plain = ingestor("status", env={"HOME": str(home), "XDG_STATE_HOME": ""})
     assert plain.returncode == 2 and "does not exist" in plain.stderr
     assert not (home / ".local").exists()
+
+
+def test_on_a_terminal_log_lines_print_above_the_progress_bar_and_the_rate_starts_honest(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Before: log lines were written straight to the terminal, through the bar, and the
+    first rate shown was one batch over a few milliseconds (275,024 rec/s)."""
+    import pty
+    import select
+
+    sim.faults.fail_next = 2  # two retries: two warnings while the bar is live
+    folder = make_folder(tmp_path / "drop")
+    (folder / "a.jsonl").write_text("".join(f'{{"id": {i}}}\n' for i in range(3000)))
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ingestor.cli", "ingest", str(folder), "--api-key-env", "K",
+         "--base-url", sim.url, "--state-dir", str(tmp_path / "state"), "--burst", "50",
+         "--steady", "3000"],
+        stdin=secondary, stdout=secondary, stderr=secondary,
+        env={**os.environ, "K": KEY, "COLUMNS": "200", "TERM": "xterm"},
+    )  # fmt: skip
+    os.close(secondary)
+    output = b""
+    while True:
+        ready, _, _ = select.select([primary], [], [], 30)
+        if not ready:
+            break
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=30) == 0
+    os.close(primary)
+    text = output.decode("utf-8", "replace")
+    warnings = [line for line in text.splitlines() if "transient_error_retrying" in line]
+    assert len(warnings) == 2
+    for line in warnings:  # each warning whole on its own line, no bar drawn into it
+        assert "━" not in line and "rec/s" not in line
+    rates = re.findall(r"sent · (\S+) rec/s", text)
+    assert rates and rates[0] == "…"

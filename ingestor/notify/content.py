@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ingestor.reports import folder_label
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 EXCERPT_CHARS = 120
 
@@ -44,7 +46,15 @@ def outcome(report: dict[str, Any]) -> str:
         return f"{sent:,} imported, {skipped:,} skipped"
     if state == "rejected":
         return f"not processed: {one_line(report['reason'], 90)}"
+    if _key_refused(report["reason"]):
+        return (
+            f"waiting: Klaviyo refused the API key, the operator must renew it ({sent:,} imported)"
+        )
     return f"stopped after {sent:,} imported: {one_line(report['reason'], 80)}"
+
+
+def _key_refused(reason: str) -> bool:
+    return "refused the API key" in reason
 
 
 def next_steps(report: dict[str, Any]) -> list[str]:
@@ -59,6 +69,19 @@ def next_steps(report: dict[str, Any]) -> list[str]:
             "Upload only the corrected rows, in a new file in the same folder: rows already "
             "imported need not be sent again.",
         ]
+    if "directly under imports/" in reason:  # before config.json: the reason names it too
+        return [
+            reason[0].upper() + reason[1:] + ".",
+            "Files are read only inside a named folder that has a config.json; this one was "
+            "not read and nothing was imported.",
+        ]
+    if _key_refused(reason):
+        return [
+            "Nothing for you to change in the file: Klaviyo refused the API key the ingestor "
+            "service uses for your account. The ingestor operator has been told and must "
+            "renew the key (it needs the custom-objects:write scope).",
+            "The file then resumes where it stopped; nothing already imported is sent again.",
+        ]
     if "config.json" in reason:
         return [
             f"Fix the folder's config.json: {reason}",
@@ -70,15 +93,6 @@ def next_steps(report: dict[str, Any]) -> list[str]:
         return [
             reason[0].upper() + reason[1:] + ".",
             "Then save config.json again (even unchanged) to have the folder retried.",
-        ]
-    if "directly under imports/" in reason:
-        return [reason[0].upper() + reason[1:] + "."]
-    if "authentication" in reason or "401" in reason or "403" in reason:
-        return [
-            "The company's API key was refused. Check that it is valid and has the "
-            "custom-objects:write scope, update it where the service reads it, then reload "
-            "the service (systemctl reload ingestor).",
-            "The file resumes where it stopped; nothing already imported is sent again.",
         ]
     if "changed while being processed" in reason:
         return [
@@ -121,7 +135,7 @@ def file_facts(report: dict[str, Any]) -> FileFacts:
     rate = report.get("records_per_second")
     facts = [
         ("Company", report["company"]),
-        ("Folder", report["folder"] or "-"),
+        ("Folder", folder_label(report["folder"], report.get("kind", "custom_objects"))),
         ("File", f"{report['file']} ({_size(report['size'])})"),
         ("Data source", report["data_source_id"] or "-"),
         ("Outcome", report["state"]),
@@ -161,7 +175,8 @@ def subject(reports: list[dict[str, Any]]) -> str:
     """``[ingestor] acme / pets / pets.csv: 19,998 imported, 2 skipped``, or for a digest
     ``[ingestor] acme / pets: 3 files, 40,000 imported, 2 skipped, 1 not finished``."""
     first = reports[0]
-    where = f"{first['company']} / {first['folder'] or 'custom_objects'}"
+    folder = folder_label(first["folder"], first.get("kind", "custom_objects"))
+    where = f"{first['company']} / {folder}"
     if len(reports) == 1:
         return one_line(f"[ingestor] {where} / {first['file']}: {outcome(first)}", 250)
     sent = sum(r["records_sent"] for r in reports)

@@ -16,6 +16,7 @@ from ingestor import crashpoints
 from ingestor.notify.message import DEFAULT_ATTACH_MAX, compose
 from ingestor.notify.outbox import Outbox
 from ingestor.notify.smtp import Courier, SmtpSettings
+from ingestor.reports import folder_label
 
 log = structlog.get_logger("ingestor.notify")
 
@@ -130,9 +131,8 @@ class Notifier:
             recipients=recipients,
             attach_max_bytes=self.settings.attach_max_bytes,
         )
-        label = (
-            f"{company}-{clean[0]['folder']}-{clean[0]['file'] if len(clean) == 1 else 'digest'}"
-        )
+        folder = folder_label(clean[0]["folder"], clean[0].get("kind", "custom_objects"))
+        label = f"{company}-{folder}-{clean[0]['file'] if len(clean) == 1 else 'digest'}"
         path = self.outbox.put(message, label)
         log.info("email_queued", company=company, message=path.name, files=len(clean))
         crashpoints.reached("email.unrecorded")

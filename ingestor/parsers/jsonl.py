@@ -6,6 +6,7 @@ same bytes (no decode/encode round trip, and big integers keep every digit).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -32,8 +33,13 @@ _JSON_TYPE_NAMES = {
 }
 
 
+_WITHIN_LINE = re.compile(r"line 1 column (\d+) \(char \d+\)")
+
+
 def _invalid_reason(exc: orjson.JSONDecodeError) -> str:
-    message = str(exc)
+    # orjson counts lines within the one line it was given: "line 1" would contradict the
+    # file's own line number, so only the column is kept.
+    message = _WITHIN_LINE.sub(r"at column \1", str(exc))
     if "UTF-8" in message or "surrogate" in message:
         return f"invalid UTF-8 or unicode escape: {message}"
     return f"invalid JSON: {message}"

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import structlog
 
-from ingestor.discovery import Found, FoundKind
+from ingestor.discovery import Found, FoundKind, stat_of
 from ingestor.errors import (
     ApiUnreachable,
     AuthError,
@@ -132,6 +132,8 @@ class Lane:
         self._blocked = ""
         self._files_done = 0
         self._files_failed = 0
+        self._current_path: Path | None = None  # the file being processed, and its stat
+        self._current_stat: tuple[int, int] | None = None  # when it was taken from the queue
         self._progress = _Progress(company.name, metrics)
         self._folder_problems: dict[Path, str] = {}  # folder → the config problem logged
         self._failures_said: dict[Path, str] = {}  # file → the failure last e-mailed
@@ -146,9 +148,12 @@ class Lane:
         self._thread.start()
 
     def submit(self, found: Found) -> bool:
-        """Queue a ready file (once: a file already waiting keeps its place)."""
+        """Queue a ready file (once: a file already waiting keeps its place, and the very
+        version being processed now is not queued again when a second event reports it)."""
         with self._wake:
             if found.path in self._queued_paths:
+                return False
+            if found.path == self._current_path and stat_of(str(found.path)) == self._current_stat:
                 return False
             self._queued_paths.add(found.path)
             self._queue.append(Queued(found, time.monotonic()))
@@ -205,6 +210,8 @@ class Lane:
             item = self._queue.popleft()
             self._queued_paths.discard(item.found.path)
             self._current = item.found.path.name
+            self._current_path = item.found.path
+            self._current_stat = stat_of(str(item.found.path))
             self._publish_depth()
             return item
 
@@ -321,6 +328,7 @@ class Lane:
                 finally:
                     with self._wake:
                         self._current = ""
+                        self._current_path = self._current_stat = None
         finally:
             if client is not None:
                 client.close()
