@@ -276,10 +276,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         clock_factor=args.clock_factor,
         bulk_limits=SPEC_BULK_LIMITS if args.spec_limits else GUIDE_BULK_LIMITS,
     )
-    for pair in args.data_source:
-        account, _, ds_id = pair.partition("=")
+    sources = [(account, ds) for account, _, ds in (p.partition("=") for p in args.data_source)]
+    if args.drop:
+        for folder in scan_drop(Path(args.drop)).folders:
+            with contextlib.suppress(LayoutError):  # a bad config.json is reported at ingest
+                target = read_folder_config(folder.path).target_id
+                sources += [(account, target) for account in sorted(set(keys.values()))]
+    for account, ds_id in sources:
         sim.add_data_source(account, ds_id)
-    out.print(f"Klaviyo simulator listening on {sim.url} (accounts: {', '.join(keys.values())})")
+    limits = "15/min (the published spec)" if args.spec_limits else "60/min (the guide)"
+    out.print(f"Klaviyo simulator on {sim.url}, bulk endpoint limited to {limits}", highlight=False)
+    for key, account in keys.items():
+        out.print(f"  API key {key!r} → account {account}", highlight=False)
+    for account, ds_id in sources:
+        out.print(f"  data source {ds_id} in account {account}", highlight=False)
+    first_key = next(iter(keys))
+    out.print(
+        f"Try: K={first_key} ingestor ingest <import-folder> --api-key-env K "
+        f"--base-url {sim.url} --state-dir /tmp/ingestor-try   (Ctrl-C stops the simulator)",
+        highlight=False,
+        soft_wrap=True,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         sim.serve_forever()
     return EXIT_OK
@@ -376,74 +393,154 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Each option's default shown after its help (when it has one worth showing);
+    descriptions keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, [], argparse.SUPPRESS)
+        if shown and action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+DESCRIPTION = """\
+Import CSV and JSONL files dropped into folders into Klaviyo, as Klaviyo's own SFTP import
+does: <drop_root>/<company>/imports/custom_objects/<folder>/config.json + *.csv / *.jsonl.
+
+Start here:
+  ingestor demo                      see it work end to end on a built-in simulator
+  ingestor validate FOLDER           what a folder would send, and every row it would skip
+  ingestor run --config FILE         the service (watch the drop tree, serve SFTP, e-mail)
+"""
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     parser.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="log lines as JSON or readable text (auto: readable on a terminal)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="the least important log lines shown",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ingestor", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="ingestor", description=DESCRIPTION, formatter_class=_Help
+    )
     parser.add_argument("--version", action="version", version=f"ingestor {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ingest = commands.add_parser("ingest", help="ingest one import folder once")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=text, description=text, formatter_class=_Help)
+
+    ingest = command("ingest", "ingest one import folder now, resuming where a run stopped")
     ingest.add_argument("folder", help="an import folder holding config.json and data files")
     ingest.add_argument(
         "--api-key-env",
         required=True,
         metavar="VAR",
-        help="environment variable holding the private API key",
+        help="the environment variable that holds the company's private API key",
     )
-    ingest.add_argument("--base-url", default=ApiSettings().base_url)
-    ingest.add_argument("--revision", default=ApiSettings().revision)
-    ingest.add_argument("--company", help="tenant name (default: from the drop-tree path)")
-    ingest.add_argument("--state-dir", default=str(default_state_dir()))
-    ingest.add_argument("--burst", type=int, default=RateLimitSettings().burst)
-    ingest.add_argument("--burst-window", type=float, default=RateLimitSettings().burst_window)
-    ingest.add_argument("--steady", type=int, default=RateLimitSettings().steady)
-    ingest.add_argument("--steady-window", type=float, default=RateLimitSettings().steady_window)
+    api, limits = ApiSettings(), RateLimitSettings()
+    ingest.add_argument("--base-url", default=api.base_url, help="the Klaviyo API to send to")
+    ingest.add_argument("--revision", default=api.revision, help="the API revision header")
+    ingest.add_argument(
+        "--company", help="the company's name (default: taken from the drop-tree path)"
+    )
+    ingest.add_argument(
+        "--state-dir",
+        default=str(default_state_dir()),
+        help="where the ledger, reports and rejected rows are kept",
+    )
+    ingest.add_argument("--burst", type=int, default=limits.burst, help="requests per burst window")
+    ingest.add_argument(
+        "--burst-window", type=float, default=limits.burst_window, help="seconds, burst window"
+    )
+    ingest.add_argument(
+        "--steady", type=int, default=limits.steady, help="requests per steady window"
+    )
+    ingest.add_argument(
+        "--steady-window", type=float, default=limits.steady_window, help="seconds, steady window"
+    )
     _add_common(ingest)
     ingest.set_defaults(handler=cmd_ingest)
 
-    validate = commands.add_parser("validate", help="parse without sending; list skipped rows")
-    validate.add_argument("path", help="an import folder or one .csv/.jsonl file")
-    validate.add_argument("--json", action="store_true", help="machine-readable output")
+    validate = command("validate", "parse without sending: what would be sent, what skipped")
+    validate.add_argument("path", help="an import folder, or one .csv or .jsonl file")
+    validate.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_common(validate)
     validate.set_defaults(handler=cmd_validate)
 
-    simulate = commands.add_parser("simulate", help="run the Klaviyo API simulator")
-    simulate.add_argument("--port", type=int, default=8080)
-    simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--key", action="append", default=[], metavar="KEY=ACCOUNT")
-    simulate.add_argument("--data-source", action="append", default=[], metavar="ACCOUNT=ULID")
+    simulate = command("simulate", "run the Klaviyo API simulator (for trying things out)")
+    simulate.add_argument("--port", type=int, default=8080, help="the port to listen on")
+    simulate.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    simulate.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY=ACCOUNT",
+        help="an API key and the account it opens (repeatable; default: sim-key=default)",
+    )
+    simulate.add_argument(
+        "--data-source",
+        action="append",
+        default=[],
+        metavar="ACCOUNT=ULID",
+        help="a data source to create in an account (repeatable)",
+    )
+    simulate.add_argument(
+        "--drop",
+        metavar="DIR",
+        help="create the data source of every config.json found under this drop tree",
+    )
     simulate.add_argument(
         "--spec-limits",
         action="store_true",
-        help="enforce the published spec's 15/min instead of the guide's 60/min",
+        help="limit the bulk endpoint to the published spec's 15/min (else the guide's 60/min)",
     )
-    simulate.add_argument("--clock-factor", type=float, default=1.0)
+    simulate.add_argument(
+        "--clock-factor",
+        type=float,
+        default=1.0,
+        help="run the rate-limit windows this many times faster",
+    )
     simulate.set_defaults(handler=cmd_simulate)
 
-    demo = commands.add_parser("demo", help="ingest sample_drop/ into a built-in simulator")
+    demo = command("demo", "ingest the sample drop into a built-in simulator, e-mails included")
     demo.add_argument(
         "--drop",
         default=None,
         metavar="DIR",
         help="a drop tree to ingest (default: the sample drop shipped with ingestor)",
     )
-    demo.add_argument("--state-dir", default=".demo-state")
+    demo.add_argument(
+        "--state-dir",
+        default=".demo-state",
+        help="the demo's own directory (made if new; one holding anything else is refused)",
+    )
     _add_common(demo)
     demo.set_defaults(handler=cmd_demo)
 
-    status = commands.add_parser(
-        "status", help="files in flight, queued, done and failed (from the ledger)"
+    status = command("status", "files in flight, queued, done and failed, from the ledger")
+    status.add_argument(
+        "--state-dir",
+        default=str(default_state_dir()),
+        help="the state directory to read (it must exist)",
     )
-    status.add_argument("--state-dir", default=str(default_state_dir()))
-    status.add_argument("--config", help="the service's settings file (its state dir is used)")
+    status.add_argument(
+        "--config", help="the service's settings file (its state dir and companies are shown)"
+    )
     status.set_defaults(handler=cmd_status)
-    add_service_commands(commands, out, err, default_state_dir())
+    add_service_commands(commands, out, err, default_state_dir(), _Help)
     return parser
 
 

@@ -239,38 +239,67 @@ def add_service_commands(
     out: Console,
     err: Console,
     default_state_dir: Path,
+    formatter: type[argparse.HelpFormatter] = argparse.HelpFormatter,
 ) -> None:
-    run = commands.add_parser("run", help="run the service: watch the drop tree, ingest")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(
+            name, help=text, description=text, formatter_class=formatter
+        )
+        return parser
+
+    run = command("run", "run the service: watch the drop tree, ingest, serve SFTP, e-mail")
     run.add_argument("--config", required=True, help="the settings file (TOML)")
     run.add_argument(
         "--polling",
         action="store_true",
-        help="poll instead of inotify (network file systems); readiness by quiet period",
+        help="find files by scanning every second instead of inotify (network file systems)",
     )
-    run.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
+    run.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default=None,
+        help="overrides [service] log_format",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=None,
+        help="overrides [service] log_level",
+    )
     run.set_defaults(handler=cmd_run)
-    check = commands.add_parser("check-config", help="validate a settings file; list problems")
-    check.add_argument("file")
+    check = command("check-config", "check a settings file and list every problem at once")
+    check.add_argument("file", help="the settings file (TOML)")
     check.set_defaults(handler=lambda args: cmd_check_config(args, out, err))
-    report = commands.add_parser("report", help="print a file's report (by run id or file)")
+    report = command("report", "print a file's report (by run id, file path or file name)")
     report.add_argument("which", help="a run id (see `status`), or the file's path or name")
     where = report.add_mutually_exclusive_group()
     where.add_argument("--config", help="the service's settings file (for its state dir)")
-    where.add_argument("--state-dir", default=str(default_state_dir))
-    report.add_argument("--json", action="store_true", help="the report as JSON")
+    where.add_argument(
+        "--state-dir", default=str(default_state_dir), help="the state directory to read"
+    )
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.set_defaults(handler=lambda args: cmd_report(args, out))
-    notify = commands.add_parser("notify", help="e-mail a file's report again")
-    notify.add_argument("--resend", required=True, metavar="RUN", help="run id or file")
+    notify = command("notify", "e-mail a file's report again")
+    notify.add_argument("--resend", required=True, metavar="RUN", help="a run id or file")
     notify.add_argument("--config", required=True, help="the service's settings file")
-    notify.add_argument("--to", action="append", default=[], help="instead of the company's")
+    notify.add_argument(
+        "--to",
+        action="append",
+        default=[],
+        help="send to this address instead of the company's recipients (repeatable)",
+    )
     notify.set_defaults(handler=lambda args: cmd_notify(args, out, err))
-    sftp = commands.add_parser("sftp", help="run the SFTP endpoint alone (for testing)")
-    sftp.add_argument("--config", required=True, help="the settings file, with [sftp]")
-    sftp.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
+    sftp = command("sftp", "run the SFTP endpoint alone (uploads land; nothing is ingested)")
+    sftp.add_argument("--config", required=True, help="the settings file, with an [sftp] table")
+    sftp.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default=None,
+        help="overrides [service] log_format",
+    )
     sftp.set_defaults(handler=lambda args: cmd_sftp(args, out))
-    hasher = commands.add_parser(
-        "sftp-password", help="hash a password (stdin) for sftp_password_hash"
+    hasher = command(
+        "sftp-password", "hash a password read from standard input, for sftp_password_hash"
     )
     hasher.set_defaults(handler=lambda args: cmd_sftp_password(args, out))
 

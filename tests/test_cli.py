@@ -194,3 +194,58 @@ def test_on_a_terminal_log_lines_print_above_the_progress_bar_and_the_rate_start
         assert "━" not in line and "rec/s" not in line
     rates = re.findall(r"sent · (\S+) rec/s", text)
     assert rates and rates[0] == "…"
+
+
+def test_every_command_and_option_has_help_in_a_users_words() -> None:
+    """Before: the top-level description was a developer docstring and most options had no
+    help at all."""
+    import argparse
+
+    from ingestor.cli import build_parser
+
+    parser = build_parser()
+    assert "Import CSV and JSONL files" in (parser.description or "")
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helped = {choice.dest: choice.help for choice in commands._choices_actions}
+    assert set(helped) == set(commands.choices) and all(helped.values())
+    missing = [
+        f"{name} {' '.join(action.option_strings) or action.dest}"
+        for name, sub in commands.choices.items()
+        for action in sub._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert missing == []
+    text = ingestor("ingest", "--help").stdout
+    assert "(default: 3)" in text and "(default: None)" not in text
+
+
+def test_simulate_says_its_key_and_url_and_a_first_ingest_just_works(tmp_path: Path) -> None:
+    """Before: it did not say its key (sim-key) and started with no data source, so a
+    newcomer's first `ingestor ingest` failed twice."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ingestor.cli", "simulate", "--port", "0", "--drop", str(SAMPLE)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        said = []
+        for line in process.stdout:
+            said.append(line)
+            if line.startswith("Try:"):
+                break
+        text = "".join(said)
+        url = re.search(r"Klaviyo simulator on (http://\S+),", text)
+        assert url is not None and "API key 'sim-key' → account default" in text
+        assert "data source 01KTMWCZ8ZMNZS0HG5HQNX0H6E in account default" in text
+        pets = SAMPLE / "acme" / "imports" / "custom_objects" / "pets"
+        result = ingestor(
+            "ingest", str(pets), "--api-key-env", "K", "--base-url", url.group(1),
+            "--state-dir", str(tmp_path / "state"), "--burst", "50", "--steady", "3000",
+            env={"K": "sim-key"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
