@@ -14,6 +14,7 @@ from ingestor.config import ApiKey, ApiSettings, RateLimitSettings, RetrySetting
 from ingestor.simulator import Simulator
 
 KEY = "pk_test_secret_acme_0123456789"
+BETA_WRONG_KEY = "pk_test_secret_beta_revoked_000"  # a key the simulator refuses
 DS_ID = "01KTMWCZ8ZMNZS0HG5HQNX0H6E"
 FAST_LIMITS = RateLimitSettings(burst=50, burst_window=1.0, steady=3000, steady_window=60.0)
 
@@ -92,6 +93,7 @@ SECRETS = (
     KEY,
     "pk_test_secret_beta_9876543210",  # tests.service_helpers.BETA_KEY
     "smtp-secret-Pa55",  # tests.service_helpers.SMTP_PASSWORD
+    BETA_WRONG_KEY,
 )
 _LEAKS: list[str] = []
 

@@ -44,6 +44,8 @@ def outcome(report: dict[str, Any]) -> str:
     state = report["state"]
     if state == "done":
         return f"{sent:,} imported, {skipped:,} skipped"
+    if state == "rejected" and "directly under imports/" in report["reason"]:
+        return "not processed: it must be inside a named folder that has a config.json"
     if state == "rejected":
         return f"not processed: {one_line(report['reason'], 90)}"
     if _key_refused(report["reason"]):
