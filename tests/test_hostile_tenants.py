@@ -419,3 +419,38 @@ def test_reading_a_fifo_over_sftp_is_refused_without_hanging(
         assert client.sftp.listdir("/imports/custom_objects")  # the session still answers
     finally:
         client.close()
+
+
+def test_chmod_and_chown_are_refused_honestly_and_times_are_applied(
+    sftp_service: object, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Before: chmod, chown and utime all answered OK and changed nothing."""
+    client: Any = acme_client(sftp_service, keys)
+    path = "/imports/custom_objects/pets/a.txt"
+    try:
+        client.put(b"hello", path)
+        with pytest.raises(OSError, match="owners and permissions are set by the service"):
+            client.sftp.chmod(path, 0o777)
+        with pytest.raises(OSError, match="owners and permissions are set by the service"):
+            client.sftp.chown(path, 0, 0)
+        client.sftp.utime(path, (1_700_000_000, 1_700_000_000))
+        assert client.sftp.stat(path).st_mtime == 1_700_000_000
+    finally:
+        client.close()
+    local = tmp_path / "drop/acme/imports/custom_objects/pets/a.txt"
+    assert local.stat().st_mode & 0o777 != 0o777
+
+
+def test_a_name_as_long_as_the_file_system_allows_can_be_uploaded(
+    sftp_service: object, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Before: names of 240-254 characters were refused (the upload's temporary name, the
+    name plus 17 characters, did not fit in 255)."""
+    client: Any = acme_client(sftp_service, keys)
+    name = "n" * 248 + ".jsonl"  # 254 characters
+    try:
+        client.put(b"{}\n", f"/imports/custom_objects/pets/{name}")
+        assert name in client.sftp.listdir("/imports/custom_objects/pets")
+    finally:
+        client.close()
+    assert (tmp_path / "drop/acme/imports/custom_objects/pets" / name).read_bytes() == b"{}\n"

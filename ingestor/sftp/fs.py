@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ingestor.sftp")
 
 UPLOAD_SUFFIX = ".upload"  # hidden temporaries: ".<name>.<token>.upload"
+NAME_MAX = 255  # bytes in one file name (Linux file systems)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -218,7 +219,7 @@ class ReadHandle(paramiko.SFTPHandle):
         return paramiko.SFTPAttributes.from_stat(os.fstat(self._fd))
 
     def chattr(self, attr: Any) -> int:
-        return SFTP_OK
+        return SFTP_PERMISSION_DENIED  # opened for reading: nothing about it may change
 
     def close(self) -> None:
         os.close(self._fd)
@@ -268,6 +269,11 @@ class UploadHandle(paramiko.SFTPHandle):
         return paramiko.SFTPAttributes.from_stat(os.fstat(self._fd))
 
     def chattr(self, attr: Any) -> int:
+        refusal = _unchangeable(attr)
+        if refusal:
+            return self._fs.refuse(SFTP_OP_UNSUPPORTED, refusal)
+        if attr._flags & attr.FLAG_AMTIME:
+            os.utime(self._fd, (attr.st_atime, attr.st_mtime))
         return SFTP_OK
 
     def close(self) -> None:
@@ -293,6 +299,15 @@ class UploadHandle(paramiko.SFTPHandle):
             return
         digest = self._hash.hexdigest() if self._hash is not None else None
         self._fs.company.on_upload(self._temporary, self._final, digest)
+
+
+def _unchangeable(attr: Any) -> str:
+    """Why the attributes a client asks to set cannot be set ('' if they can: times only)."""
+    if attr._flags & (attr.FLAG_PERMISSIONS | attr.FLAG_UIDGID):
+        return "owners and permissions are set by the service; only times can be changed"
+    if attr._flags & attr.FLAG_SIZE:
+        return "a file's size changes only by uploading it again"
+    return ""
 
 
 class CompanyFs(paramiko.SFTPServerInterface):
@@ -394,7 +409,11 @@ class CompanyFs(paramiko.SFTPServerInterface):
         quota = self.company.quota
         quota.look(self.company.root)
         replacing = existing.st_size if existing is not None else 0
-        temporary = local.parent / f".{local.name}.{secrets.token_hex(4)}{UPLOAD_SUFFIX}"
+        # The name is cut so that the temporary's own fits the file system's 255 bytes too.
+        token = f".{secrets.token_hex(4)}{UPLOAD_SUFFIX}"
+        keep = NAME_MAX - len(token) - 1
+        short = os.fsencode(local.name)[:keep].decode("utf-8", "ignore")
+        temporary = local.parent / f".{short}{token}"
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
         quota.begin(temporary)
         return UploadHandle(self, fd, flags, temporary, local, replacing)
@@ -454,8 +473,22 @@ class CompanyFs(paramiko.SFTPServerInterface):
         os.rmdir(local)
         return SFTP_OK
 
+    @_answers
     def chattr(self, path: str, attr: Any) -> int:
-        return SFTP_OK  # modes and times stay the service's business
+        """Times may be set (clients preserve them after an upload); owners, permissions and
+        sizes are the service's, and a request to change them is refused, not ignored."""
+        local = self._local(path)
+        refusal = _unchangeable(attr)
+        if refusal:
+            return self.refuse(SFTP_OP_UNSUPPORTED, refusal)
+        if not attr._flags & attr.FLAG_AMTIME:
+            return SFTP_OK
+        if not self.jail.writable(path):
+            return SFTP_PERMISSION_DENIED
+        if self.company.busy(local):
+            return self.refuse(SFTP_PERMISSION_DENIED, "this file is being processed")
+        os.utime(local, (attr.st_atime, attr.st_mtime), follow_symlinks=False)
+        return SFTP_OK
 
     def readlink(self, path: str) -> str | int:
         return SFTP_OP_UNSUPPORTED
