@@ -3,6 +3,7 @@ checkpoint → report. The only module that knows all the stages; each stage kno
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -26,7 +27,14 @@ from ingestor.errors import (
 )
 from ingestor.identity import KnownHashes, identify, unopened_identity
 from ingestor.klaviyo import KlaviyoClient
-from ingestor.layout import FolderConfig, ImportFolder, data_format, list_folder, load_folder_config
+from ingestor.layout import (
+    FolderConfig,
+    FolderListing,
+    ImportFolder,
+    data_format,
+    list_folder,
+    load_folder_config,
+)
 from ingestor.ledger import FileRun, FileState, Ledger
 from ingestor.parsers import ParseLimits, parse_file
 from ingestor.ratelimit import AccountLimiter
@@ -90,6 +98,7 @@ class Pipeline:
         self._stop = stop or threading.Event()
         self._progress = progress
         self._verified: dict[str, float] = {}  # data source id → when a GET last found it
+        self._listings: dict[Path, tuple[tuple[int, int, int], FolderListing]] = {}
 
     def ingest_folder(self, folder: ImportFolder) -> FolderResult:
         """Process every data file of ``folder`` that is not already done."""
@@ -106,10 +115,25 @@ class Pipeline:
         with directory:
             return self._ingest_directory(folder, directory, only)
 
+    def _listing(self, directory: Directory) -> FolderListing:
+        """The folder's listing, read again only when the folder changed (its mtime moves
+        with every entry added, removed or renamed): a folder of 10,000 files is listed
+        once, not once a file."""
+        info = os.fstat(directory.fd)
+        key = (info.st_dev, info.st_ino, info.st_mtime_ns)
+        cached = self._listings.get(directory.path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        listing = list_folder(directory)
+        if len(self._listings) > 256:
+            self._listings.clear()
+        self._listings[directory.path] = (key, listing)
+        return listing
+
     def _ingest_directory(
         self, folder: ImportFolder, directory: Directory, only: Collection[Path] | None
     ) -> FolderResult:
-        listing = list_folder(directory)
+        listing = self._listing(directory)
         if only is not None:
             wanted = {p.name for p in only}
             listing = replace(

@@ -89,7 +89,7 @@ _TOP_KEYS = {
     "sftp",
     "companies",
 }
-_NOTIFY_KEYS = {"from", "attach_max_bytes", "digest"}
+_NOTIFY_KEYS = {"from", "attach_max_bytes", "digest", "digest_after_files"}
 _SMTP_KEYS = {
     "host",
     "port",
@@ -320,6 +320,14 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
             notify_table, "attach_max_bytes", "notify.", int, DEFAULT_ATTACH_MAX, positive
         ),
         smtp=_smtp(r, data, base),
+        digest_after_files=r.value(
+            notify_table,
+            "digest_after_files",
+            "notify.",
+            int,
+            NotifySettings().digest_after_files,
+            positive,
+        ),
     )
     companies: dict[str, CompanySettings] = {}
     for name, table in r.table(data, "companies", "").items():

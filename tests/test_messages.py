@@ -102,3 +102,24 @@ def test_every_event_of_a_lane_names_its_company(
     service.run_for("a.jsonl")
     lines = [line for line in capsys.readouterr().out.splitlines() if "rate_limited" in line]
     assert lines and all("company=acme" in line for line in lines)
+
+
+def test_a_folder_of_many_files_is_emailed_as_one_digest(tmp_path: Path, sim: Simulator) -> None:
+    """Before: 10,000 files in one folder sent 10,000 e-mails. A folder run of at least
+    [notify] digest_after_files files (20) becomes one digest."""
+    folder = make_folder(tmp_path / "drop")
+    for n in range(60):
+        (folder / f"part-{n:03d}.jsonl").write_bytes(jsonl(n * 10, 10))
+    settings = write_settings(
+        tmp_path / "s.toml",
+        tmp_path / "drop",
+        tmp_path / "state",
+        sim,
+        company_lines='recipients = ["ops@acme.example"]',
+    )
+    with running_service(settings) as svc:
+        for _ in range(60):
+            svc.next_run()
+    (message,) = messages(tmp_path / "state")
+    assert message["Subject"] == ("[ingestor] acme / pets: 60 files, 600 imported, 0 skipped")
+    assert len(sim.records("acme")) == 600

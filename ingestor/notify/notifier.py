@@ -28,6 +28,9 @@ class NotifySettings:
     sender: str = DEFAULT_SENDER
     attach_max_bytes: int = DEFAULT_ATTACH_MAX
     smtp: SmtpSettings | None = None  # None: messages are written to the outbox only
+    # A folder run of at least this many files is e-mailed as one digest, whatever the
+    # company's digest setting: 10,000 files must not mean 10,000 e-mails.
+    digest_after_files: int = 20
 
 
 def load_report(path: str) -> dict[str, Any] | None:

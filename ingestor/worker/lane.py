@@ -52,6 +52,7 @@ class Finished:
     result: FolderResult
     folder_drained: bool  # no more files of the same folder are queued in the lane
     announce: bool = True  # False: the same problem was already reported (say it once)
+    digest: bool = False  # e-mail the folder run as one message
 
 
 FinishedFn = Callable[[Finished], None]
@@ -132,6 +133,8 @@ class Lane:
         self._blocked = ""
         self._files_done = 0
         self._files_failed = 0
+        self._folder_runs: dict[Path, int] = {}  # folder → files finished in its current run
+        self._digest_folders: set[Path] = set()  # folder runs e-mailed as one digest
         self._current_path: Path | None = None  # the file being processed, and its stat
         self._current_stat: tuple[int, int] | None = None  # when it was taken from the queue
         self._progress = _Progress(company.name, metrics)
@@ -414,16 +417,28 @@ class Lane:
         return ImportFolder(found.path.parent, p.company, kind, p.folder, self._service.drop_root)
 
     def _finished(self, result: FolderResult, announce: bool = True) -> None:
+        folder = result.folder.path
         with self._wake:
+            waiting = sum(1 for q in self._queue if q.found.path.parent == folder)
+            run = self._folder_runs.get(folder, 0) + len(result.files)
+            threshold = self._service.notify.digest_after_files
+            if self._company.digest or run + waiting >= threshold:
+                self._digest_folders.add(folder)  # for the rest of this folder run
+            digest = folder in self._digest_folders
+            if waiting:
+                self._folder_runs[folder] = run
+            else:  # the folder run ends
+                self._folder_runs.pop(folder, None)
+                self._digest_folders.discard(folder)
             done = sum(1 for f in result.files if f.run.state is FileState.DONE)
             self._files_done += done
             self._files_failed += len(result.files) - done
-            drained = not any(q.found.path.parent == result.folder.path for q in self._queue)
+            drained = not waiting
         if self._metrics:
             for f in result.files:
                 self._metrics.files.labels(self.name, f.run.state.value).inc()
         if self._on_finished:
-            self._on_finished(Finished(self.name, result, drained, announce))
+            self._on_finished(Finished(self.name, result, drained, announce, digest))
 
 
 def _latest_run(ledger: Ledger, found: Found) -> FileRun | None:

@@ -381,7 +381,7 @@ class Service:
                 self._notifier.file_finished(
                     report,
                     company.recipients,
-                    company.digest,
+                    finished.digest,
                     folder_drained=finished.folder_drained and index == len(files) - 1,
                 )
             except StateUnwritable as exc:  # retried at each rescan until it can be written
