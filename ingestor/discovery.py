@@ -76,10 +76,15 @@ class Readiness:
         self.stale_close = max(STALE_CLOSE_MIN, 10 * quiet_period)
         self._awaiting_close: set[str] = set()
         self._quiet: dict[str, tuple[Stat, float]] = {}  # path → (stat, stable since)
+        # Files that changed while being sent: ready only once they hold still for the quiet
+        # period, whatever close events say (a file appended to every 100 ms is one upload,
+        # not one version per append).
+        self._settling: set[str] = set()
 
     def written(self, path: str, current: Stat | None, now: float) -> None:
-        """The file is being written: with close events, wait for the close."""
-        if self.close_events:
+        """The file is being written: with close events, wait for the close (unless it is
+        settling, which waits for quiet whatever closes say)."""
+        if self.close_events and path not in self._settling:
             self._awaiting_close.add(path)
             self._quiet.pop(path, None)
         else:
@@ -108,9 +113,23 @@ class Readiness:
         """Close-after-write or rename into place: the upload is complete."""
         self.forget(path)
 
+    def settle(self, path: str, current: Stat | None, now: float) -> None:
+        """The file changed while being sent: it is ready once it has held still for a whole
+        quiet period from now (closes no longer make it ready at once)."""
+        self._awaiting_close.discard(path)
+        if current is None:
+            self._settling.discard(path)
+            return
+        self._settling.add(path)
+        self._quiet[path] = (current, now)
+
+    def settling(self, path: str) -> bool:
+        return path in self._settling
+
     def forget(self, path: str) -> None:
         self._awaiting_close.discard(path)
         self._quiet.pop(path, None)
+        self._settling.discard(path)
 
     def due(self, stat_fn: Callable[[str], Stat | None], now: float) -> list[str]:
         """Paths whose size and mtime held still for the quiet period (and are not empty)."""
@@ -123,6 +142,7 @@ class Readiness:
                 self._quiet[path] = (current, now)
             elif now - since >= self.quiet_period and current[0] > 0:
                 del self._quiet[path]
+                self._settling.discard(path)
                 ready.append(path)
         return ready
 
@@ -162,6 +182,7 @@ class Discovery:
         self.drop_root = drop_root
         self.readiness = readiness
         self._nested_reported: set[Path] = set()  # import folders whose subfolders were said
+        self._completed: OrderedDict[str, tuple[Stat | None, float]] = OrderedDict()
 
     def _files(self, top: Path) -> Iterator[str]:
         """Regular files under ``top`` down to the import folders' files (depth 5 below the
@@ -218,13 +239,12 @@ class Discovery:
         """Ready files an event reveals (most events reveal none yet)."""
         src = os.fsdecode(event.src_path)
         if isinstance(event, FileClosedEvent):
-            self.readiness.closed(src)
-            return self._ready([src])
+            return self._complete(src, now)
         if isinstance(event, FileMovedEvent):
-            self.readiness.forget(src)
             dest = os.fsdecode(event.dest_path)
-            self.readiness.closed(dest)
-            return self._ready([dest])
+            if dest != src:
+                self.readiness.forget(src)
+            return self._complete(dest, now)
         if isinstance(event, FileDeletedEvent):
             self.readiness.forget(src)
         elif isinstance(event, FileModifiedEvent) and self._placed(src):
@@ -236,6 +256,25 @@ class Discovery:
             target = os.fsdecode(event.dest_path) if event.dest_path else src
             self.scan(Path(target), now)
         return []
+
+    def _complete(self, path: str, now: float) -> list[Found]:
+        """A close after writing, or a rename into place: the upload is complete, unless the
+        file keeps being rewritten (a second version within the quiet period of the last,
+        or a file already settling): then it is ready only once it holds still."""
+        current = stat_of(path)
+        last = self._completed.pop(path, None)
+        self._completed[path] = (current, now)
+        if len(self._completed) > 10_000:
+            self._completed.popitem(last=False)
+        rewritten = last is not None and last[0] != current
+        if rewritten and last is not None and now - last[1] < self.readiness.quiet_period:
+            self.readiness.settle(path, current, now)
+            return []
+        if self.readiness.settling(path):  # closes restart its quiet wait
+            self.readiness.seen(path, current, now)
+            return []
+        self.readiness.closed(path)
+        return self._ready([path])
 
     def _ready(self, paths: list[str]) -> list[Found]:
         found = [f for f in map(self._found, paths) if f is not None]

@@ -154,13 +154,27 @@ class DropFile:
     def read_all(self, limit: int) -> bytes:
         return os.pread(self.fd, limit + 1, 0)
 
-    def sha256(self) -> str:
+    def sha256(self, prefix: int | None = None) -> tuple[str, str | None]:
+        """The file's sha256 and, in the same pass, that of its first ``prefix`` bytes (None
+        if the file is shorter)."""
         digest = hashlib.sha256()
+        at_prefix: str | None = None
         offset = 0
         while chunk := os.pread(self.fd, HASH_CHUNK, offset):
-            digest.update(chunk)
+            if prefix is not None and offset < prefix <= offset + len(chunk):
+                digest.update(chunk[: prefix - offset])
+                at_prefix = digest.copy().hexdigest()
+                digest.update(chunk[prefix - offset :])
+            else:
+                digest.update(chunk)
             offset += len(chunk)
-        return digest.hexdigest()
+        if prefix == 0:
+            at_prefix = hashlib.sha256().hexdigest()
+        return digest.hexdigest(), at_prefix
+
+    def ends_a_line_at(self, offset: int) -> bool:
+        """Whether the byte before ``offset`` is a line feed (a record boundary)."""
+        return offset > 0 and os.pread(self.fd, 1, offset - 1) == b"\n"
 
     def reader(self) -> BinaryIO:
         """A buffered reader of its own (closing it leaves this descriptor open); reads

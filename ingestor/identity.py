@@ -5,10 +5,11 @@ as it received the upload). The hash is read through the same descriptor that is
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from ingestor.dropfile import DropFile
-from ingestor.ledger import FileIdentity, Ledger
+from ingestor.ledger import FileIdentity, FileRun, Ledger
 
 # The sha256 recorded for a file that could not be opened (a link, a FIFO, no permission):
 # the same refusal again matches the same version, so it is reported once.
@@ -32,6 +33,15 @@ class KnownHashes:
         return known[2] if known and known[:2] == (size, mtime_ns) else None
 
 
+@dataclass(frozen=True, slots=True)
+class Identified:
+    """A file version's identity, and the earlier version it is a pure append of, if any
+    (its bytes are the earlier version's, followed by more)."""
+
+    identity: FileIdentity
+    appends_to: FileRun | None = None
+
+
 def identify(
     file: DropFile,
     company: str,
@@ -39,12 +49,15 @@ def identify(
     folder: str,
     ledger: Ledger,
     known: KnownHashes | None = None,
-) -> FileIdentity:
+) -> Identified:
     """Identify an open file; a hash is reused (the ledger's, or a known one) while size and
-    mtime are unchanged, else the file is read through its descriptor and hashed."""
+    mtime are unchanged, else the file is read through its descriptor and hashed. When it
+    has grown since the latest version, the same pass hashes the latest version's length
+    too, to tell a pure append from a new file."""
     size, mtime_ns = file.size, file.mtime_ns
     latest = ledger.latest(company, kind, folder, file.name)
     sha = known.take(file.path, size, mtime_ns) if known else None
+    appends_to = None
     if sha is not None:
         pass
     elif (
@@ -54,8 +67,15 @@ def identify(
     ):
         sha = latest.identity.sha256
     else:
-        sha = file.sha256()
-    return FileIdentity(company, kind, folder, file.name, str(file.path), size, mtime_ns, sha)
+        grown = latest is not None and latest.identity.sha256 != UNOPENED
+        prefix = latest.identity.size if latest is not None and grown else None
+        if prefix is not None and prefix >= size:
+            prefix = None
+        sha, head = file.sha256(prefix)
+        if latest is not None and head is not None and head == latest.identity.sha256:
+            appends_to = latest
+    identity = FileIdentity(company, kind, folder, file.name, str(file.path), size, mtime_ns, sha)
+    return Identified(identity, appends_to)
 
 
 def unopened_identity(path: Path, company: str, kind: str, folder: str) -> FileIdentity:

@@ -57,6 +57,7 @@ class FileResult:
     run: FileRun
     report: Report | None
     unchanged: bool = False  # already done earlier: nothing was sent
+    changed: bool = False  # stopped because the file changed while it was being sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,11 +221,33 @@ class Pipeline:
             identity = unopened_identity(path, folder.company, kind, name)
             return self._ledger.register(identity), None, exc
         try:
-            identity = identify(file, folder.company, kind, name, self._ledger, self._known_hashes)
-            return self._ledger.register(identity), file, None
+            found = identify(file, folder.company, kind, name, self._ledger, self._known_hashes)
+            run = self._ledger.register(found.identity)
+            if found.appends_to is not None:
+                run = self._continue(run, found.appends_to, file)
+            return run, file, None
         except BaseException:
             file.close()
             raise
+
+    def _continue(self, run: FileRun, earlier: FileRun, file: DropFile) -> FileRun:
+        """A new version that is a pure append of ``earlier`` starts where ``earlier``
+        stopped (its last checkpoint, at a line boundary): what was sent is not sent again."""
+        fresh = run.id != earlier.id and run.offset == 0 and run.counts.read == 0
+        if not fresh or earlier.offset <= 0 or not file.ends_a_line_at(earlier.offset):
+            return run
+        self._ledger.checkpoint(run.id, earlier.offset, earlier.line, 0, FileCounts())
+        log.info(
+            "file_continued",
+            company=run.identity.company,
+            folder=run.identity.folder,
+            file=run.identity.name,
+            version=run.version,
+            from_version=earlier.version,
+            offset=earlier.offset,
+            line=earlier.line,
+        )
+        return replace(run, offset=earlier.offset, line=earlier.line)
 
     def _refused(self, run: FileRun, refusal: LayoutError, ignored: tuple[str, ...]) -> FileResult:
         """A file that could not be opened: unsafe entries are rejected for good (until they
@@ -247,7 +270,8 @@ class Pipeline:
         parts = path.parent.relative_to(base).parts
         try:
             with open_directory(base, parts) as directory, directory.open_file(path.name) as file:
-                identity = identify(file, company, kind, "", self._ledger, self._known_hashes)
+                found = identify(file, company, kind, "", self._ledger, self._known_hashes)
+                identity = found.identity
         except (UnsafeEntry, Unreadable) as exc:
             reason = f"{reason}; besides, {exc}"
             identity = unopened_identity(path, company, kind, "")
@@ -327,7 +351,8 @@ class Pipeline:
             return self._close(run, FileState.REJECTED, str(exc), ignored, counts)
         except FileChanged as exc:
             bound.warning("file_changed", reason=str(exc))
-            return self._close(run, FileState.FAILED, str(exc), ignored, counts)
+            closed = self._close(run, FileState.FAILED, str(exc), ignored, counts)
+            return replace(closed, changed=True)
         except SystemicRejection as exc:
             bound.error("file_paused", reason=str(exc))
             return self._close(run, FileState.FAILED, str(exc), ignored, counts)

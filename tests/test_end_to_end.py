@@ -58,10 +58,27 @@ def test_changed_file_is_a_new_version(sim: Simulator, tmp_path: Path) -> None:
     (folder / "a.jsonl").write_text('{"id": 1}\n')
     settings = settings_for(sim, tmp_path / "state")
     ingest_folder_once(folder, api_key(), settings)
-    (folder / "a.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    (folder / "a.jsonl").write_text('{"id": 0}\n{"id": 1}\n{"id": 2}\n')  # not an append
     result = ingest_folder_once(folder, api_key(), settings)
     assert result.files[0].run.version == 2
-    assert [r["id"] for r in sim.records("acme")] == [1, 1, 2]
+    assert [r["id"] for r in sim.records("acme")] == [1, 0, 1, 2]
+
+
+def test_a_pure_append_continues_where_the_earlier_version_stopped(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A new version whose bytes begin with the whole earlier version sends only what was
+    added (its first bytes are hashed in the same pass as the whole file)."""
+    folder = make_folder(tmp_path / "drop")
+    (folder / "a.jsonl").write_text('{"id": 1}\n')
+    settings = settings_for(sim, tmp_path / "state")
+    ingest_folder_once(folder, api_key(), settings)
+    with (folder / "a.jsonl").open("a") as f:
+        f.write('{"id": 2}\n{"id": 3}\n')
+    result = ingest_folder_once(folder, api_key(), settings)
+    run = result.files[0].run
+    assert (run.version, run.counts.read, run.counts.sent) == (2, 2, 2)
+    assert [r["id"] for r in sim.records("acme")] == [1, 2, 3]
 
 
 def test_unknown_data_source_rejects_the_folder(sim: Simulator, tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ class Finished:
 
 
 FinishedFn = Callable[[Finished], None]
+ChangedFn = Callable[[Path], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,11 @@ class Lane:
         transport: httpx.BaseTransport | None = None,
         on_finished: FinishedFn | None = None,
         known_hashes: KnownHashes | None = None,
+        on_changed: ChangedFn | None = None,
     ) -> None:
+        """``on_changed`` hears of a file that changed while it was being sent (the service
+        then waits for it to hold still before its next version starts)."""
+        self._on_changed = on_changed
         self.name = company.name
         self._known_hashes = known_hashes
         self._company = company
@@ -362,6 +367,17 @@ class Lane:
         folder = self._folder(found, kind)
         new_problem = self._note_config_problem(folder)
         result = pipeline.ingest_files(folder, [found.path])
+        if any(f.changed for f in result.files):
+            # Still being written: nothing to tell anyone yet. Its next version starts once
+            # it holds still (a close event queued meanwhile is dropped for that).
+            with self._wake:
+                self._queue = deque(q for q in self._queue if q.found.path != found.path)
+                self._queued_paths.discard(found.path)
+                self._publish_depth()
+            if self._on_changed:
+                self._on_changed(found.path)
+            self._finished(result, announce=False)
+            return
         if any(not f.unchanged for f in result.files):
             repeated = self._failure_repeated(found.path, result)
             self._finished(result, announce=new_problem is not False and not repeated)

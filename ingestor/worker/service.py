@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any
@@ -63,6 +63,13 @@ class _Signal(enum.Enum):
     RESCAN = "rescan"
 
 
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    """A lane found a file changing while it sent it: wait for it to hold still."""
+
+    path: Path
+
+
 class Service:
     """Build with a settings file; ``run()`` blocks until stopped and returns the exit code."""
 
@@ -86,7 +93,7 @@ class Service:
         # SimpleQueue, not Queue: signal handlers put into it from the main thread, possibly
         # while that thread is inside get(); Queue's lock would deadlock there (seen as a
         # service that ignored SIGTERM after a SIGHUP), SimpleQueue's put is reentrant.
-        self._inbox: queue.SimpleQueue[FileSystemEvent | _Signal] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[FileSystemEvent | _Signal | _Settle] = queue.SimpleQueue()
         self._lanes: dict[str, Lane] = {}
         self._unknown_companies: set[str] = set()
         self._systemd = SystemdNotifier(environ)
@@ -235,6 +242,8 @@ class Service:
                 next_rescan = now  # new companies' files are found at once
             elif item is _Signal.RESCAN:
                 next_rescan = next_announce = now
+            elif isinstance(item, _Settle):
+                discovery.readiness.settle(str(item.path), stat_of(str(item.path)), now)
             elif item is not None:
                 self._route(ledger, discovery.on_event(item, now), discovery)
             self._route(ledger, discovery.due(now), discovery)
@@ -462,6 +471,7 @@ class Service:
             transport=self._transport,
             on_finished=self._file_finished,
             known_hashes=self._known_hashes,
+            on_changed=lambda path: self._inbox.put(_Settle(path)),
         )
         self._lanes[name] = lane
         lane.start()
