@@ -302,6 +302,9 @@ class Pipeline:
         rejects_path = report_dir(self._settings.state_dir, folder.company) / (
             f"{run_stem(run)}.rejected.jsonl"
         )
+        # A run a process had started and left unfinished (killed, or stopped) may have had a
+        # batch in flight: the API may have stored it, and it is sent again now.
+        repeats_first_batch = run.state is FileState.PROCESSING and bool(run.rejects_path)
         run = self._ledger.start(run.id, config.target_id, str(rejects_path))
         resumed = run.offset > 0
         bound.info("file_started", resume_offset=run.offset, resumed=resumed, version=run.version)
@@ -337,6 +340,10 @@ class Pipeline:
                     pending.batches += 1
                     pending.retries += outcome.retries
                     pending.throttled_seconds += outcome.throttled_seconds
+                    pending.maybe_resent += outcome.maybe_resent
+                    if repeats_first_batch:
+                        pending.maybe_resent += outcome.accepted
+                        repeats_first_batch = False
                 counts.add(pending)
                 pending = FileCounts()
                 self._ledger.checkpoint(

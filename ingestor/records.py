@@ -59,6 +59,10 @@ class FileCounts:
     batches: int = 0
     retries: int = 0
     throttled_seconds: float = 0.0
+    # Records that may have reached the API twice: re-sent after a timeout or a dropped
+    # connection (the API may have stored them before the answer was lost), or the batch
+    # re-sent on resuming after the service stopped with it in flight.
+    maybe_resent: int = 0
 
     def add(self, other: FileCounts) -> None:
         self.read += other.read
@@ -67,6 +71,7 @@ class FileCounts:
         self.batches += other.batches
         self.retries += other.retries
         self.throttled_seconds += other.throttled_seconds
+        self.maybe_resent += other.maybe_resent
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +84,4 @@ class SendOutcome:
     retries: int = 0
     throttled_seconds: float = 0.0
     status_counts: dict[int, int] = field(default_factory=dict)
+    maybe_resent: int = 0  # records re-sent after an answer was lost (see FileCounts)

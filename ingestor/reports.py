@@ -156,6 +156,7 @@ def write_report(
         "batches": counts.batches,
         "retries": counts.retries,
         "throttled_seconds": round(counts.throttled_seconds, 3),
+        "records_maybe_resent": counts.maybe_resent,
         "records_per_second": round(counts.sent / duration, 1) if duration > 0 else None,
         "skipped_samples": first_rejects(run.rejects_path, samples),
         "rejected_rows_file": run.rejects_path if counts.skipped else "",

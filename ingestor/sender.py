@@ -73,6 +73,8 @@ class _Tally:
     throttled: float = 0.0
     refused: list[Reject] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
+    lost_answers: int = 0  # requests sent whose answer never came (timeout, dropped)
+    maybe_resent: int = 0
 
     def count(self, status: int) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
@@ -162,6 +164,7 @@ class Sender:
                         exc.detail,
                     ) from None
         return SendOutcome(
+            maybe_resent=tally.maybe_resent,
             accepted=tally.accepted,
             refused=tuple(tally.refused),
             requests=tally.requests,
@@ -194,11 +197,16 @@ class Sender:
         """Send one body until the API decides on it (2xx, 413 or a refusal). Unless in an
         ``outage``, a body that fails every time raises _FailsEveryTime."""
         body = self.envelope.body([record.json for record in part])
-        answer = self.call(
-            lambda: self._client.post_bulk(self._endpoint, body),
-            tally,
-            poison_after=None if outage else POISON_AFTER,
-        )
+        lost = tally.lost_answers
+        try:
+            answer = self.call(
+                lambda: self._client.post_bulk(self._endpoint, body),
+                tally,
+                poison_after=None if outage else POISON_AFTER,
+            )
+        finally:
+            if tally.lost_answers > lost:  # the API may have stored it before the answer
+                tally.maybe_resent += len(part)  # was lost: what follows may repeat it
         self._bulk_successes += 1
         tally.count(answer.status)
 
@@ -231,6 +239,8 @@ class Sender:
             except Transient as exc:
                 if exc.status:
                     tally.count(exc.status)
+                else:
+                    tally.lost_answers += 1
                 self._limiter.completed(bulk=False)  # not something the server allowed
                 attempt += 1
                 tally.retries += 1

@@ -217,3 +217,23 @@ def test_stop_interrupts_an_endless_outage(sim: Simulator, tmp_path: Path) -> No
     with pytest.raises(Interrupted):
         ingest_folder_once(folder, api_key(), settings_for(sim, tmp_path / "s"), stop=stop)
     assert sim.stats()["statuses"]["503"] >= 3  # it kept retrying until told to stop
+
+
+def test_a_batch_resent_after_its_answer_was_lost_is_reported_as_maybe_sent_twice(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Before: the API stored a batch, the answer timed out, the batch went again: the
+    e-mail said every record was imported once, and nothing said otherwise."""
+    folder = jsonl_folder(tmp_path, 1200)
+    sim.faults.hang_after_accept_next = 1
+    sim.faults.hang_seconds = 1.0
+    settings = settings_for(sim, tmp_path / "s", read_timeout=0.3)
+    result = ingest_folder_once(folder, api_key(), settings)
+    report = result.files[0].report
+    assert report is not None
+    duplicates = len(sim.records("acme")) - 1200
+    assert duplicates == 500  # the first batch, stored twice
+    assert report.data["records_maybe_resent"] == 500
+    from ingestor.notify.content import next_steps
+
+    assert "500 records may have been sent twice" in " ".join(next_steps(report.data))

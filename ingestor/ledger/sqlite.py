@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS queued_files (
 _ADDED_COLUMNS = {
     "announced": "INTEGER NOT NULL DEFAULT 1",
     "swept": "INTEGER NOT NULL DEFAULT 0",
+    "maybe_resent": "INTEGER NOT NULL DEFAULT 0",
 }
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS file_runs_unannounced ON file_runs (id) WHERE announced=0",
@@ -50,17 +51,18 @@ _COLUMNS = (
     "id, company, kind, folder, name, path, size, mtime_ns, sha256, version, state, target_id, "
     "byte_offset, line, rejects_bytes, records_read, records_sent, records_skipped, batches, "
     "retries, throttled_seconds, reason, report_path, rejects_path, started_at, updated_at, "
-    "finished_at"
+    "finished_at, maybe_resent"
 )
 
 
 _COUNTS_SET = (
-    "records_read=?, records_sent=?, records_skipped=?, batches=?, retries=?, throttled_seconds=?"
+    "records_read=?, records_sent=?, records_skipped=?, batches=?, retries=?, "
+    "throttled_seconds=?, maybe_resent=?"
 )
 
 
-def _counts_values(c: FileCounts) -> tuple[int, int, int, int, int, float]:
-    return (c.read, c.sent, c.skipped, c.batches, c.retries, c.throttled_seconds)
+def _counts_values(c: FileCounts) -> tuple[int, int, int, int, int, float, int]:
+    return (c.read, c.sent, c.skipped, c.batches, c.retries, c.throttled_seconds, c.maybe_resent)
 
 
 # SQLite's primary result codes that mean the state directory, not the ledger, is at fault.
@@ -120,6 +122,7 @@ def _run(row: tuple[Any, ...]) -> FileRun:
         started,
         updated,
         finished,
+        maybe_resent,
     ) = row
     return FileRun(
         id=id_,
@@ -130,7 +133,7 @@ def _run(row: tuple[Any, ...]) -> FileRun:
         offset=offset,
         line=line,
         rejects_bytes=rejects_bytes,
-        counts=FileCounts(read, sent, skipped, batches, retries, throttled),
+        counts=FileCounts(read, sent, skipped, batches, retries, throttled, maybe_resent),
         reason=reason,
         report_path=report,
         rejects_path=rejects_path,

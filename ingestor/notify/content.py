@@ -62,10 +62,22 @@ def _key_refused(reason: str) -> bool:
 def next_steps(report: dict[str, Any]) -> list[str]:
     """What the reader should do now, most specific first."""
     state, reason = report["state"], report["reason"]
+    twice = report.get("records_maybe_resent", 0)
+    if state == "done" and twice:
+        steps = [
+            f"{twice:,} records may have been sent twice: a request whose answer was lost (a "
+            "timeout, a dropped connection, or the service stopping) was sent again. If "
+            "your data source does not de-duplicate by id, check those records."
+        ]
+        if not report["records_skipped"]:
+            return ["Every record was imported.", *steps]
+    else:
+        steps = []
     if state == "done":
         if not report["records_skipped"]:
             return ["Nothing to do: every record was imported."]
         return [
+            *steps,
             "Correct the skipped rows listed below (line numbers refer to the file as "
             "uploaded; the attached or referenced rejected-rows file has all of them).",
             "Upload only the corrected rows, in a new file in the same folder: rows already "
@@ -149,6 +161,7 @@ def file_facts(report: dict[str, Any]) -> FileFacts:
         ("Records skipped", f"{report['records_skipped']:,}"),
         ("Batches", f"{report['batches']:,}"),
         ("Retries", f"{report['retries']:,}"),
+        ("May have been sent twice", f"{report.get('records_maybe_resent', 0):,}"),
         ("Waited for rate limits", f"{report['throttled_seconds']:,.1f} s"),
         ("Records/s", f"{rate:,.0f}" if rate else "-"),
     ]
