@@ -143,6 +143,7 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
             "failed or rejected",
             "records sent",
             "blocked",
+            "throttled",
         )
         for lane in live.lanes:
             lanes.add_row(
@@ -153,6 +154,7 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
                 f"{lane.files_failed:,}",
                 f"{lane.records_sent:,}",
                 lane.blocked or "-",
+                f"{lane.throttled_for:.0f} s more" if lane.throttled_for >= 1 else "-",
             )
         out.print(lanes)
 

@@ -277,3 +277,33 @@ def test_status_shows_each_company_and_why_one_is_blocked(tmp_path: Path) -> Non
     assert "authentication failed" in rows["acme"] and "1" in rows["acme"]  # a.jsonl waits
     assert "30" in rows["beta"] and "authentication" not in rows["beta"]
     assert "pk_revoked_key" not in out
+
+
+def test_a_long_retry_after_is_capped_and_the_company_shows_as_throttled(
+    tmp_path: Path, sim
+) -> None:
+    """Before: a Retry-After: 600 silenced a company for ten minutes with no sign anywhere."""
+    from ingestor.worker.status import LIVE_NAME, read_live
+
+    drop, state = tmp_path / "drop", tmp_path / "state"
+    settings = write_settings(tmp_path / "s.toml", drop, state, sim)
+    settings.write_text(settings.read_text() + "[rate_limit.max_retry_after_seconds]\n"[:0])
+    text = settings.read_text().replace(
+        "steady = 3000", "steady = 3000\nmax_retry_after_seconds = 3"
+    )
+    settings.write_text(text)
+    sim.faults.throttle_next = 1
+    sim.faults.throttle_retry_after = 600
+    folder = make_folder(drop)
+    with running_service(settings) as svc:
+        (folder / "a.jsonl").write_bytes(jsonl(0, 20))
+        deadline = time.monotonic() + 10
+        while True:  # the snapshot `status` reads, written once a second
+            live = read_live(state / LIVE_NAME)
+            if live and any(lane.throttled_for >= 1 for lane in live.lanes):
+                break
+            assert time.monotonic() < deadline, "never shown as throttled"
+            time.sleep(0.1)
+        assert "throttled: acme" in live.summary()
+        run = svc.run_for("a.jsonl", timeout=15)  # waited 3 s, not 600
+    assert run.state is FileState.DONE and 2.5 <= run.counts.throttled_seconds < 10

@@ -76,6 +76,7 @@ class LaneView:
     files_done: int = 0  # finished as done
     records_sent: int = 0
     files_failed: int = 0  # finished as failed or rejected
+    throttled_for: float = 0.0  # seconds the server's rate limit still holds the company
 
 
 @dataclass(slots=True)
@@ -192,6 +193,9 @@ class Lane:
         return self._thread.is_alive()
 
     def view(self) -> LaneView:
+        throttled = round(self._limiter.state().blocked_for, 1)
+        if self._metrics:
+            self._metrics.throttled_for.labels(self.name).set(throttled)
         with self._wake:
             return LaneView(
                 self.name,
@@ -201,6 +205,7 @@ class Lane:
                 self._files_done,
                 self._progress.sent,
                 self._files_failed,
+                throttled,
             )
 
     # -- the lane's own thread -----------------------------------------------------------

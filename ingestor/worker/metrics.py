@@ -54,6 +54,12 @@ class Metrics:
             ["company"],
             registry=r,
         )
+        self.throttled_for = Gauge(
+            "ingestor_lane_throttled_seconds",
+            "Seconds the API's rate limit (Retry-After, RateLimit-Reset) still holds the company",
+            ["company"],
+            registry=r,
+        )
         self.file_lag = Histogram(
             "ingestor_file_lag_seconds",
             "From a file being ready to its lane starting it",

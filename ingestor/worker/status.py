@@ -61,11 +61,17 @@ class ServiceView:
         queued = sum(lane.queued for lane in self.lanes)
         sent = sum(lane.records_sent for lane in self.lanes)
         blocked = [lane.company for lane in self.lanes if lane.blocked]
+        throttled = [
+            f"{lane.company} ({lane.throttled_for:.0f} s)"
+            for lane in self.lanes
+            if lane.throttled_for >= 1
+        ]
         text = (
             f"{len(self.lanes)} companies; {busy} files in flight, {queued} queued, "
             f"{self.waiting_uploads} uploads in progress; {sent:,} records sent"
         )
-        return text + (f"; blocked: {', '.join(blocked)}" if blocked else "")
+        text += f"; blocked: {', '.join(blocked)}" if blocked else ""
+        return text + (f"; throttled: {', '.join(throttled)}" if throttled else "")
 
 
 def write_live(path: Path, view: ServiceView) -> None:
