@@ -100,6 +100,21 @@ def stop_process(process: subprocess.Popen[bytes], log: Path) -> int:
         raise AssertionError("the service did not stop on SIGTERM\n" + "\n".join(tails)) from None
 
 
+def sftp_batch(
+    port: int, known_hosts: Path, key: Path, commands: str, user: str, workdir: Path
+) -> subprocess.CompletedProcess[str]:
+    """One OpenSSH ``sftp -b`` login running ``commands``, as a company's script runs it
+    (the server's key checked against ``known_hosts``)."""
+    batch = workdir / f"sftp-batch-{time.monotonic_ns()}"
+    batch.write_text(commands)
+    return subprocess.run(
+        ["sftp", "-b", str(batch), "-i", str(key), "-P", str(port),
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+         "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", f"{user}@127.0.0.1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 def ledger_runs(state: Path) -> list[FileRun]:
     """Every run in the state dir's ledger, newest first."""
     ledger = SqliteLedger(state / LEDGER_NAME)

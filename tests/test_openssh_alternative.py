@@ -21,7 +21,7 @@ import pytest
 from ingestor.ledger import FileState
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, KEY, keypair
-from tests.service_helpers import jsonl, running_service, write_settings
+from tests.service_helpers import jsonl, running_service, sftp_batch, write_settings
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 COMPANY = "ingsftpacme"  # the company's name, its directory and its system user
@@ -160,21 +160,15 @@ def test_an_openssh_chroot_upload_is_ingested_and_the_service_can_clean_it(
         (tmp_path / "pets.jsonl").write_bytes(jsonl(0, 25))
         kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
         (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
-        batch = tmp_path / "batch"
-        batch.write_text(
+        commands = (
             "mkdir /imports/custom_objects/pets\ncd /imports/custom_objects/pets\n"
             f"put {tmp_path / 'config.json'} config.json\n"
             f"put {tmp_path / 'pets.jsonl'} upload.tmp\n"
             "rename upload.tmp pets.jsonl\n"
         )
         with running_service(settings) as svc:
-            upload = subprocess.run(
-                ["sftp", "-b", str(batch), "-i", str(client_key), "-P", str(port),
-                 "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
-                 "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
-                 "-o", "BatchMode=yes", f"{COMPANY}@127.0.0.1"],
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+            known = tmp_path / "known_hosts"
+            upload = sftp_batch(port, known, client_key, commands, COMPANY, tmp_path)
             assert upload.returncode == 0, upload.stderr + (tmp_path / "sshd.log").read_text()
             run = svc.run_for("pets.jsonl")
         assert run.state is FileState.DONE and run.counts.sent == 25

@@ -25,7 +25,7 @@ import pytest
 from ingestor.simulator import Simulator
 from ingestor.simulator.state import SPEC_BULK_LIMITS
 from tests.conftest import BETA_WRONG_KEY, DS_ID, KEY, keypair
-from tests.service_helpers import BETA_KEY, jsonl
+from tests.service_helpers import BETA_KEY, jsonl, sftp_batch
 
 pytestmark = pytest.mark.operator
 
@@ -163,14 +163,7 @@ def test_a_first_deployment_as_an_operator_runs_it(
         known.write_text(f"[127.0.0.1]:{port} {public[0]} {public[1]}\n")
 
         def sftp(commands: str) -> subprocess.CompletedProcess[str]:
-            batch = tmp_path / f"batch-{time.monotonic_ns()}"
-            batch.write_text(commands)
-            return subprocess.run(
-                ["sftp", "-b", str(batch), "-i", str(key), "-P", str(port),
-                 "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-                 "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "acme@127.0.0.1"],
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+            return sftp_batch(port, known, key, commands, "acme", tmp_path)
 
         (tmp_path / "config.json").write_text(f'{{"data_source_id": "{DS_ID}"}}')
         first = sftp(

@@ -19,7 +19,14 @@ import pytest
 from ingestor.ledger import FileState
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID
-from tests.service_helpers import Running, jsonl, ledger_runs, running_service, write_settings
+from tests.service_helpers import (
+    Running,
+    jsonl,
+    ledger_runs,
+    running_service,
+    sftp_batch,
+    write_settings,
+)
 
 CONFIG = b'{"data_source_id": "%s"}' % DS_ID.encode()
 PETS_CSV = b"id,name,species\n" + b"".join(b"%d,pet %d,cat\n" % (i, i) for i in range(300))
@@ -115,37 +122,18 @@ def test_openssh_sftp_batch_upload_is_ingested(service: Running, sim, keys, tmp_
     )
     (tmp_path / "config.json").write_bytes(CONFIG)
     (tmp_path / "owners.jsonl").write_bytes(b'{"id": 1, "pets": [{"name": "Rex"}]}\n' * 5)
-    batch = tmp_path / "batch"
-    batch.write_text(
+    result = sftp_batch(
+        endpoint.port,
+        known_hosts,
+        keys["acme"],
         "mkdir imports/custom_objects/owners\n"
         "cd imports/custom_objects/owners\n"
         f"put {tmp_path / 'config.json'} config.json\n"
         f"put {tmp_path / 'owners.jsonl'} upload.tmp\n"
         "rename upload.tmp owners.jsonl\n"
-        "ls\n"
-    )
-    result = subprocess.run(
-        [
-            "sftp",
-            "-b",
-            str(batch),
-            "-i",
-            str(keys["acme"]),
-            "-P",
-            str(endpoint.port),
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"UserKnownHostsFile={known_hosts}",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "acme@127.0.0.1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        "ls\n",
+        "acme",
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert "owners.jsonl" in result.stdout

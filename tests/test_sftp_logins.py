@@ -23,7 +23,7 @@ import pytest
 from ingestor.sftp.auth import hash_password
 from ingestor.sftp.server import SftpEndpoint
 from ingestor.simulator import Simulator
-from tests.service_helpers import Running, running_service
+from tests.service_helpers import Running, running_service, sftp_batch
 from tests.test_sftp import CONFIG, Client, sftp_settings
 
 needs_openssh = pytest.mark.skipif(shutil.which("sftp") is None, reason="needs OpenSSH's sftp")
@@ -45,31 +45,7 @@ def openssh(
     known_hosts.write_text(
         f"[127.0.0.1]:{endpoint.port} {host_key.get_name()} {host_key.get_base64()}\n"
     )
-    batch = tmp_path / f"batch-{time.monotonic_ns()}"
-    batch.write_text(commands)
-    return subprocess.run(
-        [
-            "sftp",
-            "-b",
-            str(batch),
-            "-i",
-            str(key),
-            "-P",
-            str(endpoint.port),
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"UserKnownHostsFile={known_hosts}",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            f"{user}@127.0.0.1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return sftp_batch(endpoint.port, known_hosts, key, commands, user, tmp_path)
 
 
 @pytest.fixture

@@ -42,6 +42,8 @@ from ingestor.worker.metrics import Metrics
 log = structlog.get_logger("ingestor.lane")
 
 LedgerFactory = Callable[[], Ledger]
+# The event that says an outage is over, by the event that said it began.
+_RECOVERED = {"ledger_unavailable": "ledger_recovered", "api_unreachable": "api_reachable_again"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +149,7 @@ class Lane:
         self._folder_problems: dict[Path, str] = {}  # folder → the config problem logged
         self._failures_said: dict[Path, str] = {}  # file → the failure last e-mailed
         self._auth_outage = False
-        self._ledger_outage = False
-        self._api_outage = False
+        self._outages: set[str] = set()  # the outages under way (their log events)
         self._thread = threading.Thread(target=self._run, name=f"lane-{company.name}", daemon=True)
 
     # -- called from the service thread -------------------------------------------------
@@ -169,6 +170,11 @@ class Lane:
             self._publish_depth()
             self._wake.notify()
         return True
+
+    def holds(self, path: Path) -> bool:
+        """Whether ``path`` is queued in this lane or being processed by it now."""
+        with self._wake:
+            return path in self._queued_paths or path == self._current_path
 
     def update(self, company: CompanySettings, service: ServiceSettings) -> None:
         """New settings (SIGHUP): used from the next file on; a blocked lane retries now."""
@@ -295,12 +301,9 @@ class Lane:
                     if self._auth_outage:
                         self._auth_outage = False
                         bound.info("auth_recovered")
-                    if self._ledger_outage:
-                        self._ledger_outage = False
-                        bound.info("ledger_recovered", detail="work has resumed")
-                    if self._api_outage:
-                        self._api_outage = False
-                        bound.info("api_reachable_again", detail="work has resumed")
+                    for outage in sorted(self._outages):
+                        bound.info(_RECOVERED[outage], detail="work has resumed")
+                    self._outages.clear()
                 except AuthError as exc:
                     if not self._auth_outage:  # said once per outage, not once per try
                         self._auth_outage = True
@@ -317,22 +320,12 @@ class Lane:
                     return
                 except ApiUnreachable as exc:
                     # Not the company's doing: the operator must fix the URL or the proxy.
-                    # Said once per outage; the file waits at the head of the queue.
-                    report = bound.debug if self._api_outage else bound.error
-                    self._api_outage = True
-                    report("api_unreachable", reason=str(exc), file=item.found.path.name)
-                    self._requeue_front(item, ledger)
-                    self._pause(f"the API could not be reached: {exc}")
+                    self._hold(item, ledger, "api_unreachable", exc, "the API is unreachable")
                     continue
                 except LedgerError as exc:
                     # Progress cannot be recorded: stop taking work rather than send
-                    # batches whose checkpoints would be lost. The file waits at the head.
-                    # Said once per outage; each retry after that is a debug line.
-                    report = bound.debug if self._ledger_outage else bound.error
-                    self._ledger_outage = True
-                    report("ledger_unavailable", reason=str(exc), file=item.found.path.name)
-                    self._requeue_front(item, ledger)
-                    self._pause(f"ledger unavailable: {exc}")
+                    # batches whose checkpoints would be lost.
+                    self._hold(item, ledger, "ledger_unavailable", exc, "ledger unavailable")
                     continue
                 except IngestorError as exc:
                     bound.error("file_error", file=item.found.path.name, reason=str(exc))
@@ -346,6 +339,16 @@ class Lane:
             if client is not None:
                 client.close()
             ledger.close()
+
+    def _hold(self, item: Queued, ledger: Ledger, event: str, exc: Exception, why: str) -> None:
+        """An outage only the operator can end: the file waits at the head of the queue and
+        the lane pauses. Said once per outage (``event``); each retry after that is a debug
+        line."""
+        report = log.debug if event in self._outages else log.error
+        self._outages.add(event)
+        report(event, company=self.name, reason=str(exc), file=item.found.path.name)
+        self._requeue_front(item, ledger)
+        self._pause(f"{why}: {exc}")
 
     def _client(self) -> KlaviyoClient:
         key = self._company.key_source.load(os.environ if self._environ is None else self._environ)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -36,7 +36,7 @@ from ingestor.discovery import (
 )
 from ingestor.errors import ConfigError, LedgerError, StateUnwritable
 from ingestor.identity import KnownHashes
-from ingestor.layout import CONFIG_NAME, place
+from ingestor.layout import CONFIG_NAME
 from ingestor.ledger import FileState, Ledger, open_ledger
 from ingestor.notify.notifier import Notifier, load_report
 from ingestor.service_config import ServiceSettings, load_service_settings
@@ -352,19 +352,14 @@ class Service:
         self._inbox.put(FileMovedEvent(str(temporary), str(final)))
 
     def _busy(self, path: Path) -> bool:
-        """Whether a file is queued or being processed (SFTP refuses to delete it then)."""
+        """Whether a file is queued or being processed (SFTP refuses to delete it then),
+        asked of its company's lane: the lanes, not the ledger, know what they hold."""
         try:
-            placed = place(PurePosixPath(path.relative_to(self.settings.drop_root).as_posix()))
-        except ValueError:
+            company = path.relative_to(self.settings.drop_root).parts[0]
+        except (ValueError, IndexError):
             return False
-        ledger = self._open_ledger()
-        try:
-            run = ledger.latest(placed.company, placed.kind, placed.folder, placed.name)
-            if run is not None and run.state is FileState.PROCESSING:
-                return True
-            return any(q.path == str(path) for q in ledger.queued())
-        finally:
-            ledger.close()
+        lane = self._lanes.get(company)
+        return lane is not None and lane.holds(path)
 
     def _file_finished(self, finished: Finished) -> None:
         """From a lane's thread: tell the people (never raising), then the hook."""
