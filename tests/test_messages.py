@@ -123,3 +123,25 @@ def test_a_folder_of_many_files_is_emailed_as_one_digest(tmp_path: Path, sim: Si
     (message,) = messages(tmp_path / "state")
     assert message["Subject"] == ("[ingestor] acme / pets: 60 files, 600 imported, 0 skipped")
     assert len(sim.records("acme")) == 600
+
+
+def test_a_stop_mid_file_logs_the_checkpoint_it_will_resume_from(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: file_interrupted said offset 0 though the checkpoint was at byte 270,296."""
+    import re
+
+    from ingestor.ledger import FileState
+    from tests.service_helpers import ledger_runs
+
+    folder = make_folder(tmp_path / "drop")
+    (folder / "big.jsonl").write_bytes(jsonl(0, 5000))
+    settings = write_settings(tmp_path / "s.toml", tmp_path / "drop", tmp_path / "state", sim)
+    sim.faults.latency = 0.05
+    with running_service(settings):
+        assert sim.wait_for_records("acme", 1000, timeout=20)
+    (run,) = ledger_runs(tmp_path / "state")
+    assert run.state is FileState.PROCESSING and run.offset > 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "file_interrupted" in x]
+    logged = re.search(r"offset=(\d+)", line)
+    assert logged is not None and int(logged.group(1)) == run.offset
