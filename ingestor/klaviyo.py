@@ -87,17 +87,6 @@ class KlaviyoClient:
         result: dict[str, Any] = orjson.loads(response.content)
         return result
 
-    def create_data_source(self, title: str, description: str = "") -> str:
-        """POST /api/data-sources; return the new data source's id."""
-        body = {
-            "data": {
-                "type": "data-source",
-                "attributes": {"title": title, "visibility": "private", "description": description},
-            }
-        }
-        response = self._send("POST", "/api/data-sources", content=orjson.dumps(body))
-        return str(orjson.loads(response.content)["data"]["id"])
-
     def _request(self, method: str, path: str, content: bytes | None = None) -> Answer:
         response = self._send(method, path, content)
         return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()})

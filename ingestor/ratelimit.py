@@ -223,18 +223,3 @@ def _number(text: str | None) -> float | None:
         return float(text.split(",")[0].strip())
     except ValueError:
         return None
-
-
-class LimiterRegistry:
-    """One limiter per account, created on first use."""
-
-    def __init__(self, settings: RateLimitSettings) -> None:
-        self._settings = settings
-        self._lock = threading.Lock()
-        self._limiters: dict[str, AccountLimiter] = {}
-
-    def for_account(self, account: str) -> AccountLimiter:
-        with self._lock:
-            if account not in self._limiters:
-                self._limiters[account] = AccountLimiter(self._settings)
-            return self._limiters[account]

@@ -24,10 +24,6 @@ class SystemdNotifier:
         # Ping at half the deadline, as sd_watchdog_enabled(3) advises.
         self.watchdog_interval = int(usec) / 2e6 if wanted else None
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._address)
-
     def notify(self, **fields: str) -> None:
         """``notify(READY="1", STATUS="…")``; errors are swallowed: systemd is advisory here.
 
