@@ -37,9 +37,13 @@ class UnsafeEntry(LayoutError):
     """A path in a company's tree is a symlink, a FIFO, a device or otherwise not a plain
     file or folder; it is refused, never followed or opened for reading."""
 
+    code = "unsafe_entry"
+
 
 class Unreadable(LayoutError):
     """The service may not read a file (owner or mode); the operator must fix it."""
+
+    code = "unreadable"
 
 
 def _kind_of(mode: int) -> str:

@@ -1,6 +1,16 @@
 """One exception hierarchy for everything ingestor raises on purpose.
 
-Each message says what is wrong and, where it helps, what to do about it.
+Each message says what is wrong and, where it helps, what to do about it. Each class that
+can end a file carries a stable ``code``: what is stored (ledger, report) and what chooses
+the advice a person is given, so nothing is ever decided by matching message text.
+
+    IngestorError
+    ├── ConfigError, LedgerError ── StateUnwritable
+    ├── LayoutError ("folder_config") ── UnsafeEntry ("unsafe_entry"), Unreadable (dropfile)
+    ├── ParseError ("bad_file"), FileChanged ("file_changed"), Interrupted
+    └── ApiError ── AuthError ("key_refused"), NotFound ("data_source_missing"),
+                    ApiUnreachable, RateLimited, Transient, PayloadTooLarge, Rejected,
+                    SystemicRejection ("api_refused_all")
 """
 
 from __future__ import annotations
@@ -11,6 +21,8 @@ import errno
 class IngestorError(Exception):
     """Base of every error ingestor raises deliberately."""
 
+    code = "error"  # stable: stored with a file that ends on it, and chooses the advice
+
 
 class ConfigError(IngestorError):
     """Settings or command-line options are invalid."""
@@ -19,9 +31,13 @@ class ConfigError(IngestorError):
 class LayoutError(IngestorError):
     """A path breaks the drop-tree rules, or an import folder's config.json is invalid."""
 
+    code = "folder_config"
+
 
 class ParseError(IngestorError):
     """A whole file cannot be parsed (e.g. a bad CSV header); single bad rows are Rejects."""
+
+    code = "bad_file"
 
 
 class LedgerError(IngestorError):
@@ -60,6 +76,8 @@ def state_problem(doing: str, code: int | None, detail: str) -> str:
 class FileChanged(IngestorError):
     """A file changed while it was being processed; its new version is processed afresh."""
 
+    code = "file_changed"
+
 
 class Interrupted(IngestorError):
     """Work stopped on request (signal, shutdown); progress up to the last checkpoint is kept."""
@@ -77,10 +95,14 @@ class ApiError(IngestorError):
 class AuthError(ApiError):
     """401/403: the key is wrong, revoked, or lacks the custom-objects:write scope."""
 
+    code = "key_refused"
+
 
 class NotFound(ApiError):
     """404 with Klaviyo's JSON:API error body: e.g. the data source named in config.json
     does not exist in the account."""
+
+    code = "data_source_missing"
 
 
 class ApiUnreachable(ApiError):
@@ -123,3 +145,10 @@ class SystemicRejection(ApiError):
 
     The file stops (its place kept) instead of skipping every record as bad.
     """
+
+    code = "api_refused_all"
+
+
+# Codes for ends that are not an exception of their own.
+STRAY_FILE = "stray_file"  # a file directly under imports/<kind>/
+READ_FAILED = "read_failed"  # an I/O error while reading the file

@@ -17,6 +17,8 @@ from ingestor.batcher import batches
 from ingestor.config import Settings
 from ingestor.dropfile import Directory, DropFile, Unreadable, UnsafeEntry, open_directory
 from ingestor.errors import (
+    READ_FAILED,
+    STRAY_FILE,
     AuthError,
     FileChanged,
     Interrupted,
@@ -158,7 +160,10 @@ class Pipeline:
         try:
             config = load_folder_config(directory, folder.kind)
         except LayoutError as exc:
-            files = [self._close(r, FileState.REJECTED, str(exc), ignored) for r, _, _ in opened]
+            files = [
+                self._close(r, FileState.REJECTED, str(exc), ignored, code=exc.code)
+                for r, _, _ in opened
+            ]
             return FolderResult(folder, files, str(exc), ignored)
 
         results: list[FileResult] = []
@@ -193,11 +198,14 @@ class Pipeline:
                 "account; create it or correct data_source_id"
             )
             bound.warning("folder_not_processed", reason=reason)
-            results += [self._close(r, FileState.REJECTED, reason, ignored) for r, _ in todo]
+            results += [
+                self._close(r, FileState.REJECTED, reason, ignored, code=NotFound.code)
+                for r, _ in todo
+            ]
             return FolderResult(folder, results, reason, ignored)
         except AuthError as exc:
             for run, _ in todo:
-                self._close(run, FileState.FAILED, str(exc), ignored)
+                self._close(run, FileState.FAILED, str(exc), ignored, code=exc.code)
             raise
 
         for run, file in todo:
@@ -255,7 +263,7 @@ class Pipeline:
         if run.state in (FileState.REJECTED, FileState.FAILED) and run.reason == str(refusal):
             return FileResult(run, None, unchanged=True)
         state = FileState.FAILED if isinstance(refusal, Unreadable) else FileState.REJECTED
-        return self._close(run, state, str(refusal), ignored)
+        return self._close(run, state, str(refusal), ignored, code=refusal.code)
 
     def reject_stray(
         self, company: str, kind: str, path: Path, base: Path | None = None
@@ -279,7 +287,7 @@ class Pipeline:
         if run.state is FileState.REJECTED:
             return FileResult(run, None, unchanged=True)
         log.warning("stray_file_rejected", company=company, file=path.name, reason=reason)
-        return self._close(run, FileState.REJECTED, reason, ())
+        return self._close(run, FileState.REJECTED, reason, (), code=STRAY_FILE)
 
     def _check_data_source(self, sender: Sender, target_id: str) -> None:
         checked = self._verified.get(target_id)
@@ -355,20 +363,20 @@ class Pipeline:
                 _check_unchanged(file)
             _check_unchanged(file)
         except ParseError as exc:
-            return self._close(run, FileState.REJECTED, str(exc), ignored, counts)
+            return self._close(run, FileState.REJECTED, str(exc), ignored, counts, exc.code)
         except FileChanged as exc:
             bound.warning("file_changed", reason=str(exc))
-            closed = self._close(run, FileState.FAILED, str(exc), ignored, counts)
+            closed = self._close(run, FileState.FAILED, str(exc), ignored, counts, exc.code)
             return replace(closed, changed=True)
         except SystemicRejection as exc:
             bound.error("file_paused", reason=str(exc))
-            return self._close(run, FileState.FAILED, str(exc), ignored, counts)
+            return self._close(run, FileState.FAILED, str(exc), ignored, counts, exc.code)
         except AuthError as exc:
-            self._close(run, FileState.FAILED, str(exc), ignored, counts)
+            self._close(run, FileState.FAILED, str(exc), ignored, counts, exc.code)
             raise
         except OSError as exc:
             reason = f"cannot read {path.name}: {exc.strerror or exc}"
-            return self._close(run, FileState.FAILED, reason, ignored, counts)
+            return self._close(run, FileState.FAILED, reason, ignored, counts, READ_FAILED)
         except Interrupted:
             bound.info("file_interrupted", offset=checkpoint)
             raise
@@ -393,11 +401,17 @@ class Pipeline:
         reason: str,
         ignored: tuple[str, ...],
         counts: FileCounts | None = None,
+        code: str = "",
     ) -> FileResult:
         """Write the report first, then the final state: a crash between the two only
         repeats the (idempotent) report."""
         final = replace(
-            run, state=state, reason=reason, counts=counts or run.counts, finished_at=time.time()
+            run,
+            state=state,
+            reason=reason,
+            reason_code=code,
+            counts=counts or run.counts,
+            finished_at=time.time(),
         )
         report = write_report(
             final,
@@ -407,7 +421,7 @@ class Pipeline:
         )
         final = replace(final, report_path=str(report.path))
         crashpoints.reached("report.unrecorded")
-        self._ledger.finish(run.id, state, final.counts, reason, str(report.path))
+        self._ledger.finish(run.id, state, final.counts, reason, str(report.path), code)
         if not self._emails:
             self._ledger.mark_announced([run.id])
         return FileResult(final, report)

@@ -147,6 +147,7 @@ def write_report(
         "data_source_id": run.target_id,
         "state": run.state.value,
         "reason": run.reason,
+        "reason_code": run.reason_code,
         "started_at": run.started_at,
         "finished_at": finished,
         "duration_seconds": round(duration, 3),

@@ -48,6 +48,7 @@ class FileRun:
     rejects_bytes: int = 0
     counts: FileCounts = field(default_factory=FileCounts)
     reason: str = ""
+    reason_code: str = ""  # stable: what ended the run (ingestor.errors' codes), "" if done
     report_path: str = ""
     rejects_path: str = ""
     started_at: float = 0.0
@@ -82,7 +83,13 @@ class Ledger(Protocol):
         """Record progress after an acknowledged batch."""
 
     def finish(
-        self, run_id: int, state: FileState, counts: FileCounts, reason: str, report_path: str
+        self,
+        run_id: int,
+        state: FileState,
+        counts: FileCounts,
+        reason: str,
+        report_path: str,
+        reason_code: str = "",
     ) -> None:
         """Record a run's final state; it is then unannounced until marked."""
 

@@ -41,6 +41,7 @@ _ADDED_COLUMNS = {
     "announced": "INTEGER NOT NULL DEFAULT 1",
     "swept": "INTEGER NOT NULL DEFAULT 0",
     "maybe_resent": "INTEGER NOT NULL DEFAULT 0",
+    "reason_code": "TEXT NOT NULL DEFAULT ''",
 }
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS file_runs_unannounced ON file_runs (id) WHERE announced=0",
@@ -51,7 +52,7 @@ _COLUMNS = (
     "id, company, kind, folder, name, path, size, mtime_ns, sha256, version, state, target_id, "
     "byte_offset, line, rejects_bytes, records_read, records_sent, records_skipped, batches, "
     "retries, throttled_seconds, reason, report_path, rejects_path, started_at, updated_at, "
-    "finished_at, maybe_resent"
+    "finished_at, maybe_resent, reason_code"
 )
 
 
@@ -123,6 +124,7 @@ def _run(row: tuple[Any, ...]) -> FileRun:
         updated,
         finished,
         maybe_resent,
+        reason_code,
     ) = row
     return FileRun(
         id=id_,
@@ -135,6 +137,7 @@ def _run(row: tuple[Any, ...]) -> FileRun:
         rejects_bytes=rejects_bytes,
         counts=FileCounts(read, sent, skipped, batches, retries, throttled, maybe_resent),
         reason=reason,
+        reason_code=reason_code,
         report_path=report,
         rejects_path=rejects_path,
         started_at=started,
@@ -232,7 +235,7 @@ class SqliteLedger:
     def start(self, run_id: int, target_id: str, rejects_path: str) -> FileRun:
         now = time.time()
         self._execute(
-            "UPDATE file_runs SET state=?, target_id=?, rejects_path=?, reason='', "
+            "UPDATE file_runs SET state=?, target_id=?, rejects_path=?, reason='', reason_code='', "
             "finished_at=NULL, updated_at=?, "
             "started_at=CASE WHEN byte_offset=0 THEN ? ELSE started_at END WHERE id=?",
             (FileState.PROCESSING.value, target_id, rejects_path, now, now, run_id),
@@ -252,13 +255,28 @@ class SqliteLedger:
         )
 
     def finish(
-        self, run_id: int, state: FileState, counts: FileCounts, reason: str, report_path: str
+        self,
+        run_id: int,
+        state: FileState,
+        counts: FileCounts,
+        reason: str,
+        report_path: str,
+        reason_code: str = "",
     ) -> None:
         now = time.time()
         self._execute(
-            f"UPDATE file_runs SET state=?, reason=?, report_path=?, {_COUNTS_SET}, "
-            "updated_at=?, finished_at=?, announced=0 WHERE id=?",
-            (state.value, reason, report_path, *_counts_values(counts), now, now, run_id),
+            f"UPDATE file_runs SET state=?, reason=?, reason_code=?, report_path=?, "
+            f"{_COUNTS_SET}, updated_at=?, finished_at=?, announced=0 WHERE id=?",
+            (
+                state.value,
+                reason,
+                reason_code,
+                report_path,
+                *_counts_values(counts),
+                now,
+                now,
+                run_id,
+            ),
         )
 
     def get(self, run_id: int) -> FileRun | None:

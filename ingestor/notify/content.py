@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ingestor.dropfile import Unreadable
+from ingestor.errors import STRAY_FILE, AuthError, FileChanged, LayoutError, NotFound
 from ingestor.reports import folder_label
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
@@ -38,80 +40,95 @@ def _size(size: int) -> str:
     return f"{size:,} bytes"
 
 
+def _code(report: dict[str, Any]) -> str:
+    """What ended the file, as a stable code (``ingestor.errors``); "" when it was done.
+    Chooses every piece of advice: nothing here reads the reason's words."""
+    return str(report.get("reason_code") or "")
+
+
 def outcome(report: dict[str, Any]) -> str:
     """The result at a glance, as the subject line states it."""
     sent, skipped = report["records_sent"], report["records_skipped"]
-    state = report["state"]
+    state, code = report["state"], _code(report)
     if state == "done":
         return f"{sent:,} imported, {skipped:,} skipped"
-    if state == "rejected" and "directly under imports/" in report["reason"]:
+    if code == STRAY_FILE:
         return "not processed: it must be inside a named folder that has a config.json"
     if state == "rejected":
         return f"not processed: {one_line(report['reason'], 90)}"
-    if _key_refused(report["reason"]):
+    if code == AuthError.code:
         return (
             f"waiting: Klaviyo refused the API key, the operator must renew it ({sent:,} imported)"
         )
     return f"stopped after {sent:,} imported: {one_line(report['reason'], 80)}"
 
 
-def _key_refused(reason: str) -> bool:
-    return "refused the API key" in reason
-
-
-def next_steps(report: dict[str, Any]) -> list[str]:
-    """What the reader should do now, most specific first."""
-    state, reason = report["state"], report["reason"]
+def _done_steps(report: dict[str, Any]) -> list[str]:
     twice = report.get("records_maybe_resent", 0)
-    if state == "done" and twice:
-        steps = [
+    steps = (
+        [
             f"{twice:,} records may have been sent twice: a request whose answer was lost (a "
             "timeout, a dropped connection, or the service stopping) was sent again. If "
             "your data source does not de-duplicate by id, check those records."
         ]
-        if not report["records_skipped"]:
-            return ["Every record was imported.", *steps]
-    else:
-        steps = []
+        if twice
+        else []
+    )
+    if not report["records_skipped"]:
+        return (
+            ["Every record was imported.", *steps]
+            if steps
+            else ["Nothing to do: every record was imported."]
+        )
+    return [
+        *steps,
+        "Correct the skipped rows listed below (line numbers refer to the file as "
+        "uploaded; the attached or referenced rejected-rows file has all of them).",
+        "Upload only the corrected rows, in a new file in the same folder: rows already "
+        "imported need not be sent again.",
+    ]
+
+
+def next_steps(report: dict[str, Any]) -> list[str]:
+    """What the reader should do now, most specific first, chosen by the reason's code."""
+    state, reason, code = report["state"], report["reason"], _code(report)
+    sentence = reason[0].upper() + reason[1:] + "." if reason else ""
     if state == "done":
-        if not report["records_skipped"]:
-            return ["Nothing to do: every record was imported."]
+        return _done_steps(report)
+    if code == STRAY_FILE:
         return [
-            *steps,
-            "Correct the skipped rows listed below (line numbers refer to the file as "
-            "uploaded; the attached or referenced rejected-rows file has all of them).",
-            "Upload only the corrected rows, in a new file in the same folder: rows already "
-            "imported need not be sent again.",
-        ]
-    if "directly under imports/" in reason:  # before config.json: the reason names it too
-        return [
-            reason[0].upper() + reason[1:] + ".",
+            sentence,
             "Files are read only inside a named folder that has a config.json; this one was "
             "not read and nothing was imported.",
         ]
-    if _key_refused(reason):
+    if code == AuthError.code:
         return [
             "Nothing for you to change in the file: Klaviyo refused the API key the ingestor "
             "service uses for your account. The ingestor operator has been told and must "
             "renew the key (it needs the custom-objects:write scope).",
             "The file then resumes where it stopped; nothing already imported is sent again.",
         ]
-    if "config.json" in reason:
+    if code == LayoutError.code:
         return [
             f"Fix the folder's config.json: {reason}",
             "Save it in place; the folder's waiting files are processed as soon as it is "
             "valid. (Klaviyo's own import needs a re-upload under a new name; ingestor does "
             "not.)",
         ]
-    if "data source" in reason and "does not exist" in reason:
+    if code == NotFound.code:
         return [
-            reason[0].upper() + reason[1:] + ".",
+            sentence,
             "Then save config.json again (even unchanged) to have the folder retried.",
         ]
-    if "changed while being processed" in reason:
+    if code == FileChanged.code:
         return [
-            "The file changed while it was being imported; its new version is imported from "
-            "its start. Upload under a temporary name and rename it when complete to avoid this.",
+            "The file changed while it was being imported; its new version is imported once "
+            "it holds still. Upload under a temporary name and rename it when complete.",
+        ]
+    if code == Unreadable.code:
+        return [
+            "Nothing for you to change in the file: the ingestor service may not read it. The "
+            "operator has been told; the file is read as soon as its permissions allow.",
         ]
     if state == "rejected":
         return [f"Correct the file and upload it again (the same name is fine): {reason}"]
