@@ -114,14 +114,11 @@ def _age(seconds: float) -> str:
 
 def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
     settings = load_service_settings(Path(args.config))
-    ledger = open_existing_ledger(settings.state_dir)
-    now = time.time()
-    try:
-        view = service_status(ledger, now)
-    finally:
-        ledger.close()
     pid = lock_holder(settings.state_dir / LOCK_NAME)
     live = read_live(settings.state_dir / LIVE_NAME) if pid is not None else None
+    now = time.time()
+    with open_existing_ledger(settings.state_dir) as ledger:
+        view = service_status(ledger, now, live)
     if pid is None:
         out.print("service: not running; files in flight resume from their checkpoints at start")
     else:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ingestor.errors import LedgerError, StateUnwritable
-from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
+from ingestor.ledger import LEDGER_NAME, FileIdentity, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from ingestor.worker import service as service_module
 from tests.conftest import make_folder
@@ -147,6 +147,10 @@ def test_a_read_only_state_dir_stops_the_service_at_start_with_the_reason(
     assert len(output.strip().splitlines()) == 1, output
 
 
+def identity(name: str) -> FileIdentity:
+    return FileIdentity("acme", "custom_objects", "pets", name, f"/drop/{name}", 1, 1, "0" * 64)
+
+
 def test_the_ledger_reports_a_full_disk_as_a_state_problem(tmp_path: Path) -> None:
     with small_disk(tmp_path / "state", size="512k") as disk:
         ledger = SqliteLedger(disk.path / LEDGER_NAME)
@@ -155,10 +159,10 @@ def test_the_ledger_reports_a_full_disk_as_a_state_problem(tmp_path: Path) -> No
             disk.fill()
             with pytest.raises(StateUnwritable, match=r"disk is full.*free space there"):
                 for n in range(1000):  # until the WAL needs a page it cannot get
-                    ledger.note_queued("acme", f"/drop/{n:0200d}", 0.0)
+                    ledger.register(identity(f"{n:0200d}.csv"))
             disk.free()
-            ledger.note_queued("acme", "/drop/after", 0.0)
-            assert "/drop/after" in {q.path for q in ledger.queued()}
+            after = ledger.register(identity("after.csv"))
+            assert ledger.get(after.id) is not None
         finally:
             ledger.close()
 

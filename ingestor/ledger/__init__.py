@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from ingestor.errors import ConfigError
-from ingestor.ledger.base import FileIdentity, FileRun, FileState, Ledger, QueuedFile
+from ingestor.ledger.base import FileIdentity, FileRun, FileState, Ledger
 from ingestor.ledger.sqlite import SqliteLedger
 
 LEDGER_NAME = "ledger.sqlite3"  # inside the state directory
@@ -15,8 +15,9 @@ def open_ledger(state_dir: Path) -> SqliteLedger:
 
 
 def open_existing_ledger(state_dir: Path) -> SqliteLedger:
-    """The ledger of a state directory that must already hold one (for commands that only
-    read: a mistyped path must not quietly become a new, empty state directory)."""
+    """The ledger of a state directory that must already hold one, opened read-only (for
+    commands that only read: a mistyped path must not quietly become a new, empty state
+    directory, and a reader never changes what a running service wrote)."""
     path = state_dir / LEDGER_NAME
     if not path.is_file():
         what = "does not exist" if not state_dir.exists() else "holds no ledger"
@@ -24,7 +25,7 @@ def open_existing_ledger(state_dir: Path) -> SqliteLedger:
             f"{state_dir} {what}: give the service's state_dir (--state-dir DIR), or its "
             "settings file (--config FILE)"
         )
-    return SqliteLedger(path)
+    return SqliteLedger(path, read_only=True)
 
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "FileRun",
     "FileState",
     "Ledger",
-    "QueuedFile",
     "SqliteLedger",
     "open_existing_ledger",
     "open_ledger",

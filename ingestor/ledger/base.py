@@ -56,17 +56,15 @@ class FileRun:
     finished_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class QueuedFile:
-    """A file the service found ready and has not started yet (for ``status``)."""
-
-    company: str
-    path: str
-    queued_at: float
-
-
 class Ledger(Protocol):
-    """What the pipeline needs from durable state. Implementations must make each call atomic."""
+    """What the worker needs from durable state: the protocol a second backend (PostgreSQL,
+    shared by several workers) implements. Nothing outside ``ledger/`` knows the backend.
+
+    Guarantees: each call is atomic; a call that returns has made its change durable (a
+    ``checkpoint`` or ``finish`` that returned survives a kill -9 or a power cut); readers in
+    other processes see every change that has returned. A failure raises LedgerError
+    (StateUnwritable when the storage cannot be written), never a backend's own error.
+    """
 
     def latest(self, company: str, kind: str, folder: str, name: str) -> FileRun | None:
         """The newest version recorded for this file name, if any."""
@@ -117,15 +115,8 @@ class Ledger(Protocol):
     def mark_swept(self, run_ids: list[int]) -> None:
         """The sweep has dealt with these runs; it will not look at them again."""
 
-    def note_queued(self, company: str, path: str, at: float) -> None:
-        """Remember that a ready file waits in its company's lane."""
-
-    def note_dequeued(self, path: str) -> None: ...
-
-    def queued(self) -> list[QueuedFile]:
-        """Files waiting in lanes, oldest first."""
-
-    def clear_queue(self) -> None:
-        """Forget every queued file (a starting service rebuilds its queues by rescanning)."""
-
     def close(self) -> None: ...
+
+    def __enter__(self) -> Ledger: ...
+
+    def __exit__(self, *exc: object) -> None: ...

@@ -10,10 +10,14 @@ from typing import Any
 
 from ingestor import crashpoints
 from ingestor.errors import LedgerError, StateUnwritable, state_problem
-from ingestor.ledger.base import FileIdentity, FileRun, FileState, QueuedFile
+from ingestor.ledger.base import FileIdentity, FileRun, FileState
 from ingestor.records import FileCounts
 
-SCHEMA = """
+# The schema is built by numbered migrations, each applied once and recorded in
+# ledger_migrations, in one transaction with its record. A ledger from before the table
+# existed had the schema up to migration 2 in some state; those two are written so that they
+# are no-ops on whatever part of it is already there.
+_BASE = """
 CREATE TABLE IF NOT EXISTS file_runs (
     id INTEGER PRIMARY KEY,
     company TEXT NOT NULL, kind TEXT NOT NULL, folder TEXT NOT NULL, name TEXT NOT NULL,
@@ -27,26 +31,89 @@ CREATE TABLE IF NOT EXISTS file_runs (
     reason TEXT NOT NULL DEFAULT '', report_path TEXT NOT NULL DEFAULT '',
     rejects_path TEXT NOT NULL DEFAULT '',
     started_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
-    announced INTEGER NOT NULL DEFAULT 1, swept INTEGER NOT NULL DEFAULT 0,
     UNIQUE (company, kind, folder, name, version)
 );
 CREATE INDEX IF NOT EXISTS file_runs_updated ON file_runs (updated_at);
-CREATE TABLE IF NOT EXISTS queued_files (
-    path TEXT PRIMARY KEY, company TEXT NOT NULL, queued_at REAL NOT NULL
-);
 """
 
-# Ledgers made before a column existed get it here (existing rows take the default).
-_ADDED_COLUMNS = {
-    "announced": "INTEGER NOT NULL DEFAULT 1",
-    "swept": "INTEGER NOT NULL DEFAULT 0",
-    "maybe_resent": "INTEGER NOT NULL DEFAULT 0",
-    "reason_code": "TEXT NOT NULL DEFAULT ''",
-}
-_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS file_runs_unannounced ON file_runs (id) WHERE announced=0",
-    "CREATE INDEX IF NOT EXISTS file_runs_unswept ON file_runs (finished_at) WHERE swept=0",
+
+def _add_column(db: sqlite3.Connection, column: str, definition: str) -> None:
+    present = {row[1] for row in db.execute("PRAGMA table_info(file_runs)")}
+    if column not in present:
+        db.execute(f"ALTER TABLE file_runs ADD COLUMN {column} {definition}")
+
+
+def _m1_base(db: sqlite3.Connection) -> None:
+    for statement in filter(str.strip, _BASE.split(";")):
+        db.execute(statement)
+
+
+def _m2_announced_and_swept(db: sqlite3.Connection) -> None:
+    _add_column(db, "announced", "INTEGER NOT NULL DEFAULT 1")
+    _add_column(db, "swept", "INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS file_runs_unannounced ON file_runs (id) WHERE announced=0"
+    )
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS file_runs_unswept ON file_runs (finished_at) WHERE swept=0"
+    )
+
+
+def _m3_maybe_resent(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE file_runs ADD COLUMN maybe_resent INTEGER NOT NULL DEFAULT 0")
+
+
+def _m4_reason_code(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE file_runs ADD COLUMN reason_code TEXT NOT NULL DEFAULT ''")
+
+
+def _m5_no_queue_mirror(db: sqlite3.Connection) -> None:
+    # What waits in the lanes is the lanes' to say (status reads the running service).
+    db.execute("DROP TABLE IF EXISTS queued_files")
+
+
+MIGRATIONS = (
+    _m1_base,
+    _m2_announced_and_swept,
+    _m3_maybe_resent,
+    _m4_reason_code,
+    _m5_no_queue_mirror,
 )
+
+
+def _migrate(db: sqlite3.Connection, read_only: bool) -> None:
+    """Apply the migrations this ledger has not had, each in its own transaction."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    done = 0
+    if "ledger_migrations" in tables:
+        done = db.execute("SELECT COALESCE(MAX(version), 0) FROM ledger_migrations").fetchone()[0]
+    if done >= len(MIGRATIONS):
+        return
+    if read_only:
+        raise LedgerError(
+            "the ledger was written by an older ingestor; start the service (or run an "
+            "ingest) once to bring it up to date, then look again"
+        )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS ledger_migrations (version INTEGER PRIMARY KEY, "
+        "applied_at REAL NOT NULL)"
+    )
+    for version, migration in enumerate(MIGRATIONS[done:], start=done + 1):
+        db.execute("BEGIN IMMEDIATE")  # one process at a time; another may have been first
+        try:
+            if db.execute("SELECT 1 FROM ledger_migrations WHERE version=?", (version,)).fetchone():
+                db.execute("COMMIT")
+                continue
+            migration(db)
+            db.execute(
+                "INSERT INTO ledger_migrations (version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
 
 _COLUMNS = (
     "id, company, kind, folder, name, path, size, mtime_ns, sha256, version, state, target_id, "
@@ -150,24 +217,29 @@ class SqliteLedger:
     """Ledger on one SQLite file; safe to share between threads of one process and to read
     from other processes (``ingestor status``) while a worker writes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        """``read_only``: a reader's connection (``status``, ``report``): it never writes,
+        not even a schema upgrade."""
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            if read_only:
+                self._db = sqlite3.connect(
+                    f"{path.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    timeout=30.0,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(
+                    path, timeout=30.0, isolation_level=None, check_same_thread=False
+                )
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
             if crashpoints.armed("ledger.statement"):
                 self._db.set_progress_handler(_crash_point, 1)  # every VM step
-            self._db.executescript(SCHEMA)
-            present = {row[1] for row in self._db.execute("PRAGMA table_info(file_runs)")}
-            for column, definition in _ADDED_COLUMNS.items():
-                if column not in present:
-                    self._db.execute(f"ALTER TABLE file_runs ADD COLUMN {column} {definition}")
-            for index in _INDEXES:
-                self._db.execute(index)
+            _migrate(self._db, read_only)
         except sqlite3.Error as exc:
             raise _ledger_error(f"opening the ledger {path}", exc) from None
         except OSError as exc:
@@ -178,6 +250,12 @@ class SqliteLedger:
 
     def close(self) -> None:
         self._db.close()
+
+    def __enter__(self) -> SqliteLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _one(self, sql: str, args: tuple[Any, ...]) -> FileRun | None:
         row = self._execute(sql, args).fetchone()
@@ -329,21 +407,3 @@ class SqliteLedger:
                 f"UPDATE file_runs SET {flag}=1 WHERE id IN ({','.join('?' * len(chunk))})",
                 tuple(chunk),
             )
-
-    def note_queued(self, company: str, path: str, at: float) -> None:
-        self._execute(
-            "INSERT OR IGNORE INTO queued_files (path, company, queued_at) VALUES (?,?,?)",
-            (path, company, at),
-        )
-
-    def note_dequeued(self, path: str) -> None:
-        self._execute("DELETE FROM queued_files WHERE path=?", (path,))
-
-    def queued(self) -> list[QueuedFile]:
-        rows = self._execute(
-            "SELECT company, path, queued_at FROM queued_files ORDER BY queued_at"
-        ).fetchall()
-        return [QueuedFile(*row) for row in rows]
-
-    def clear_queue(self) -> None:
-        self._execute("DELETE FROM queued_files")

@@ -7,6 +7,7 @@ storm, auth failure or outage only ever waits inside its own lane.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import time
@@ -65,6 +66,7 @@ ChangedFn = Callable[[Path], None]
 class Queued:
     found: Found
     ready_at: float  # monotonic
+    queued_at: float  # wall clock, for `status`
 
 
 @dataclass(slots=True)
@@ -79,6 +81,8 @@ class LaneView:
     records_sent: int = 0
     files_failed: int = 0  # finished as failed or rejected
     throttled_for: float = 0.0  # seconds the server's rate limit still holds the company
+    # The first files waiting, oldest first: (path, wall-clock time queued).
+    waiting: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -166,7 +170,7 @@ class Lane:
             if found.path == self._current_path and stat_of(str(found.path)) == self._current_stat:
                 return False
             self._queued_paths.add(found.path)
-            self._queue.append(Queued(found, time.monotonic()))
+            self._queue.append(Queued(found, time.monotonic(), time.time()))
             self._publish_depth()
             self._wake.notify()
         return True
@@ -212,6 +216,7 @@ class Lane:
                 self._progress.sent,
                 self._files_failed,
                 throttled,
+                [(str(q.found.path), q.queued_at) for q in itertools.islice(self._queue, 50)],
             )
 
     # -- the lane's own thread -----------------------------------------------------------
@@ -241,8 +246,6 @@ class Lane:
                 self._queued_paths.add(item.found.path)
                 self._queue.appendleft(item)
                 self._publish_depth()
-        with contextlib.suppress(LedgerError):  # only `status` reads it
-            ledger.note_queued(self.name, str(item.found.path), time.time())
 
     def _pause(self, reason: str) -> None:
         """Hold the queue until the retry interval passes, new settings arrive, or stop."""
@@ -269,8 +272,6 @@ class Lane:
         bound = log.bind(company=self.name)
         try:
             while (item := self._next()) is not None:
-                with contextlib.suppress(LedgerError):  # only `status` reads it
-                    ledger.note_dequeued(str(item.found.path))
                 if self._metrics:
                     self._metrics.file_lag.labels(self.name).observe(
                         time.monotonic() - item.ready_at

@@ -135,7 +135,6 @@ class Service:
     def _run_locked(self) -> int:
         settings = self.settings
         ledger = self._open_ledger()
-        ledger.clear_queue()
         if settings.metrics_port:
             self._metrics = Metrics()
             self._metrics.serve(settings.metrics_host, settings.metrics_port)
@@ -182,10 +181,6 @@ class Service:
                     log.error("lane_did_not_stop", company=lane.name)
             observer.join(timeout=5)
             self._notifier.stop()
-            # Lane queues live in memory and are rebuilt by the first scan of the next start;
-            # left in the ledger, `status` would show files as queued by a stopped service.
-            with contextlib.suppress(LedgerError):
-                ledger.clear_queue()
             with contextlib.suppress(OSError):  # it would describe a service no longer there
                 (settings.state_dir / LIVE_NAME).unlink(missing_ok=True)
             ledger.close()
@@ -318,9 +313,7 @@ class Service:
                     continue
             except LedgerError as exc:  # the lane finds out for itself, and waits
                 log.warning("ledger_unavailable", reason=str(exc), file=str(item.path))
-            if lane.submit(item):
-                with contextlib.suppress(LedgerError):  # only `status` reads it
-                    ledger.note_queued(company, str(item.path), time.time())
+            lane.submit(item)
 
     @staticmethod
     def _already_handled(ledger: Ledger, item: Found) -> bool:

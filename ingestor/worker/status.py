@@ -1,5 +1,6 @@
-"""What ``ingestor status --config`` shows: the ledger (safe to read while the service runs)
-and the running service's own snapshot of its lanes (``LIVE_NAME`` in the state dir)."""
+"""What ``ingestor status --config`` shows: the ledger (read-only, safe while the service runs)
+and the running service's own snapshot of its lanes (``LIVE_NAME`` in the state dir), which
+is also where the files waiting in the lanes come from: the lanes, not the ledger, know."""
 
 from __future__ import annotations
 
@@ -10,11 +11,20 @@ from pathlib import Path
 
 import orjson
 
-from ingestor.ledger import FileRun, FileState, Ledger, QueuedFile
+from ingestor.ledger import FileRun, FileState, Ledger
 from ingestor.worker.lane import LaneView
 
 DAY = 86400.0
 LIVE_NAME = "service-status.json"
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedFile:
+    """A file a lane holds, ready and not started yet."""
+
+    company: str
+    path: str
+    queued_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +42,9 @@ def records_per_second(run: FileRun, now: float) -> float:
     return run.counts.sent / elapsed if elapsed > 0 else 0.0
 
 
-def service_status(ledger: Ledger, now: float) -> StatusView:
+def service_status(ledger: Ledger, now: float, live: ServiceView | None = None) -> StatusView:
+    """The ledger's runs, and what the running service's lanes hold (``live``; none when
+    the service is not running)."""
     runs = ledger.runs()
     latest: dict[tuple[str, str, str, str], FileRun] = {}
     for run in runs:  # newest first: the first seen of each file is its latest version
@@ -41,7 +53,14 @@ def service_status(ledger: Ledger, now: float) -> StatusView:
     current = list(latest.values())
     return StatusView(
         in_flight=[r for r in current if r.state is FileState.PROCESSING],
-        queued=ledger.queued(),
+        queued=sorted(
+            (
+                QueuedFile(lane.company, path, at)
+                for lane in (live.lanes if live else [])
+                for path, at in lane.waiting
+            ),
+            key=lambda q: q.queued_at,
+        ),
         done=[
             r
             for r in runs
@@ -90,6 +109,10 @@ def read_live(path: Path) -> ServiceView | None:
     """The running service's last snapshot, or None if there is none to read."""
     try:
         data = orjson.loads(path.read_bytes())
-        return ServiceView([LaneView(**lane) for lane in data["lanes"]], data["waiting_uploads"])
+        lanes = [
+            LaneView(**{**lane, "waiting": [tuple(w) for w in lane.get("waiting", [])]})
+            for lane in data["lanes"]
+        ]
+        return ServiceView(lanes, data["waiting_uploads"])
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
         return None

@@ -1,0 +1,79 @@
+"""The ledger's schema comes from numbered migrations, each applied once; a reader never
+writes; the protocol is what a second backend implements."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ingestor.errors import LedgerError
+from ingestor.ledger import FileIdentity, FileState, SqliteLedger, open_existing_ledger
+from ingestor.ledger.sqlite import MIGRATIONS
+from ingestor.records import FileCounts
+
+# A ledger as the release before migrations wrote it (its queue mirror included).
+OLD_SCHEMA = """
+CREATE TABLE file_runs (
+    id INTEGER PRIMARY KEY,
+    company TEXT NOT NULL, kind TEXT NOT NULL, folder TEXT NOT NULL, name TEXT NOT NULL,
+    path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    version INTEGER NOT NULL, state TEXT NOT NULL, target_id TEXT NOT NULL DEFAULT '',
+    byte_offset INTEGER NOT NULL DEFAULT 0, line INTEGER NOT NULL DEFAULT 0,
+    rejects_bytes INTEGER NOT NULL DEFAULT 0,
+    records_read INTEGER NOT NULL DEFAULT 0, records_sent INTEGER NOT NULL DEFAULT 0,
+    records_skipped INTEGER NOT NULL DEFAULT 0, batches INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0, throttled_seconds REAL NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '', report_path TEXT NOT NULL DEFAULT '',
+    rejects_path TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
+    announced INTEGER NOT NULL DEFAULT 1, swept INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (company, kind, folder, name, version)
+);
+CREATE TABLE queued_files (path TEXT PRIMARY KEY, company TEXT NOT NULL, queued_at REAL);
+INSERT INTO file_runs (company, kind, folder, name, path, size, mtime_ns, sha256, version,
+    state, records_sent, started_at, updated_at)
+VALUES ('acme', 'custom_objects', 'pets', 'a.csv', '/drop/a.csv', 5, 1, 'abc', 1, 'done',
+    42, 1.0, 2.0);
+"""
+
+
+def old_ledger(path: Path) -> Path:
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.close()
+    return path
+
+
+def test_an_older_ledger_is_brought_up_to_date_once_keeping_its_runs(tmp_path: Path) -> None:
+    path = old_ledger(tmp_path / "ledger.sqlite3")
+    with SqliteLedger(path) as ledger:
+        (run,) = ledger.runs()
+        assert (run.identity.name, run.counts.sent, run.reason_code) == ("a.csv", 42, "")
+        ledger.finish(run.id, FileState.FAILED, FileCounts(maybe_resent=3), "x", "", "bad_file")
+    db = sqlite3.connect(path)
+    versions = [row[0] for row in db.execute("SELECT version FROM ledger_migrations")]
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.close()
+    assert versions == list(range(1, len(MIGRATIONS) + 1))
+    assert "queued_files" not in tables  # the queue mirror is gone: the lanes answer
+    with SqliteLedger(path) as again:  # nothing left to apply
+        (run,) = again.runs()
+        assert (run.reason_code, run.counts.maybe_resent) == ("bad_file", 3)
+
+
+def test_a_reader_never_writes_not_even_an_upgrade(tmp_path: Path) -> None:
+    path = old_ledger(tmp_path / "ledger.sqlite3")
+    with pytest.raises(LedgerError, match="written by an older ingestor"):
+        open_existing_ledger(tmp_path)
+    before = path.read_bytes()
+    SqliteLedger(path).close()  # a writer upgrades it
+    upgraded = path.read_bytes()
+    assert upgraded != before
+    with open_existing_ledger(tmp_path) as reader:
+        assert len(reader.runs()) == 1
+        with pytest.raises(LedgerError):
+            reader.register(
+                FileIdentity("acme", "custom_objects", "pets", "b.csv", "/b", 1, 1, "d")
+            )
