@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ingestor import __version__
+from ingestor import __version__, crashpoints
 from ingestor.app import (
     Validation,
     ingest_folder_once,
@@ -176,7 +176,7 @@ def _summary_table(results: Sequence[FolderResult], title: str) -> Table:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    key = ApiKey.from_env(args.api_key_env)
+    key = ApiKey.from_env(args.api_key_env, os.environ)
     configure_logging(
         args.log_format, args.log_level, secrets=[key.value], stream=_ConsoleStream(err)
     )
@@ -545,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The edge: the environment is read here and handed down; nothing below reads it.
+    crashpoints.arm(os.environ.get(crashpoints.ENV, ""))
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

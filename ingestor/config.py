@@ -7,7 +7,6 @@ and the sender adapts to what the server actually answers.
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,9 +90,8 @@ class ApiKey:
     __str__ = __repr__
 
     @classmethod
-    def from_env(cls, var: str, environ: dict[str, str] | None = None) -> ApiKey:
-        env = os.environ if environ is None else environ
-        value = env.get(var, "").strip()
+    def from_env(cls, var: str, environ: Mapping[str, str]) -> ApiKey:
+        value = environ.get(var, "").strip()
         if not value:
             raise ConfigError(
                 f"environment variable {var} is empty or not set; put the API key there"

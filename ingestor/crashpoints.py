@@ -1,9 +1,10 @@
 """Crash points: named moments where a test can make this process kill itself with SIGKILL,
 to prove that a crash at exactly the worst time loses nothing.
 
-Armed only through the environment, e.g. ``INGESTOR_CRASH_AT=batch.acknowledged:3`` kills
-the process the 3rd time it reaches that point (several points: comma-separated). Unarmed,
-which is always the case in production, a point costs one truth test of an empty dict.
+Armed only through the environment, read once at the edge (``ingestor``'s main calls
+``arm``), e.g. ``INGESTOR_CRASH_AT=batch.acknowledged:3`` kills the process the 3rd time it
+reaches that point (several points: comma-separated). Unarmed, which is always the case in
+production, a point costs one truth test of an empty dict.
 """
 
 from __future__ import annotations
@@ -36,8 +37,15 @@ def _parse(spec: str) -> dict[str, int]:
     return armed
 
 
-_armed = _parse(os.environ.get(ENV, ""))
+_armed: dict[str, int] = {}
 _lock = threading.Lock()
+
+
+def arm(spec: str) -> None:
+    """Arm the points named in ``spec`` (the value of INGESTOR_CRASH_AT); "" arms none."""
+    with _lock:
+        _armed.clear()
+        _armed.update(_parse(spec))
 
 
 def armed(name: str) -> bool:

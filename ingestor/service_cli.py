@@ -35,7 +35,7 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 
 def cmd_check_config(args: argparse.Namespace, out: Console, err: Console) -> int:
     path = Path(args.file)
-    settings, problems = check_service_settings(path)
+    settings, problems = check_service_settings(path, os.environ)
     if problems:
         err.print(f"[red]{path}: {len(problems)} problem(s)[/]", soft_wrap=True)
         for problem in problems:
@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # `kill -USR1 <pid>` writes every thread's stack to stderr (the journal): for a service
     # that seems stuck, without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    return Service(path, polling=args.polling).run()
+    return Service(path, environ=os.environ, polling=args.polling).run()
 
 
 def cmd_sftp(args: argparse.Namespace, out: Console) -> int:

@@ -402,11 +402,11 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
 
 
 def check_service_settings(
-    path: Path, environ: Mapping[str, str] | None = None
+    path: Path, environ: Mapping[str, str]
 ) -> tuple[ServiceSettings | None, list[Problem]]:
     """Everything wrong with a settings file, including keys that cannot be read and a drop
     root that does not exist. The settings are None only if the file is unreadable."""
-    env = os.environ if environ is None else environ
+    env = environ
     settings, problems = _parse(path)
     if settings is None:
         return None, problems

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import threading
 import time
 from collections import deque
@@ -117,7 +116,7 @@ class Lane:
         ledger_factory: LedgerFactory,
         *,
         metrics: Metrics | None = None,
-        environ: Mapping[str, str] | None = None,
+        environ: Mapping[str, str],
         transport: httpx.BaseTransport | None = None,
         on_finished: FinishedFn | None = None,
         known_hashes: KnownHashes | None = None,
@@ -352,7 +351,7 @@ class Lane:
         self._pause(f"{why}: {exc}")
 
     def _client(self) -> KlaviyoClient:
-        key = self._company.key_source.load(os.environ if self._environ is None else self._environ)
+        key = self._company.key_source.load(self._environ)
         on_status = None
         if self._metrics:
             metrics, name = self._metrics, self.name

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 class SystemdNotifier:
     """Sends notifications when run under systemd (``Type=notify``); a no-op otherwise."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        env = environ
         address = env.get("NOTIFY_SOCKET", "")
         self._address = "\0" + address[1:] if address.startswith("@") else address
         usec = env.get("WATCHDOG_USEC", "")

@@ -77,7 +77,7 @@ class Service:
         self,
         settings_path: Path,
         *,
-        environ: Mapping[str, str] | None = None,
+        environ: Mapping[str, str],
         transport: httpx.BaseTransport | None = None,
         polling: bool = False,
         install_signals: bool = True,
@@ -144,7 +144,7 @@ class Service:
         self._notifier = Notifier(
             settings.state_dir,
             settings.notify,
-            os.environ if self._environ is None else self._environ,
+            self._environ,
             on_settled=self._announced,
         )
         self._notifier.start()
