@@ -43,14 +43,12 @@ from watchdog.observers.inotify_c import (
     WatchDescriptor,
 )
 
-from ingestor.dropfile import walk
+from ingestor.dropfile import Stat, walk
 from ingestor.kinds import KINDS
 from ingestor.layout import FOLDER_DEPTH, Placed, Placement, place
 
 log = structlog.get_logger("ingestor.discovery")
 STALE_CLOSE_MIN = 60.0  # seconds; see Readiness.stale_close
-
-Stat = tuple[int, int]  # size, mtime_ns
 
 
 def stat_of(path: str) -> Stat | None:

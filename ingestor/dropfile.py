@@ -28,6 +28,7 @@ from typing import BinaryIO
 from ingestor.errors import LayoutError
 
 HASH_CHUNK = 1024 * 1024
+Stat = tuple[int, int]  # (size, mtime_ns): what the file system says a version looks like
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = getattr(os, "O_PATH", 0)
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK

@@ -8,8 +8,16 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingestor.dropfile import DropFile
+from ingestor.dropfile import DropFile, Stat
 from ingestor.ledger import FileIdentity, FileRun, Ledger
+
+
+def same_version(current: Stat | None, identity: FileIdentity) -> bool:
+    """Whether a file whose (size, mtime_ns) is ``current`` is still the version
+    ``identity`` describes. The one place this is decided: a version is its content, and a
+    size or mtime that moved means the content may have."""
+    return current is not None and current == (identity.size, identity.mtime_ns)
+
 
 # The sha256 recorded for a file that could not be opened (a link, a FIFO, no permission):
 # the same refusal again matches the same version, so it is reported once.
@@ -63,7 +71,7 @@ def identify(
     elif (
         latest
         and latest.identity.sha256 != UNOPENED
-        and (latest.identity.size, latest.identity.mtime_ns) == (size, mtime_ns)
+        and same_version((size, mtime_ns), latest.identity)
     ):
         sha = latest.identity.sha256
     else:

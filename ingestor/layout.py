@@ -85,6 +85,22 @@ def place(relative: PurePosixPath) -> Placed:
     return Placed(Placement.DATA_FILE, company, kind, folder, name)
 
 
+def may_create_file(parts: tuple[str, ...] | list[str]) -> bool:
+    """Whether a company may create a file at ``parts`` (relative to its own root): only
+    below ``imports/<kind>/``."""
+    return len(parts) >= 3 and parts[0] == "imports" and parts[1] in KINDS
+
+
+def may_create_folder(parts: tuple[str, ...] | list[str]) -> bool:
+    """Whether a company may create a folder there: an import folder, and nothing deeper."""
+    return may_create_file(parts) and len(parts) <= FOLDER_DEPTH - 1
+
+
+def company_folders() -> list[PurePosixPath]:
+    """The folders every company's tree starts with: ``imports/<kind>`` for each kind."""
+    return [PurePosixPath("imports", kind) for kind in KINDS]
+
+
 @dataclass(frozen=True, slots=True)
 class FolderConfig:
     """A valid config.json: where the folder's records go."""

@@ -35,8 +35,7 @@ from paramiko.sftp import (
 
 from ingestor.dropfile import open_directory, walk
 from ingestor.errors import LayoutError
-from ingestor.kinds import KINDS
-from ingestor.layout import FOLDER_DEPTH
+from ingestor.layout import FOLDER_DEPTH, may_create_file, may_create_folder
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -199,9 +198,8 @@ class Jail:
         return [p for p in self.virtual(path).split("/") if p]
 
     def writable(self, path: str) -> bool:
-        """Files and folders may be created only below ``/imports/<kind>/``."""
-        parts = self.parts(path)
-        return len(parts) >= 3 and parts[0] == "imports" and parts[1] in KINDS
+        """Files and folders may be created only below ``/imports/<kind>/`` (layout's rule)."""
+        return may_create_file(self.parts(path))
 
 
 class ReadHandle(paramiko.SFTPHandle):
@@ -457,7 +455,7 @@ class CompanyFs(paramiko.SFTPServerInterface):
         local = self._local(path)
         if not self.jail.writable(path):
             return self.refuse(SFTP_PERMISSION_DENIED, "folders go under /imports/<kind>/ only")
-        if len(self.jail.parts(path)) > FOLDER_DEPTH - 1:  # an import folder's own depth
+        if not may_create_folder(self.jail.parts(path)):  # an import folder, nothing deeper
             return self.refuse(
                 SFTP_PERMISSION_DENIED,
                 "import folders hold files, not folders: create /imports/<kind>/<folder>/ only",

@@ -27,6 +27,7 @@ from paramiko.common import (
 )
 from paramiko.message import Message
 
+from ingestor.layout import company_folders
 from ingestor.sftp.auth import (
     AuthThrottle,
     GuessDelay,
@@ -238,7 +239,8 @@ class SftpEndpoint:
     def company(self, name: str) -> Company:
         login = self.settings.companies[name]
         root = self._drop_root / name
-        (root / "imports" / "custom_objects").mkdir(parents=True, exist_ok=True)
+        for folder in company_folders():  # imports/<kind>/ for each kind
+            (root / folder).mkdir(parents=True, exist_ok=True)
         limit = login.quota_bytes or self.settings.quota_bytes
         with self._lock:
             quota = self._quotas.setdefault(name, Quota(limit))

@@ -13,6 +13,7 @@ from pathlib import Path
 import structlog
 
 from ingestor.discovery import stat_of
+from ingestor.identity import same_version
 from ingestor.ledger import FileState, Ledger
 
 log = structlog.get_logger("ingestor.retention")
@@ -39,7 +40,7 @@ def sweep(ledger: Ledger, max_age_days: float, now: float) -> SweepResult:
         latest = ledger.latest(identity.company, identity.kind, identity.folder, identity.name)
         path = Path(identity.path)
         is_latest = latest is not None and latest.id == run.id
-        unchanged = stat_of(str(path)) == (identity.size, identity.mtime_ns)
+        unchanged = same_version(stat_of(str(path)), identity)
         if is_latest and unchanged and _unlink(path):
             result.data_files.append(path)
             log.info(

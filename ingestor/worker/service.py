@@ -35,7 +35,7 @@ from ingestor.discovery import (
     stat_of,
 )
 from ingestor.errors import ConfigError, LedgerError, StateUnwritable
-from ingestor.identity import KnownHashes
+from ingestor.identity import KnownHashes, same_version
 from ingestor.layout import CONFIG_NAME
 from ingestor.ledger import FileState, Ledger, open_ledger
 from ingestor.notify.notifier import Notifier, load_report
@@ -326,7 +326,7 @@ class Service:
         current = stat_of(str(item.path))  # never through a link
         if current is None:
             return True
-        if current != (run.identity.size, run.identity.mtime_ns):
+        if not same_version(current, run.identity):
             return False
         if run.state is FileState.REJECTED and item.kind is FoundKind.DATA:
             config = item.path.parent / CONFIG_NAME
