@@ -163,7 +163,7 @@ def write_emails(
     written: list[Path] = []
     for result in results:
         for file in result.files:
-            report = file.report.data if file.report else None
+            report = file.report.report if file.report else None
             if report is not None:
                 path = notifier.send([report], recipients)
                 if path is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -120,10 +121,82 @@ def first_rejects(path: str, limit: int) -> list[dict[str, Any]]:
     return found
 
 
+REPORT_SCHEMA = 1  # the "schema" of a report file; bump with any change of its fields
+
+
+@dataclass(frozen=True, slots=True)
+class FileReport:
+    """One file's outcome, as written to ``<id>-<folder>-<file>-v<n>.report.json`` and read
+    back by the e-mails and ``ingestor report``: written and loaded only here."""
+
+    run_id: int
+    company: str
+    kind: str
+    folder: str
+    file: str
+    path: str
+    size: int
+    sha256: str
+    version: int
+    data_source_id: str
+    state: str
+    reason: str
+    reason_code: str
+    started_at: float
+    finished_at: float
+    duration_seconds: float
+    records_read: int
+    records_sent: int
+    records_skipped: int
+    batches: int
+    retries: int
+    throttled_seconds: float
+    records_maybe_resent: int
+    records_per_second: float | None
+    skipped_samples: tuple[dict[str, Any], ...]
+    rejected_rows_file: str
+    ignored_files: tuple[str, ...]
+    schema: int = REPORT_SCHEMA
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["skipped_samples"] = list(self.skipped_samples)
+        data["ignored_files"] = list(self.ignored_files)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FileReport:
+        """A report as stored; fields a report from an older release lacks take their
+        neutral value."""
+        defaults: dict[str, Any] = {
+            "run_id": 0,
+            "reason_code": "",
+            "records_maybe_resent": 0,
+            "kind": "custom_objects",
+            "schema": REPORT_SCHEMA,
+        }
+        values = {**defaults, **{k: v for k, v in data.items() if k in cls.__dataclass_fields__}}
+        values["skipped_samples"] = tuple(values.get("skipped_samples") or ())
+        values["ignored_files"] = tuple(values.get("ignored_files") or ())
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str) -> FileReport | None:
+        """The report at ``path``, or None if there is none to read."""
+        try:
+            return cls.from_dict(orjson.loads(Path(path).read_bytes()))
+        except (OSError, orjson.JSONDecodeError, TypeError, AttributeError):
+            return None
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     path: Path
-    data: dict[str, Any]
+    report: FileReport
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.report.as_dict()
 
 
 def write_report(
@@ -134,35 +207,36 @@ def write_report(
     counts = run.counts
     finished = run.finished_at or run.updated_at
     duration = max(0.0, finished - run.started_at)
-    data: dict[str, Any] = {
-        "run_id": run.id,
-        "company": ident.company,
-        "kind": ident.kind,
-        "folder": ident.folder,
-        "file": ident.name,
-        "path": ident.path,
-        "size": ident.size,
-        "sha256": ident.sha256,
-        "version": run.version,
-        "data_source_id": run.target_id,
-        "state": run.state.value,
-        "reason": run.reason,
-        "reason_code": run.reason_code,
-        "started_at": run.started_at,
-        "finished_at": finished,
-        "duration_seconds": round(duration, 3),
-        "records_read": counts.read,
-        "records_sent": counts.sent,
-        "records_skipped": counts.skipped,
-        "batches": counts.batches,
-        "retries": counts.retries,
-        "throttled_seconds": round(counts.throttled_seconds, 3),
-        "records_maybe_resent": counts.maybe_resent,
-        "records_per_second": round(counts.sent / duration, 1) if duration > 0 else None,
-        "skipped_samples": first_rejects(run.rejects_path, samples),
-        "rejected_rows_file": run.rejects_path if counts.skipped else "",
-        "ignored_files": list(ignored),
-    }
+    report = FileReport(
+        run_id=run.id,
+        company=ident.company,
+        kind=ident.kind,
+        folder=ident.folder,
+        file=ident.name,
+        path=ident.path,
+        size=ident.size,
+        sha256=ident.sha256,
+        version=run.version,
+        data_source_id=run.target_id,
+        state=run.state.value,
+        reason=run.reason,
+        reason_code=run.reason_code,
+        started_at=run.started_at,
+        finished_at=finished,
+        duration_seconds=round(duration, 3),
+        records_read=counts.read,
+        records_sent=counts.sent,
+        records_skipped=counts.skipped,
+        batches=counts.batches,
+        retries=counts.retries,
+        throttled_seconds=round(counts.throttled_seconds, 3),
+        records_maybe_resent=counts.maybe_resent,
+        records_per_second=round(counts.sent / duration, 1) if duration > 0 else None,
+        skipped_samples=tuple(first_rejects(run.rejects_path, samples)),
+        rejected_rows_file=run.rejects_path if counts.skipped else "",
+        ignored_files=ignored,
+    )
+    data = report.as_dict()
     directory = report_dir(state_dir, ident.company)
     path = directory / f"{run_stem(run)}.report.json"
     temporary = path.with_suffix(".tmp")
@@ -175,4 +249,4 @@ def write_report(
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
         raise StateUnwritable.from_os_error(path, exc) from None
-    return Report(path, data)
+    return Report(path, report)

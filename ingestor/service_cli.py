@@ -20,9 +20,9 @@ from ingestor.errors import ConfigError
 from ingestor.ledger import FileRun, SqliteLedger, open_existing_ledger
 from ingestor.logs import configure_logging
 from ingestor.notify.message import compose, render
-from ingestor.notify.notifier import load_report
 from ingestor.notify.outbox import Outbox
 from ingestor.notify.smtp import DeliveryError, send
+from ingestor.reports import FileReport
 from ingestor.service_config import check_service_settings, load_service_settings
 from ingestor.sftp.auth import fingerprint, hash_password
 from ingestor.sftp.server import SftpEndpoint
@@ -329,11 +329,11 @@ def cmd_report(args: argparse.Namespace, out: Console) -> int:
         run = _find_run(ledger, args.which)
     finally:
         ledger.close()
-    report = load_report(run.report_path)
+    report = FileReport.load(run.report_path)
     if report is None:
         raise ConfigError(f"run {run.id} has no report yet (state {run.state.value})")
     if args.json:
-        out.print_json(data=report)
+        out.print_json(data=report.as_dict())
     else:
         text, _html = render([report])
         out.print(text, highlight=False, markup=False, soft_wrap=True)
@@ -347,7 +347,7 @@ def cmd_notify(args: argparse.Namespace, out: Console, err: Console) -> int:
         run = _find_run(ledger, args.resend)
     finally:
         ledger.close()
-    report = load_report(run.report_path)
+    report = FileReport.load(run.report_path)
     company = settings.companies.get(run.identity.company)
     recipients = tuple(args.to) or (company.recipients if company else ())
     if report is None or not recipients:

@@ -7,17 +7,17 @@ from typing import Any
 
 from ingestor.errors import READ_FAILED, AuthError
 from ingestor.notify.content import next_steps, outcome
+from ingestor.reports import FileReport
 
 
-def report(state: str, reason: str, code: str, file: str = "pets.csv") -> dict[str, Any]:
-    return {
-        "state": state,
-        "reason": reason,
-        "reason_code": code,
-        "file": file,
-        "records_sent": 0,
-        "records_skipped": 0,
-    }
+def report(state: str, reason: str, code: str, file: str = "pets.csv") -> FileReport:
+    fields: dict[str, Any] = dict.fromkeys(FileReport.__dataclass_fields__, 0)
+    fields.update(
+        company="acme", kind="custom_objects", folder="pets", path="", sha256="",
+        data_source_id="", rejected_rows_file="", skipped_samples=(), ignored_files=(),
+        records_per_second=None, state=state, reason=reason, reason_code=code, file=file,
+    )  # fmt: skip
+    return FileReport(**fields)
 
 
 def test_a_file_whose_name_says_key_refused_gets_the_advice_for_what_happened() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ingestor.notify.message import render
+from ingestor.reports import FileReport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docs"))
 from screenshots import find_browser, render_png
@@ -46,7 +47,7 @@ REPORT = {
 
 @pytest.mark.skipif(find_browser() is None, reason="needs Chromium (apt-get install chromium)")
 def test_the_html_part_renders_to_a_png(tmp_path: Path) -> None:
-    _text, html = render([REPORT])
+    _text, html = render([FileReport.from_dict(REPORT)])
     png = tmp_path / "message.png"
     render_png(html, png, find_browser() or "", width=800, height=900)
     data = png.read_bytes()

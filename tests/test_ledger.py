@@ -77,3 +77,29 @@ def test_a_reader_never_writes_not_even_an_upgrade(tmp_path: Path) -> None:
             reader.register(
                 FileIdentity("acme", "custom_objects", "pets", "b.csv", "/b", 1, 1, "d")
             )
+
+
+def test_a_report_is_typed_versioned_and_reads_back_as_written(tmp_path: Path) -> None:
+    """The report file is written and loaded in one place (reports.FileReport), carries its
+    schema version, and one from before a field existed still loads."""
+    import orjson
+
+    from ingestor.reports import REPORT_SCHEMA, FileReport
+
+    path = tmp_path / "r.report.json"
+    fields: dict[str, object] = dict.fromkeys(FileReport.__dataclass_fields__, 0)
+    fields.update(company="acme", kind="custom_objects", folder="pets", file="a.csv",
+                  path="/a", sha256="", data_source_id="", state="done", reason="",
+                  reason_code="", rejected_rows_file="", records_per_second=None,
+                  skipped_samples=({"line": 3, "reason": "x", "raw": "r"},),
+                  ignored_files=("notes.txt",), schema=REPORT_SCHEMA)  # fmt: skip
+    report = FileReport(**fields)  # type: ignore[arg-type]
+    path.write_bytes(orjson.dumps(report.as_dict()))
+    assert FileReport.load(str(path)) == report
+    older = report.as_dict()
+    for added in ("reason_code", "records_maybe_resent", "schema"):
+        del older[added]
+    path.write_bytes(orjson.dumps(older))
+    loaded = FileReport.load(str(path))
+    assert loaded is not None and loaded.reason_code == "" and loaded.records_maybe_resent == 0
+    assert FileReport.load(str(tmp_path / "missing.json")) is None

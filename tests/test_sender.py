@@ -236,4 +236,4 @@ def test_a_batch_resent_after_its_answer_was_lost_is_reported_as_maybe_sent_twic
     assert report.data["records_maybe_resent"] == 500
     from ingestor.notify.content import next_steps
 
-    assert "500 records may have been sent twice" in " ".join(next_steps(report.data))
+    assert "500 records may have been sent twice" in " ".join(next_steps(report.report))

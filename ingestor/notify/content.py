@@ -1,4 +1,4 @@
-"""What a completion message says, derived from one or more file reports (their JSON dicts).
+"""What a completion message says, derived from one or more file reports.
 
 Names in a report come from untrusted uploads: everything here is plain data; escaping is the
 templates' job (HTML autoescaped) and header safety is ``message``'s.
@@ -9,11 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from ingestor.dropfile import Unreadable
 from ingestor.errors import STRAY_FILE, AuthError, FileChanged, LayoutError, NotFound
-from ingestor.reports import folder_label
+from ingestor.reports import FileReport, folder_label
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 EXCERPT_CHARS = 120
@@ -40,31 +39,31 @@ def _size(size: int) -> str:
     return f"{size:,} bytes"
 
 
-def _code(report: dict[str, Any]) -> str:
+def _code(report: FileReport) -> str:
     """What ended the file, as a stable code (``ingestor.errors``); "" when it was done.
     Chooses every piece of advice: nothing here reads the reason's words."""
-    return str(report.get("reason_code") or "")
+    return report.reason_code
 
 
-def outcome(report: dict[str, Any]) -> str:
+def outcome(report: FileReport) -> str:
     """The result at a glance, as the subject line states it."""
-    sent, skipped = report["records_sent"], report["records_skipped"]
-    state, code = report["state"], _code(report)
+    sent, skipped = report.records_sent, report.records_skipped
+    state, code = report.state, _code(report)
     if state == "done":
         return f"{sent:,} imported, {skipped:,} skipped"
     if code == STRAY_FILE:
         return "not processed: it must be inside a named folder that has a config.json"
     if state == "rejected":
-        return f"not processed: {one_line(report['reason'], 90)}"
+        return f"not processed: {one_line(report.reason, 90)}"
     if code == AuthError.code:
         return (
             f"waiting: Klaviyo refused the API key, the operator must renew it ({sent:,} imported)"
         )
-    return f"stopped after {sent:,} imported: {one_line(report['reason'], 80)}"
+    return f"stopped after {sent:,} imported: {one_line(report.reason, 80)}"
 
 
-def _done_steps(report: dict[str, Any]) -> list[str]:
-    twice = report.get("records_maybe_resent", 0)
+def _done_steps(report: FileReport) -> list[str]:
+    twice = report.records_maybe_resent
     steps = (
         [
             f"{twice:,} records may have been sent twice: a request whose answer was lost (a "
@@ -74,7 +73,7 @@ def _done_steps(report: dict[str, Any]) -> list[str]:
         if twice
         else []
     )
-    if not report["records_skipped"]:
+    if not report.records_skipped:
         return (
             ["Every record was imported.", *steps]
             if steps
@@ -89,9 +88,9 @@ def _done_steps(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def next_steps(report: dict[str, Any]) -> list[str]:
+def next_steps(report: FileReport) -> list[str]:
     """What the reader should do now, most specific first, chosen by the reason's code."""
-    state, reason, code = report["state"], report["reason"], _code(report)
+    state, reason, code = report.state, report.reason, _code(report)
     sentence = reason[0].upper() + reason[1:] + "." if reason else ""
     if state == "done":
         return _done_steps(report)
@@ -162,58 +161,58 @@ class FileFacts:
     ignored_files: list[str]
 
 
-def file_facts(report: dict[str, Any]) -> FileFacts:
-    rate = report.get("records_per_second")
+def file_facts(report: FileReport) -> FileFacts:
+    rate = report.records_per_second
     facts = [
-        ("Company", report["company"]),
-        ("Folder", folder_label(report["folder"], report.get("kind", "custom_objects"))),
-        ("File", f"{report['file']} ({_size(report['size'])})"),
-        ("Data source", report["data_source_id"] or "-"),
-        ("Outcome", report["state"]),
-        ("Started", _when(report["started_at"])),
-        ("Finished", _when(report["finished_at"])),
-        ("Duration", f"{report['duration_seconds']:,.1f} s"),
-        ("Records read", f"{report['records_read']:,}"),
-        ("Records sent", f"{report['records_sent']:,}"),
-        ("Records skipped", f"{report['records_skipped']:,}"),
-        ("Batches", f"{report['batches']:,}"),
-        ("Retries", f"{report['retries']:,}"),
-        ("May have been sent twice", f"{report.get('records_maybe_resent', 0):,}"),
-        ("Waited for rate limits", f"{report['throttled_seconds']:,.1f} s"),
+        ("Company", report.company),
+        ("Folder", folder_label(report.folder, report.kind)),
+        ("File", f"{report.file} ({_size(report.size)})"),
+        ("Data source", report.data_source_id or "-"),
+        ("Outcome", report.state),
+        ("Started", _when(report.started_at)),
+        ("Finished", _when(report.finished_at)),
+        ("Duration", f"{report.duration_seconds:,.1f} s"),
+        ("Records read", f"{report.records_read:,}"),
+        ("Records sent", f"{report.records_sent:,}"),
+        ("Records skipped", f"{report.records_skipped:,}"),
+        ("Batches", f"{report.batches:,}"),
+        ("Retries", f"{report.retries:,}"),
+        ("May have been sent twice", f"{report.records_maybe_resent:,}"),
+        ("Waited for rate limits", f"{report.throttled_seconds:,.1f} s"),
         ("Records/s", f"{rate:,.0f}" if rate else "-"),
     ]
-    if report["reason"]:
-        facts.append(("Reason", report["reason"]))
+    if report.reason:
+        facts.append(("Reason", report.reason))
     skipped = [
         SkippedRow(row["line"], row["reason"], one_line(row["raw"], EXCERPT_CHARS))
-        for row in report["skipped_samples"]
+        for row in report.skipped_samples
     ]
     return FileFacts(
-        company=report["company"],
-        folder=report["folder"],
-        file=report["file"],
-        state=report["state"],
+        company=report.company,
+        folder=report.folder,
+        file=report.file,
+        state=report.state,
         outcome=outcome(report),
         facts=facts,
         skipped=skipped,
-        skipped_total=report["records_skipped"],
+        skipped_total=report.records_skipped,
         next_steps=next_steps(report),
-        rejected_rows_file=report["rejected_rows_file"],
-        ignored_files=report["ignored_files"],
+        rejected_rows_file=report.rejected_rows_file,
+        ignored_files=list(report.ignored_files),
     )
 
 
-def subject(reports: list[dict[str, Any]]) -> str:
+def subject(reports: list[FileReport]) -> str:
     """``[ingestor] acme / pets / pets.csv: 19,998 imported, 2 skipped``, or for a digest
     ``[ingestor] acme / pets: 3 files, 40,000 imported, 2 skipped, 1 not finished``."""
     first = reports[0]
-    folder = folder_label(first["folder"], first.get("kind", "custom_objects"))
-    where = f"{first['company']} / {folder}"
+    folder = folder_label(first.folder, first.kind)
+    where = f"{first.company} / {folder}"
     if len(reports) == 1:
-        return one_line(f"[ingestor] {where} / {first['file']}: {outcome(first)}", 250)
-    sent = sum(r["records_sent"] for r in reports)
-    skipped = sum(r["records_skipped"] for r in reports)
-    unfinished = sum(1 for r in reports if r["state"] != "done")
+        return one_line(f"[ingestor] {where} / {first.file}: {outcome(first)}", 250)
+    sent = sum(r.records_sent for r in reports)
+    skipped = sum(r.records_skipped for r in reports)
+    unfinished = sum(1 for r in reports if r.state != "done")
     text = f"[ingestor] {where}: {len(reports)} files, {sent:,} imported, {skipped:,} skipped"
     if unfinished:
         text += f", {unfinished} not finished"

@@ -10,12 +10,11 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from ingestor.notify.content import file_facts, one_line, subject
-from ingestor.reports import safe_name
+from ingestor.reports import FileReport, safe_name
 
 _TEMPLATES = Environment(
     loader=PackageLoader("ingestor.notify", "templates"),
@@ -26,9 +25,7 @@ _TEMPLATES = Environment(
 DEFAULT_ATTACH_MAX = 5 * 1024 * 1024
 
 
-def render(
-    reports: list[dict[str, Any]], attachments: dict[str, str] | None = None
-) -> tuple[str, str]:
+def render(reports: list[FileReport], attachments: dict[str, str] | None = None) -> tuple[str, str]:
     """The plain-text and HTML bodies: the same facts, twice."""
     context = {
         "files": [file_facts(r) for r in reports],
@@ -42,14 +39,14 @@ def render(
 
 
 def _attachments(
-    reports: list[dict[str, Any]], limit: int
+    reports: list[FileReport], limit: int
 ) -> tuple[dict[str, str], list[tuple[Path, str]]]:
     """Which rejected-rows files fit under ``limit`` (together); how the body refers to each."""
     notes: dict[str, str] = {}
     chosen: list[tuple[Path, str]] = []
     budget = limit
     for report in reports:
-        path = report["rejected_rows_file"]
+        path = report.rejected_rows_file
         if not path:
             continue
         try:
@@ -57,7 +54,7 @@ def _attachments(
         except OSError:
             notes[path] = f"{path} (no longer on the server)"
             continue
-        name = f"{safe_name(Path(report['file']).stem)}.rejected.jsonl"
+        name = f"{safe_name(Path(report.file).stem)}.rejected.jsonl"
         if size <= budget:
             budget -= size
             chosen.append((Path(path), name))
@@ -68,7 +65,7 @@ def _attachments(
 
 
 def compose(
-    reports: list[dict[str, Any]],
+    reports: list[FileReport],
     *,
     sender: str,
     recipients: tuple[str, ...],
@@ -83,7 +80,7 @@ def compose(
     message["To"] = ", ".join(recipients)
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = make_msgid(domain=one_line(socket.getfqdn(), 200) or "localhost")
-    message["X-Ingestor-Company"] = one_line(reports[0]["company"], 100)
+    message["X-Ingestor-Company"] = one_line(reports[0].company, 100)
     message.set_content(text)
     message.add_alternative(html, subtype="html")
     for path, name in chosen:

@@ -7,16 +7,14 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import orjson
 import structlog
 
 from ingestor import crashpoints
 from ingestor.notify.message import DEFAULT_ATTACH_MAX, compose
 from ingestor.notify.outbox import Outbox
 from ingestor.notify.smtp import Courier, SmtpSettings
-from ingestor.reports import folder_label
+from ingestor.reports import FileReport, folder_label
 
 log = structlog.get_logger("ingestor.notify")
 
@@ -33,15 +31,7 @@ class NotifySettings:
     digest_after_files: int = 20
 
 
-def load_report(path: str) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = orjson.loads(Path(path).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return data
-
-
-Settled = Callable[[list[dict[str, Any]]], None]
+Settled = Callable[[list[FileReport]], None]
 
 
 class Notifier:
@@ -63,7 +53,8 @@ class Notifier:
             Courier(self.outbox, settings.smtp, environ) if settings.smtp is not None else None
         )
         self._lock = threading.Lock()
-        self._digests: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        # (company, folder) → the reports held for one digest, and whom it goes to
+        self._digests: dict[tuple[str, str], tuple[list[FileReport], tuple[str, ...]]] = {}
 
     def start(self) -> None:
         if self._courier:
@@ -74,20 +65,20 @@ class Notifier:
         with self._lock:
             held = list(self._digests.items())
             self._digests.clear()
-        for (company, _folder), reports in held:
-            self._queue(company, reports, self._recipients_of(reports))
+        for (company, _folder), (reports, recipients) in held:
+            self._queue(company, reports, recipients)
         if self._courier:
             self._courier.stop()
 
-    def send(self, reports: list[dict[str, Any]], recipients: tuple[str, ...]) -> Path | None:
+    def send(self, reports: list[FileReport], recipients: tuple[str, ...]) -> Path | None:
         """Queue one message about ``reports`` (all of one company); return where it is."""
         if not reports:
             return None
-        return self._queue(reports[0]["company"], reports, recipients)
+        return self._queue(reports[0].company, reports, recipients)
 
     def file_finished(
         self,
-        report: dict[str, Any],
+        report: FileReport,
         recipients: tuple[str, ...],
         digest: bool,
         folder_drained: bool,
@@ -96,46 +87,40 @@ class Notifier:
         (``folder_drained``: no more of the folder's files are queued)."""
         crashpoints.reached("email.unqueued")
         if not recipients:
-            log.debug("email_skipped_no_recipients", company=report["company"])
+            log.debug("email_skipped_no_recipients", company=report.company)
             self._settled([report])
             return None
         if not digest:
-            return self._queue(report["company"], [report], recipients)
-        key = (report["company"], report["folder"])
+            return self._queue(report.company, [report], recipients)
+        key = (report.company, report.folder)
         with self._lock:
-            held = self._digests.setdefault(key, [])
-            held.append({**report, "_recipients": recipients})
+            held, _ = self._digests.get(key, ([], recipients))
+            held.append(report)
+            self._digests[key] = (held, recipients)  # the latest settings' recipients
             if not folder_drained:
                 return None
-            reports = self._digests.pop(key)
+            reports, _ = self._digests.pop(key)
         return self._queue(key[0], reports, recipients)
 
     def holding(self) -> set[int]:
         """Runs whose reports wait in a digest."""
         with self._lock:
-            return {r["run_id"] for held in self._digests.values() for r in held if "run_id" in r}
+            return {r.run_id for held, _ in self._digests.values() for r in held}
 
-    def _settled(self, reports: list[dict[str, Any]]) -> None:
+    def _settled(self, reports: list[FileReport]) -> None:
         if self._on_settled:
             self._on_settled(reports)
 
-    @staticmethod
-    def _recipients_of(reports: list[dict[str, Any]]) -> tuple[str, ...]:
-        recipients: tuple[str, ...] = reports[-1].get("_recipients", ())
-        return recipients
-
-    def _queue(
-        self, company: str, reports: list[dict[str, Any]], recipients: tuple[str, ...]
-    ) -> Path:
-        clean = [{k: v for k, v in r.items() if k != "_recipients"} for r in reports]
+    def _queue(self, company: str, reports: list[FileReport], recipients: tuple[str, ...]) -> Path:
+        clean = reports
         message = compose(
             clean,
             sender=self.settings.sender,
             recipients=recipients,
             attach_max_bytes=self.settings.attach_max_bytes,
         )
-        folder = folder_label(clean[0]["folder"], clean[0].get("kind", "custom_objects"))
-        label = f"{company}-{folder}-{clean[0]['file'] if len(clean) == 1 else 'digest'}"
+        folder = folder_label(clean[0].folder, clean[0].kind)
+        label = f"{company}-{folder}-{clean[0].file if len(clean) == 1 else 'digest'}"
         path = self.outbox.put(message, label)
         log.info("email_queued", company=company, message=path.name, files=len(clean))
         crashpoints.reached("email.unrecorded")

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import httpx
 import structlog
@@ -38,7 +37,8 @@ from ingestor.errors import ConfigError, LedgerError, StateUnwritable
 from ingestor.identity import KnownHashes, same_version
 from ingestor.layout import CONFIG_NAME
 from ingestor.ledger import FileState, Ledger, open_ledger
-from ingestor.notify.notifier import Notifier, load_report
+from ingestor.notify.notifier import Notifier
+from ingestor.reports import FileReport
 from ingestor.service_config import ServiceSettings, load_service_settings
 from ingestor.sftp.server import SftpEndpoint
 from ingestor.worker.lane import Finished, FinishedFn, Lane
@@ -369,7 +369,7 @@ class Service:
             self._mark_announced([file.run.id for file in files])  # nothing (new) to say
             return
         for index, file in enumerate(files):
-            report = file.report.data if file.report else load_report(file.run.report_path)
+            report = file.report.report if file.report else FileReport.load(file.run.report_path)
             if report is None:
                 log.warning("report_missing", company=company.name, run=file.run.id)
                 self._mark_announced([file.run.id])
@@ -400,7 +400,7 @@ class Service:
             log.warning("announcements_unchecked", reason=str(exc))
             return
         held = self._notifier.holding()
-        by_folder: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        by_folder: dict[tuple[str, str], list[FileReport]] = {}
         dropped: list[int] = []
         for run in runs:
             if run.id in held or (
@@ -408,7 +408,7 @@ class Service:
             ):
                 continue
             company = self.settings.companies.get(run.identity.company)
-            report = load_report(run.report_path)
+            report = FileReport.load(run.report_path)
             if company is None or report is None:
                 log.warning(
                     "announcement_dropped",
@@ -418,7 +418,6 @@ class Service:
                 )
                 dropped.append(run.id)
                 continue
-            report.setdefault("run_id", run.id)
             by_folder.setdefault((company.name, run.identity.folder), []).append(report)
         self._mark_announced(dropped)
         for (name, _folder), reports in by_folder.items():
@@ -435,8 +434,8 @@ class Service:
             except StateUnwritable as exc:
                 log.error("email_not_queued", company=name, reason=str(exc))
 
-    def _announced(self, reports: list[dict[str, Any]]) -> None:
-        self._mark_announced([r["run_id"] for r in reports if "run_id" in r])
+    def _announced(self, reports: list[FileReport]) -> None:
+        self._mark_announced([r.run_id for r in reports])
 
     def _mark_announced(self, run_ids: list[int]) -> None:
         if not run_ids:
