@@ -28,6 +28,14 @@ from ingestor.app import (
     validate_path,
     write_emails,
 )
+from ingestor.cli_common import (
+    EXIT_AUTH,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_log_options,
+)
 from ingestor.config import ApiKey, ApiSettings, RateLimitSettings, Settings
 from ingestor.errors import (
     AuthError,
@@ -44,8 +52,6 @@ from ingestor.pipeline import FileResult, FolderResult
 from ingestor.ratelimit import AccountLimiter
 from ingestor.records import FileCounts
 from ingestor.service_cli import add_service_commands, cmd_service_status
-
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 # Tables stay readable when piped (rich would otherwise assume 80 columns).
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -417,21 +423,6 @@ Start here:
 """
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--log-format",
-        choices=("auto", "json", "console"),
-        default="auto",
-        help="log lines as JSON or readable text (auto: readable on a terminal)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="the least important log lines shown",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingestor", description=DESCRIPTION, formatter_class=_Help
@@ -471,13 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--steady-window", type=float, default=limits.steady_window, help="seconds, steady window"
     )
-    _add_common(ingest)
+    add_log_options(ingest)
     ingest.set_defaults(handler=cmd_ingest)
 
     validate = command("validate", "parse without sending: what would be sent, what skipped")
     validate.add_argument("path", help="an import folder, or one .csv or .jsonl file")
     validate.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_common(validate)
+    add_log_options(validate)
     validate.set_defaults(handler=cmd_validate)
 
     simulate = command("simulate", "run the Klaviyo API simulator (for trying things out)")
@@ -527,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=".demo-state",
         help="the demo's own directory (made if new; one holding anything else is refused)",
     )
-    _add_common(demo)
+    add_log_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
     status = command("status", "files in flight, queued, done and failed, from the ledger")

@@ -14,6 +14,8 @@ from typing import Any, Protocol, TextIO, cast
 import structlog
 
 REDACTED = "***"
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 # A "secret" shorter than this cannot be a real API key or password, and masking it would
 # mangle ordinary words in every line ("exist" → "e***ist" for a one-letter key).
 MIN_SECRET_LENGTH = 8

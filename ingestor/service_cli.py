@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ingestor.cli_common import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, add_log_options
 from ingestor.errors import ConfigError
 from ingestor.ledger import FileRun, SqliteLedger, open_existing_ledger
 from ingestor.logs import configure_logging
@@ -29,8 +30,6 @@ from ingestor.sftp.server import SftpEndpoint
 from ingestor.worker.lock import LOCK_NAME, lock_holder
 from ingestor.worker.service import Service
 from ingestor.worker.status import LIVE_NAME, read_live, records_per_second, service_status
-
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 
 
 def cmd_check_config(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -76,7 +75,11 @@ def cmd_sftp(args: argparse.Namespace, out: Console) -> int:
     settings = load_service_settings(Path(args.config))
     if settings.sftp is None:
         raise ConfigError(f"{args.config} has no [sftp] table")
-    configure_logging(args.log_format or settings.log_format, settings.log_level, stream=sys.stdout)
+    configure_logging(
+        args.log_format or settings.log_format,
+        args.log_level or settings.log_level,
+        stream=sys.stdout,
+    )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -253,18 +256,7 @@ def add_service_commands(
         action="store_true",
         help="find files by scanning every second instead of inotify (network file systems)",
     )
-    run.add_argument(
-        "--log-format",
-        choices=("auto", "json", "console"),
-        default=None,
-        help="overrides [service] log_format",
-    )
-    run.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default=None,
-        help="overrides [service] log_level",
-    )
+    add_log_options(run, settings_file=True)
     run.set_defaults(handler=cmd_run)
     check = command("check-config", "check a settings file and list every problem at once")
     check.add_argument("file", help="the settings file (TOML)")
@@ -290,12 +282,7 @@ def add_service_commands(
     notify.set_defaults(handler=lambda args: cmd_notify(args, out, err))
     sftp = command("sftp", "run the SFTP endpoint alone (uploads land; nothing is ingested)")
     sftp.add_argument("--config", required=True, help="the settings file, with an [sftp] table")
-    sftp.add_argument(
-        "--log-format",
-        choices=("auto", "json", "console"),
-        default=None,
-        help="overrides [service] log_format",
-    )
+    add_log_options(sftp, settings_file=True)
     sftp.set_defaults(handler=lambda args: cmd_sftp(args, out))
     hasher = command(
         "sftp-password", "hash a password read from standard input, for sftp_password_hash"

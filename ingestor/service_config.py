@@ -19,6 +19,7 @@ from typing import Any
 
 from ingestor.config import ApiSettings, RateLimitSettings, RetrySettings, SecretSource, Settings
 from ingestor.errors import ConfigError
+from ingestor.logs import LOG_FORMATS, LOG_LEVELS
 from ingestor.notify.message import DEFAULT_ATTACH_MAX
 from ingestor.notify.notifier import DEFAULT_SENDER, NotifySettings
 from ingestor.notify.smtp import SECURITY, SmtpSettings
@@ -28,8 +29,6 @@ from ingestor.toml_reader import Problem, TableReader, one_of, positive
 
 _COMPANY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>.][^@\s<>]*")
-LOG_FORMATS = ("auto", "json", "console")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"identity", "reports", "sender", "discovery", "simulator"},
     {"notify", "sftp", "pipeline"},
     {"app", "service_config"},
-    {"worker"},
+    {"worker", "cli_common"},
     {"service_cli"},
     {"cli"},
     {"ingestor"},  # the package's public face (__init__): names from anywhere, loaded lazily
