@@ -56,7 +56,8 @@ def run_ours(path: Path) -> int:
     envelope = CUSTOM_OBJECTS.envelope(ENVELOPE_ID)
     fmt = "csv" if path.suffix == ".csv" else "jsonl"
     count = 0
-    for item in batches(parse_file(path, fmt, ParseLimits()), envelope, CUSTOM_OBJECTS.limits):
+    items = parse_file(path.open("rb"), fmt, ParseLimits())  # the parser closes it
+    for item in batches(items, envelope, CUSTOM_OBJECTS.limits):
         if type(item) is Batch and item.records:
             body = envelope.body([r.json for r in item.records])
             count += len(item.records) if body else 0

@@ -59,7 +59,7 @@ def parse_jsonl(
         handle.seek(start_offset)
         offset, line_no = start_offset, start_line
         max_line = limits.max_line_bytes
-        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        loads, decode_error, whitespace = orjson.loads, orjson.JSONDecodeError, JSON_WHITESPACE
         while True:
             raw = handle.readline(max_line)
             if not raw:
@@ -78,7 +78,7 @@ def parse_jsonl(
                 continue
             if offset == len(raw) and raw.startswith(UTF8_BOM):
                 raw = raw[len(UTF8_BOM) :]
-            body = raw.strip(JSON_WHITESPACE)
+            body = raw.strip(whitespace)
             if not body:
                 continue
             try:
