@@ -25,7 +25,7 @@ from ingestor.notify.notifier import DEFAULT_SENDER, NotifySettings
 from ingestor.notify.smtp import SECURITY, SmtpSettings
 from ingestor.sftp.auth import authorized_keys_problem
 from ingestor.sftp.config import COMPANY_SFTP_KEYS, SftpSettings, parse_sftp
-from ingestor.toml_reader import Problem, TableReader, one_of, positive
+from ingestor.toml_reader import Problem, TableReader, non_negative, one_of, positive
 
 _COMPANY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>.][^@\s<>]*")
@@ -88,7 +88,13 @@ _TOP_KEYS = {
     "sftp",
     "companies",
 }
-_NOTIFY_KEYS = {"from", "attach_max_bytes", "digest", "digest_after_files"}
+_NOTIFY_KEYS = {
+    "from",
+    "attach_max_bytes",
+    "digest",
+    "digest_after_files",
+    "announce_grace_seconds",
+}
 _SMTP_KEYS = {
     "host",
     "port",
@@ -326,6 +332,14 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
             int,
             NotifySettings().digest_after_files,
             positive,
+        ),
+        announce_grace=r.value(
+            notify_table,
+            "announce_grace_seconds",
+            "notify.",
+            float,
+            NotifySettings().announce_grace,
+            non_negative,
         ),
     )
     companies: dict[str, CompanySettings] = {}

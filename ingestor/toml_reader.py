@@ -78,5 +78,9 @@ def positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def non_negative(value: float) -> str | None:
+    return "must be zero or more" if value < 0 else None
+
+
 def one_of(options: tuple[str, ...]) -> Callable[[str], str | None]:
     return lambda value: None if value in options else f"must be one of {', '.join(options)}"

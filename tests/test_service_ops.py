@@ -12,11 +12,9 @@ from email.policy import default
 from pathlib import Path
 
 import httpx
-import pytest
 
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
-from ingestor.worker import service as service_module
 from ingestor.worker.retention import DAY, SweepResult, sweep
 from tests.conftest import KEY, make_folder
 from tests.service_helpers import jsonl, running_service, two_companies, write_settings
@@ -178,14 +176,13 @@ def test_a_second_service_on_the_same_state_dir_refuses_to_start(tmp_path: Path,
 
 
 def test_an_auth_outage_is_emailed_once_however_many_retries_and_rescans(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Each retry during an outage closes the file as failed again; those closes have nothing
     new to say, and the rescans that send missed e-mails must not find them either."""
     # The grace is long enough for the lane's own e-mail of the first failure (milliseconds)
     # and shorter than the pause between retries, so each retry's close grows old enough
     # for the rescans (every 0.2 s) to take it for a missed e-mail.
-    monkeypatch.setattr(service_module, "ANNOUNCE_GRACE", 0.5)
     with two_companies() as sim:
         drop, key_file = tmp_path / "drop", tmp_path / "acme.key"
         key_file.write_text("pk_revoked_key")
@@ -204,6 +201,7 @@ def test_an_auth_outage_is_emailed_once_however_many_retries_and_rescans(
         settings.write_text(
             retrying
             + f'[companies.acme]\napi_key_file = "{key_file}"\nrecipients = ["ops@acme.example"]\n'
+            + "[notify]\nannounce_grace_seconds = 0.5\n"
         )
         (make_folder(drop) / "a.jsonl").write_bytes(jsonl(0, 20))
         with running_service(settings):

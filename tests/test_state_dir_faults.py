@@ -22,7 +22,6 @@ import pytest
 from ingestor.errors import LedgerError, StateUnwritable
 from ingestor.ledger import LEDGER_NAME, FileIdentity, FileState, SqliteLedger
 from ingestor.simulator import Simulator
-from ingestor.worker import service as service_module
 from tests.conftest import make_folder
 from tests.service_helpers import (
     jsonl,
@@ -204,9 +203,8 @@ def test_a_full_reports_disk_holds_the_file_and_each_skipped_row_is_kept_once(
 
 
 def test_an_e_mail_the_outbox_could_not_take_is_queued_once_there_is_room(
-    tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sim: Simulator
 ) -> None:
-    monkeypatch.setattr(service_module, "ANNOUNCE_GRACE", 0.0)
     drop, state = tmp_path / "drop", tmp_path / "state"
     state.mkdir()
     with small_disk(state / "outbox", size="64k") as disk:
@@ -218,6 +216,7 @@ def test_an_e_mail_the_outbox_could_not_take_is_queued_once_there_is_room(
             sim,
             service="rescan_interval_seconds = 0.2",
             company_lines='recipients = ["ops@x.test"]',
+            extra="[notify]\nannounce_grace_seconds = 0.0",
         )
         disk.fill()
         with running_service(settings) as running:

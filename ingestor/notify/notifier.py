@@ -29,6 +29,9 @@ class NotifySettings:
     # A folder run of at least this many files is e-mailed as one digest, whatever the
     # company's digest setting: 10,000 files must not mean 10,000 e-mails.
     digest_after_files: int = 20
+    # A lane queues a finished file's e-mail within milliseconds; one still unannounced after
+    # this long was missed (the outbox could not be written) and is tried again at a rescan.
+    announce_grace: float = 60.0
 
 
 Settled = Callable[[list[FileReport]], None]

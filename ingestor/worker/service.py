@@ -37,10 +37,9 @@ from ingestor.errors import ConfigError, LedgerError, StateUnwritable
 from ingestor.identity import KnownHashes, same_version
 from ingestor.layout import CONFIG_NAME
 from ingestor.ledger import FileState, Ledger, open_ledger
-from ingestor.notify.notifier import Notifier
-from ingestor.reports import FileReport
 from ingestor.service_config import ServiceSettings, load_service_settings
 from ingestor.sftp.server import SftpEndpoint
+from ingestor.worker.announce import Announcer
 from ingestor.worker.lane import Finished, FinishedFn, Lane
 from ingestor.worker.lock import LOCK_NAME, state_dir_lock
 from ingestor.worker.metrics import Metrics
@@ -51,9 +50,6 @@ from ingestor.worker.status import LIVE_NAME, ServiceView, write_live
 log = structlog.get_logger("ingestor.service")
 
 TICK = 0.25  # how often quiet-period candidates are re-checked, at most
-# A lane queues a finished file's e-mail within milliseconds; one still unannounced after this
-# long was missed (the outbox could not be written) and is tried again at each rescan.
-ANNOUNCE_GRACE = 60.0
 LIVE_EVERY = 1.0  # seconds between looks at the lanes for `ingestor status`
 
 
@@ -98,7 +94,7 @@ class Service:
         self._unknown_companies: set[str] = set()
         self._systemd = SystemdNotifier(environ)
         self._metrics: Metrics | None = None
-        self._notifier: Notifier | None = None  # e-mail
+        self._announcer: Announcer | None = None  # completion e-mails
         self._on_finished = on_finished
         self.ready = threading.Event()  # set after the first scan
         self.sftp: SftpEndpoint | None = None
@@ -141,14 +137,14 @@ class Service:
             log.info("metrics_serving", host=settings.metrics_host, port=settings.metrics_port)
         if self._install_signals:
             self._handle_signals()
-        self._notifier = Notifier(
+        announcer = self._announcer = Announcer(
             settings.state_dir,
             settings.notify,
             self._environ,
-            on_settled=self._announced,
+            lambda: self.settings.companies,  # the settings in force, after any reload
+            self._open_ledger,
         )
-        self._notifier.start()
-        self._announce_missed(ledger)
+        announcer.start(ledger)
         for company in settings.companies.values():
             if company.enabled:
                 self._start_lane(company.name)
@@ -180,7 +176,7 @@ class Service:
                 if not lane.join(timeout=settings.api.read_timeout + 5):
                     log.error("lane_did_not_stop", company=lane.name)
             observer.join(timeout=5)
-            self._notifier.stop()
+            announcer.stop()
             with contextlib.suppress(OSError):  # it would describe a service no longer there
                 (settings.state_dir / LIVE_NAME).unlink(missing_ok=True)
             ledger.close()
@@ -246,8 +242,8 @@ class Service:
                 discovery.scan(now=now)
                 self._route(ledger, discovery.due(now), discovery)
                 next_rescan = now + rescan_every
-            if now >= next_announce:
-                self._announce_missed(ledger, finished_before=time.time() - ANNOUNCE_GRACE)
+            if now >= next_announce and self._announcer is not None:
+                self._announcer.announce_missed(ledger)
                 next_announce = now + settings.rescan_interval
             if now >= next_sweep:
                 try:
@@ -357,96 +353,11 @@ class Service:
     def _file_finished(self, finished: Finished) -> None:
         """From a lane's thread: tell the people (never raising), then the hook."""
         try:
-            self._announce(finished)
+            if self._announcer is not None:
+                self._announcer.file_finished(finished)
         finally:
             if self._on_finished:
                 self._on_finished(finished)
-
-    def _announce(self, finished: Finished) -> None:
-        company = self.settings.companies.get(finished.company)
-        files = finished.result.files
-        if not finished.announce or company is None or self._notifier is None:
-            self._mark_announced([file.run.id for file in files])  # nothing (new) to say
-            return
-        for index, file in enumerate(files):
-            report = file.report.report if file.report else FileReport.load(file.run.report_path)
-            if report is None:
-                log.warning("report_missing", company=company.name, run=file.run.id)
-                self._mark_announced([file.run.id])
-                continue
-            try:
-                self._notifier.file_finished(
-                    report,
-                    company.recipients,
-                    finished.digest,
-                    folder_drained=finished.folder_drained and index == len(files) - 1,
-                )
-            except StateUnwritable as exc:  # retried at each rescan until it can be written
-                log.error(
-                    "email_not_queued", company=company.name, run=file.run.id, reason=str(exc)
-                )
-            except Exception:  # e-mail must never stop ingestion
-                log.exception("email_not_queued", company=company.name, run=file.run.id)
-
-    def _announce_missed(self, ledger: Ledger, finished_before: float | None = None) -> None:
-        """E-mail the files that finished while no message got queued (the process died in
-        between, or the outbox could not be written), grouped by folder so a digest company
-        still gets one message a folder. ``finished_before`` leaves alone the files whose
-        lane is announcing them right now; digests being held are left alone too."""
-        assert self._notifier is not None
-        try:
-            runs = ledger.unannounced()
-        except LedgerError as exc:
-            log.warning("announcements_unchecked", reason=str(exc))
-            return
-        held = self._notifier.holding()
-        by_folder: dict[tuple[str, str], list[FileReport]] = {}
-        dropped: list[int] = []
-        for run in runs:
-            if run.id in held or (
-                finished_before is not None and (run.finished_at or 0) >= finished_before
-            ):
-                continue
-            company = self.settings.companies.get(run.identity.company)
-            report = FileReport.load(run.report_path)
-            if company is None or report is None:
-                log.warning(
-                    "announcement_dropped",
-                    company=run.identity.company,
-                    run=run.id,
-                    reason="company no longer configured" if company is None else "no report",
-                )
-                dropped.append(run.id)
-                continue
-            by_folder.setdefault((company.name, run.identity.folder), []).append(report)
-        self._mark_announced(dropped)
-        for (name, _folder), reports in by_folder.items():
-            company = self.settings.companies[name]
-            log.info("announcing_missed", company=name, files=len(reports))
-            try:
-                for index, report in enumerate(reports):
-                    self._notifier.file_finished(
-                        report,
-                        company.recipients,
-                        company.digest,
-                        folder_drained=index == len(reports) - 1,
-                    )
-            except StateUnwritable as exc:
-                log.error("email_not_queued", company=name, reason=str(exc))
-
-    def _announced(self, reports: list[FileReport]) -> None:
-        self._mark_announced([r.run_id for r in reports])
-
-    def _mark_announced(self, run_ids: list[int]) -> None:
-        if not run_ids:
-            return
-        ledger = self._open_ledger()
-        try:
-            ledger.mark_announced(run_ids)
-        except LedgerError as exc:  # the e-mail may be repeated after a restart; no more
-            log.warning("announcement_not_recorded", runs=run_ids, reason=str(exc))
-        finally:
-            ledger.close()
 
     def _start_lane(self, name: str) -> None:
         lane = Lane(
