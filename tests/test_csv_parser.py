@@ -222,3 +222,15 @@ def test_a_file_that_is_not_comma_separated_utf8_is_rejected_whole(
 
 def test_a_one_column_file_with_a_comma_free_header_is_fine() -> None:
     assert records(b"email\na@x.test\n") == [{"email": "a@x.test"}]
+
+
+def test_parsing_never_changes_the_process_wide_cell_limit() -> None:
+    """Before: each parse set csv.field_size_limit to its own record limit, a setting every
+    thread shares (lanes of different kinds would race on it)."""
+    import csv
+
+    before = csv.field_size_limit()
+    small = ParseLimits(max_record_bytes=100, max_line_bytes=8192)
+    items = list(parse_csv(io.BytesIO(b"id,text\n1," + b"x" * 500 + b"\n2,ok\n"), small))
+    assert csv.field_size_limit() == before == csv_module.FIELD_LIMIT
+    assert [type(i).__name__ for i in items] == ["Record", "Record"]  # the batcher sizes them

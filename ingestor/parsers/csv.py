@@ -35,6 +35,12 @@ from ingestor.parsers.common import (
 from ingestor.records import Record, Reject
 
 BLOCK_BYTES = 256 * KIB
+# The C reader's cell size limit is one process-wide setting: set once, here, above every
+# kind's record limit, instead of per call (lanes of different kinds parse at the same time).
+# A cell under it but over a kind's record limit makes a record the batcher skips with the
+# per-record reason; one over it is a malformed row. Either way memory stays bounded.
+FIELD_LIMIT = 1024 * KIB
+csv.field_size_limit(FIELD_LIMIT)
 # Rows converted together. Kept small on purpose: a chunk's live objects must stay under the
 # garbage collector's young-generation threshold (700), or every collection walks them all.
 CHUNK_ROWS = 64
@@ -242,7 +248,6 @@ def parse_csv(
     Raises ParseError before yielding anything if the header is unusable.
     """
     try:
-        csv.field_size_limit(limits.max_record_bytes)
         header, header_end, header_line = _read_header(handle, limits)
         if start_offset < header_end:
             start_offset, start_line = header_end, header_line
