@@ -46,7 +46,7 @@ from ingestor.errors import (
     StateUnwritable,
 )
 from ingestor.layout import read_folder_config
-from ingestor.ledger import FileRun, open_existing_ledger
+from ingestor.ledger import FileRun
 from ingestor.logs import configure_logging
 from ingestor.pipeline import FileResult, FolderResult
 from ingestor.ratelimit import AccountLimiter
@@ -360,43 +360,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    if args.config:
-        return cmd_service_status(args, out)
-    ledger = open_existing_ledger(Path(args.state_dir))
-    try:
-        runs = ledger.runs()
-    finally:
-        ledger.close()
-    table = Table(title=f"ledger {args.state_dir}")
-    for column in (
-        "id",
-        "company",
-        "folder",
-        "file",
-        "v",
-        "state",
-        "read",
-        "sent",
-        "skipped",
-        "reason",
-    ):
-        table.add_column(column, overflow="fold")
-    for run in runs:
-        c, i = run.counts, run.identity
-        table.add_row(
-            str(run.id),
-            i.company,
-            i.folder,
-            i.name,
-            str(run.version),
-            run.state.value,
-            f"{c.read:,}",
-            f"{c.sent:,}",
-            f"{c.skipped:,}",
-            run.reason,
-        )
-    out.print(table)
-    return EXIT_OK
+    return cmd_service_status(args, out)
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):

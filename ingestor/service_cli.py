@@ -116,11 +116,14 @@ def _age(seconds: float) -> str:
 
 
 def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
-    settings = load_service_settings(Path(args.config))
-    pid = lock_holder(settings.state_dir / LOCK_NAME)
-    live = read_live(settings.state_dir / LIVE_NAME) if pid is not None else None
+    """``status``: with ``--config`` its state dir, else ``--state-dir``; one renderer."""
+    state_dir = (
+        load_service_settings(Path(args.config)).state_dir if args.config else Path(args.state_dir)
+    )
+    pid = lock_holder(state_dir / LOCK_NAME)
+    live = read_live(state_dir / LIVE_NAME) if pid is not None else None
     now = time.time()
-    with open_existing_ledger(settings.state_dir) as ledger:
+    with open_existing_ledger(state_dir) as ledger:
         view = service_status(ledger, now, live)
     if pid is None:
         out.print("service: not running; files in flight resume from their checkpoints at start")
