@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import stat
 import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import httpx
 
 from ingestor.batcher import batches
-from ingestor.config import ApiKey, Settings
+from ingestor.config import ApiKey, ApiSettings, Settings
 from ingestor.dropfile import open_directory, walk
 from ingestor.errors import ConfigError, LayoutError, ParseError
 from ingestor.kinds import CUSTOM_OBJECTS, ImportKind
@@ -25,13 +29,19 @@ from ingestor.layout import (
     load_folder_config,
     locate_import_folder,
     place,
+    read_folder_config,
 )
-from ingestor.ledger import open_ledger
+from ingestor.ledger import FileRun, Ledger, open_existing_ledger, open_ledger
+from ingestor.notify.message import compose
 from ingestor.notify.notifier import Notifier, NotifySettings
+from ingestor.notify.outbox import Outbox
+from ingestor.notify.smtp import DeliveryError, send
 from ingestor.parsers import ParseLimits, parse_file
 from ingestor.pipeline import FolderResult, Pipeline, ProgressFn
 from ingestor.ratelimit import AccountLimiter
 from ingestor.records import Reject
+from ingestor.reports import FileReport
+from ingestor.service_config import ServiceSettings
 
 
 def ingest_folder_once(
@@ -207,3 +217,96 @@ def reset_demo_state(state_dir: Path) -> None:
         (state_dir / name).unlink()
     for name in names & _DEMO_FOLDERS:
         shutil.rmtree(state_dir / name)
+
+
+def find_run(ledger: Ledger, which: str) -> FileRun:
+    """A run by ledger id, or the newest run of a file given by path or name."""
+    if which.isdigit():
+        run = ledger.get(int(which))
+        if run is None:
+            raise ConfigError(f"the ledger has no run {which}")
+        return run
+    path = str(Path(which).resolve())
+    for run in ledger.runs():
+        if run.identity.path == path or run.identity.name == which:
+            return run
+    raise ConfigError(f"the ledger knows no file {which!r}; give a run id from `ingestor status`")
+
+
+@dataclass(frozen=True, slots=True)
+class Resent:
+    recipients: tuple[str, ...]
+    path: Path  # where the message is: the outbox queue, or among the sent ones
+    delivered: bool  # accepted by the SMTP server now (False: written or queued)
+    problem: str = ""  # why it was not delivered now, if SMTP was tried
+
+
+def resend_report(
+    settings: ServiceSettings, which: str, to: tuple[str, ...], environ: Mapping[str, str]
+) -> Resent:
+    """``ingestor notify --resend``: e-mail a file's report again, to ``to`` or to its
+    company's recipients; without [smtp], written to the outbox."""
+    with open_existing_ledger(settings.state_dir) as ledger:
+        run = find_run(ledger, which)
+    report = FileReport.load(run.report_path)
+    company = settings.companies.get(run.identity.company)
+    recipients = to or (company.recipients if company else ())
+    if report is None or not recipients:
+        raise ConfigError(
+            f"run {run.id}: " + ("no report yet" if report is None else "no recipients configured")
+        )
+    notify = settings.notify
+    message = compose(
+        [report], sender=notify.sender, recipients=recipients,
+        attach_max_bytes=notify.attach_max_bytes,
+    )  # fmt: skip
+    outbox = Outbox(settings.state_dir / "outbox", queued=notify.smtp is not None)
+    label = f"{run.identity.company}-{run.identity.folder}-{run.identity.name}-resend"
+    if notify.smtp is None:
+        return Resent(recipients, outbox.put(message, label), delivered=False)
+    try:
+        send(message.as_bytes(), notify.smtp, environ)
+    except DeliveryError as exc:
+        return Resent(recipients, outbox.put(message, label), False, str(exc))
+    return Resent(recipients, outbox.put(message, label, sent=True), delivered=True)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoRun:
+    drop: Path
+    folders: int
+    results: list[FolderResult]
+    strays: list[Path]
+    stats: dict[str, Any]
+    emails: list[Path]
+    seconds: float
+
+
+def run_demo(
+    drop: Path, state_dir: Path, on_start: Callable[[str, int], None] = lambda _u, _n: None
+) -> DemoRun:
+    """``ingestor demo``: the drop tree ingested into a built-in simulator at the guide's
+    limits, its e-mails written as .eml files. ``on_start`` hears the simulator's URL and
+    the number of import folders before ingestion begins."""
+    from ingestor.simulator import Simulator
+
+    reset_demo_state(state_dir)
+    scan = scan_drop(drop)
+    keys = {f"demo-key-{company}": company for company in {f.company for f in scan.folders}}
+    results: list[FolderResult] = []
+    began = time.monotonic()
+    with Simulator(keys) as sim:
+        for folder in scan.folders:
+            with contextlib.suppress(LayoutError):  # the demo shows how it is reported
+                sim.add_data_source(folder.company, read_folder_config(folder.path).target_id)
+        on_start(sim.url, len(scan.folders))
+        settings = Settings(state_dir=state_dir, api=ApiSettings(base_url=sim.url))
+        limiters: dict[str, AccountLimiter] = {}
+        for folder in scan.folders:
+            key = ApiKey(f"demo-key-{folder.company}")
+            limiter = limiters.setdefault(folder.company, AccountLimiter(settings.api.rate_limit))
+            results.append(ingest_folder_once(folder.path, key, settings, limiter=limiter))
+        stats = sim.stats()
+    emails = write_emails(results, state_dir, ("data-team@example.com",))
+    seconds = time.monotonic() - began
+    return DemoRun(drop, len(scan.folders), results, scan.strays, stats, emails, seconds)

@@ -22,11 +22,10 @@ from ingestor import __version__, crashpoints
 from ingestor.app import (
     Validation,
     ingest_folder_once,
-    reset_demo_state,
+    run_demo,
     sample_drop,
     scan_drop,
     validate_path,
-    write_emails,
 )
 from ingestor.cli_common import (
     EXIT_AUTH,
@@ -49,7 +48,6 @@ from ingestor.layout import read_folder_config
 from ingestor.ledger import FileRun
 from ingestor.logs import configure_logging
 from ingestor.pipeline import FileResult, FolderResult
-from ingestor.ratelimit import AccountLimiter
 from ingestor.records import FileCounts
 from ingestor.service_cli import add_service_commands, cmd_service_status
 
@@ -309,39 +307,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ingestor.simulator import Simulator
-
     configure_logging("console" if args.log_format == "auto" else args.log_format, "warning")
     drop = Path(args.drop) if args.drop else sample_drop()
-    state_dir = Path(args.state_dir)
     if not drop.is_dir():
         raise ConfigError(f"{drop} is not a directory; give --drop a drop tree (or leave it out)")
-    reset_demo_state(state_dir)
-    scan = scan_drop(drop)
-    keys = {f"demo-key-{company}": company for company in {f.company for f in scan.folders}}
-    results: list[FolderResult] = []
-    began = time.monotonic()
-    with Simulator(keys) as sim:
-        for folder in scan.folders:
-            with contextlib.suppress(LayoutError):  # the demo shows how it is reported
-                sim.add_data_source(folder.company, read_folder_config(folder.path).target_id)
+
+    def starting(url: str, folders: int) -> None:
         out.print(
-            f"Klaviyo simulator on {sim.url}; ingesting {drop}/ "
-            f"({len(scan.folders)} import folders) at the guide's limits (3/s, 60/min)"
+            f"Klaviyo simulator on {url}; ingesting {drop}/ ({folders} import folders) at the "
+            "guide's limits (3/s, 60/min)"
         )
-        settings = Settings(state_dir=state_dir, api=ApiSettings(base_url=sim.url))
-        limiters: dict[str, AccountLimiter] = {}
-        for folder in scan.folders:
-            key = ApiKey(f"demo-key-{folder.company}")
-            limiter = limiters.setdefault(folder.company, AccountLimiter(settings.api.rate_limit))
-            results.append(ingest_folder_once(folder.path, key, settings, limiter=limiter))
-        stats = sim.stats()
-    out.print(_summary_table(results, f"demo: {drop}/ in {time.monotonic() - began:.1f} s"))
-    for stray in scan.strays:
+
+    state_dir = Path(args.state_dir)
+    demo = run_demo(drop, state_dir, starting)
+    out.print(_summary_table(demo.results, f"demo: {drop}/ in {demo.seconds:.1f} s"))
+    for stray in demo.strays:
         out.print(
             f"[red]rejected[/] {stray.relative_to(drop)}: files directly under "
             "custom_objects/ are not processed; move it into a named subfolder"
         )
+    stats = demo.stats
     out.print(
         f"simulator received {stats['records']:,} records in {stats['requests']} requests "
         f"(statuses {stats['statuses']}); every body validated against Klaviyo's OpenAPI "
@@ -351,10 +336,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"reports (*.report.json) and rejected rows (*.rejected.jsonl) are in "
         f"{state_dir / 'reports'}/<company>/"
     )
-    emails = write_emails(results, state_dir, ("data-team@example.com",))
     out.print(
-        f"{len(emails)} completion e-mails (no SMTP server configured, so as .eml files) are in "
-        f"{state_dir / 'outbox'}/"
+        f"{len(demo.emails)} completion e-mails (no SMTP server configured, so as .eml files) "
+        f"are in {state_dir / 'outbox'}/"
     )
     return EXIT_OK
 

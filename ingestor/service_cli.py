@@ -16,13 +16,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ingestor.app import find_run, resend_report
 from ingestor.cli_common import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, add_log_options
 from ingestor.errors import ConfigError
-from ingestor.ledger import FileRun, SqliteLedger, open_existing_ledger
+from ingestor.ledger import FileRun, open_existing_ledger
 from ingestor.logs import configure_logging
-from ingestor.notify.message import compose, render
-from ingestor.notify.outbox import Outbox
-from ingestor.notify.smtp import DeliveryError, send
+from ingestor.notify.message import render
 from ingestor.reports import FileReport
 from ingestor.service_config import check_service_settings, load_service_settings
 from ingestor.sftp.auth import fingerprint, hash_password
@@ -293,20 +292,6 @@ def add_service_commands(
     hasher.set_defaults(handler=lambda args: cmd_sftp_password(args, out))
 
 
-def _find_run(ledger: SqliteLedger, which: str) -> FileRun:
-    """A run by ledger id, or the newest run of a file given by path or name."""
-    if which.isdigit():
-        run = ledger.get(int(which))
-        if run is None:
-            raise ConfigError(f"the ledger has no run {which}")
-        return run
-    path = str(Path(which).resolve())
-    for run in ledger.runs():
-        if run.identity.path == path or run.identity.name == which:
-            return run
-    raise ConfigError(f"the ledger knows no file {which!r}; give a run id from `ingestor status`")
-
-
 def _state_dir(args: argparse.Namespace) -> Path:
     if args.config:
         return load_service_settings(Path(args.config)).state_dir
@@ -316,7 +301,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 def cmd_report(args: argparse.Namespace, out: Console) -> int:
     ledger = open_existing_ledger(_state_dir(args))
     try:
-        run = _find_run(ledger, args.which)
+        run = find_run(ledger, args.which)
     finally:
         ledger.close()
     report = FileReport.load(run.report_path)
@@ -332,36 +317,13 @@ def cmd_report(args: argparse.Namespace, out: Console) -> int:
 
 def cmd_notify(args: argparse.Namespace, out: Console, err: Console) -> int:
     settings = load_service_settings(Path(args.config))
-    ledger = open_existing_ledger(settings.state_dir)
-    try:
-        run = _find_run(ledger, args.resend)
-    finally:
-        ledger.close()
-    report = FileReport.load(run.report_path)
-    company = settings.companies.get(run.identity.company)
-    recipients = tuple(args.to) or (company.recipients if company else ())
-    if report is None or not recipients:
-        raise ConfigError(
-            f"run {run.id}: " + ("no report yet" if report is None else "no recipients configured")
-        )
-    notify = settings.notify
-    message = compose(
-        [report],
-        sender=notify.sender,
-        recipients=recipients,
-        attach_max_bytes=notify.attach_max_bytes,
-    )
-    outbox = Outbox(settings.state_dir / "outbox", queued=notify.smtp is not None)
-    label = f"{run.identity.company}-{run.identity.folder}-{run.identity.name}-resend"
-    if notify.smtp is None:
-        out.print(f"written to {outbox.put(message, label)}", highlight=False)
-        return EXIT_OK
-    try:
-        send(message.as_bytes(), notify.smtp, os.environ)
-    except DeliveryError as exc:
-        path = outbox.put(message, label)
-        err.print(f"[yellow]not delivered now ({exc}); queued for the service: {path}[/]")
+    resent = resend_report(settings, args.resend, tuple(args.to), os.environ)
+    if settings.notify.smtp is None:
+        out.print(f"written to {resent.path}", highlight=False)
+    elif not resent.delivered:
+        err.print(f"[yellow]not delivered now ({resent.problem}); queued for the service: "
+                  f"{resent.path}[/]")  # fmt: skip
         return EXIT_INCOMPLETE
-    outbox.put(message, label, sent=True)
-    out.print(f"sent to {', '.join(recipients)}", highlight=False)
+    else:
+        out.print(f"sent to {', '.join(resent.recipients)}", highlight=False)
     return EXIT_OK

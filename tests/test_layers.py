@@ -16,8 +16,8 @@ LAYERS: list[set[str]] = [
     {"layout", "parsers", "batcher", "ledger", "ratelimit", "klaviyo"},
     {"identity", "reports", "sender", "discovery", "simulator"},
     {"notify", "sftp", "pipeline"},
-    {"app", "service_config"},
-    {"worker", "cli_common"},
+    {"service_config"},
+    {"app", "worker", "cli_common"},
     {"service_cli"},
     {"cli"},
     {"ingestor"},  # the package's public face (__init__): names from anywhere, loaded lazily
