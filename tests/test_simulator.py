@@ -60,3 +60,15 @@ def test_a_record_nested_255_levels_deep_is_answered_not_dropped(sim: Simulator)
         deep = {"n": deep}
     record = b'{"id": 1, "deep": ' + json_dumps(deep) + b"}"
     assert post(sim, ENVELOPE.body([record]), "application/vnd.api+json").status_code == 204
+
+
+def test_a_simulator_without_limits_declares_none() -> None:
+    """Before: with its limits switched off it still sent RateLimit-Limit: 60 (the default
+    setting's number), and a client that believes the header slowed to 60 a minute."""
+    from ingestor.config import RateLimitSettings
+
+    off = RateLimitSettings(enabled=False)
+    with Simulator({KEY: "acme"}, bulk_limits=off, read_limits=off) as unlimited:
+        unlimited.add_data_source("acme", DS_ID)
+        answer = post(unlimited, ENVELOPE.body([b'{"id": 1}']), "application/vnd.api+json")
+    assert answer.status_code == 204 and "ratelimit-limit" not in answer.headers

@@ -48,10 +48,13 @@ class ServerWindows:
         self._steady.append(now)
         return None
 
-    def steady_state(self, now: float) -> tuple[int, int, float]:
+    def steady_state(self, now: float) -> tuple[int, int, float] | None:
         """The steady window as Klaviyo's RateLimit-* headers describe it: the limit, the
-        requests remaining, and seconds until the oldest counted request leaves it."""
+        requests remaining, and seconds until the oldest counted request leaves it (None
+        when no limit is enforced: there is nothing to declare)."""
         limits = self._limits
+        if not limits.enabled:
+            return None
         remaining = max(0, limits.steady - len(self._steady))
         reset = (self._steady[0] + limits.steady_window - now) if self._steady else 0.0
         return limits.steady, remaining, max(0.0, reset)
@@ -155,7 +158,10 @@ class SimulatorState:
     def rate_limit_headers(self, windows: ServerWindows) -> dict[str, str]:
         """What Klaviyo sends on every answer that is not a 429 (its steady window)."""
         with self.lock:
-            limit, remaining, reset = windows.steady_state(self.now())
+            state = windows.steady_state(self.now())
+        if state is None:
+            return {}
+        limit, remaining, reset = state
         shown = str(math.ceil(reset)) if self.integer_retry_after else f"{reset:.3f}"
         return {
             "RateLimit-Limit": str(limit),
