@@ -63,6 +63,20 @@ class FileResult:
 
 
 @dataclass(frozen=True, slots=True)
+class _Registered:
+    """A data file registered in the ledger, and how it looked when it was identified."""
+
+    run: FileRun
+    path: Path
+    seen: tuple[int, int, int, int] | None  # (device, inode, size, mtime) when identified
+    refusal: LayoutError | None
+
+
+def _same_file_key(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
 class FolderResult:
     folder: ImportFolder
     files: list[FileResult] = field(default_factory=list)
@@ -142,40 +156,43 @@ class Pipeline:
             listing = replace(
                 listing, data_files=tuple(p for p in listing.data_files if p.name in wanted)
             )
-        opened = [self._open(folder, directory, path) for path in listing.data_files]
-        try:
-            return self._ingest_opened(folder, directory, opened, listing.ignored)
-        finally:
-            for _run, file, _refusal in opened:
-                if file is not None:
-                    file.close()
+        # Every file is registered first (a bad config.json rejects them all), each open only
+        # while it is identified: a folder of thousands of files never holds thousands of
+        # descriptors. Each is opened again to be sent, and must still be the same file.
+        registered: list[_Registered] = []
+        for path in listing.data_files:
+            run, file, refusal = self._open(folder, directory, path)
+            seen = _same_file_key(file.info) if file is not None else None
+            if file is not None:
+                file.close()
+            registered.append(_Registered(run, path, seen, refusal))
+        return self._ingest_registered(folder, directory, registered, listing.ignored)
 
-    def _ingest_opened(
+    def _ingest_registered(
         self,
         folder: ImportFolder,
         directory: Directory,
-        opened: list[tuple[FileRun, DropFile | None, LayoutError | None]],
+        registered: list[_Registered],
         ignored: tuple[str, ...],
     ) -> FolderResult:
         try:
             config = load_folder_config(directory, folder.kind)
         except LayoutError as exc:
             files = [
-                self._close(r, FileState.REJECTED, str(exc), ignored, code=exc.code)
-                for r, _, _ in opened
+                self._close(r.run, FileState.REJECTED, str(exc), ignored, code=exc.code)
+                for r in registered
             ]
             return FolderResult(folder, files, str(exc), ignored)
 
         results: list[FileResult] = []
-        todo: list[tuple[FileRun, DropFile]] = []
-        for run, file, refusal in opened:
-            if refusal is not None:
-                results.append(self._refused(run, refusal, ignored))
-            elif run.state is FileState.DONE:
-                results.append(FileResult(run, None, unchanged=True))
+        todo: list[_Registered] = []
+        for entry in registered:
+            if entry.refusal is not None:
+                results.append(self._refused(entry.run, entry.refusal, ignored))
+            elif entry.run.state is FileState.DONE:
+                results.append(FileResult(entry.run, None, unchanged=True))
             else:
-                assert file is not None
-                todo.append((run, file))
+                todo.append(entry)
         if not todo:
             return FolderResult(folder, results, "", ignored)
 
@@ -199,18 +216,41 @@ class Pipeline:
             )
             bound.warning("folder_not_processed", reason=reason)
             results += [
-                self._close(r, FileState.REJECTED, reason, ignored, code=NotFound.code)
-                for r, _ in todo
+                self._close(r.run, FileState.REJECTED, reason, ignored, code=NotFound.code)
+                for r in todo
             ]
             return FolderResult(folder, results, reason, ignored)
         except AuthError as exc:
-            for run, _ in todo:
-                self._close(run, FileState.FAILED, str(exc), ignored, code=exc.code)
+            for entry in todo:
+                self._close(entry.run, FileState.FAILED, str(exc), ignored, code=exc.code)
             raise
 
-        for run, file in todo:
-            results.append(self._ingest_file(folder, config, sender, run, file, ignored))
+        for entry in todo:
+            run, file, refusal = self._reopen(folder, directory, entry)
+            if refusal is not None:
+                results.append(self._refused(run, refusal, ignored))
+                continue
+            assert file is not None
+            with file:
+                if run.state is FileState.DONE:  # became a version already done meanwhile
+                    results.append(FileResult(run, None, unchanged=True))
+                    continue
+                results.append(self._ingest_file(folder, config, sender, run, file, ignored))
         return FolderResult(folder, results, "", ignored)
+
+    def _reopen(
+        self, folder: ImportFolder, directory: Directory, entry: _Registered
+    ) -> tuple[FileRun, DropFile | None, LayoutError | None]:
+        """Open a registered file again to send it: the same file (device, inode, size,
+        mtime) keeps its run; anything else is identified afresh, as a new version."""
+        try:
+            file = directory.open_file(entry.path.name)
+        except LayoutError:
+            return self._open(folder, directory, entry.path)  # registers the refusal
+        if _same_file_key(file.info) == entry.seen:
+            return entry.run, file, None
+        file.close()
+        return self._open(folder, directory, entry.path)
 
     def _open(
         self, folder: ImportFolder, directory: Directory, path: Path

@@ -249,3 +249,29 @@ def test_simulate_says_its_key_and_url_and_a_first_ingest_just_works(tmp_path: P
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_ingest_of_a_folder_with_more_files_than_open_descriptors_allowed(
+    tmp_path: Path,
+) -> None:
+    """Each file is open only while it is identified or sent: a folder of 300 files goes
+    through with at most 200 descriptors (holding every file open at once would not)."""
+    import resource
+
+    from ingestor.config import RateLimitSettings
+
+    folder = make_folder(tmp_path / "drop")
+    for n in range(300):
+        (folder / f"part-{n:03d}.jsonl").write_text(f'{{"id": {n}}}\n')
+    off = RateLimitSettings(enabled=False)
+    with Simulator({KEY: "acme"}, bulk_limits=off, read_limits=off) as sim:
+        sim.add_data_source("acme", "01KTMWCZ8ZMNZS0HG5HQNX0H6E")
+        result = subprocess.run(
+            [sys.executable, "-m", "ingestor.cli", "ingest", str(folder), "--api-key-env", "K",
+             "--base-url", sim.url, "--state-dir", str(tmp_path / "state"),
+             "--burst", "100000", "--steady", "1000000"],
+            capture_output=True, text=True, env={**os.environ, "K": KEY}, timeout=120,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200)),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert sorted(r["id"] for r in sim.records("acme")) == list(range(300))
