@@ -78,6 +78,9 @@ class Readiness:
         # period, whatever close events say (a file appended to every 100 ms is one upload,
         # not one version per append).
         self._settling: set[str] = set()
+        # The last completion of each path (its stat, when): rewrites in quick succession
+        # are one upload still going on, not a new version each.
+        self._completed: OrderedDict[str, tuple[Stat | None, float]] = OrderedDict()
 
     def written(self, path: str, current: Stat | None, now: float) -> None:
         """The file is being written: with close events, wait for the close (unless it is
@@ -110,6 +113,24 @@ class Readiness:
     def closed(self, path: str) -> None:
         """Close-after-write or rename into place: the upload is complete."""
         self.forget(path)
+
+    def completed(self, path: str, current: Stat | None, now: float) -> bool:
+        """A close after writing, or a rename into place: is the upload complete (ready
+        now)? Not when the file keeps being rewritten (a second version within the quiet
+        period of the last) or is already settling: then it is ready only once it holds
+        still for the quiet period."""
+        last = self._completed.pop(path, None)
+        self._completed[path] = (current, now)
+        if len(self._completed) > 10_000:
+            self._completed.popitem(last=False)
+        if last is not None and last[0] != current and now - last[1] < self.quiet_period:
+            self.settle(path, current, now)
+            return False
+        if path in self._settling:  # closes restart its quiet wait
+            self.seen(path, current, now)
+            return False
+        self.closed(path)
+        return True
 
     def settle(self, path: str, current: Stat | None, now: float) -> None:
         """The file changed while being sent: it is ready once it has held still for a whole
@@ -180,7 +201,6 @@ class Discovery:
         self.drop_root = drop_root
         self.readiness = readiness
         self._nested_reported: set[Path] = set()  # import folders whose subfolders were said
-        self._completed: OrderedDict[str, tuple[Stat | None, float]] = OrderedDict()
 
     def _files(self, top: Path) -> Iterator[str]:
         """Regular files under ``top`` down to the import folders' files (depth 5 below the
@@ -256,23 +276,8 @@ class Discovery:
         return []
 
     def _complete(self, path: str, now: float) -> list[Found]:
-        """A close after writing, or a rename into place: the upload is complete, unless the
-        file keeps being rewritten (a second version within the quiet period of the last,
-        or a file already settling): then it is ready only once it holds still."""
-        current = stat_of(path)
-        last = self._completed.pop(path, None)
-        self._completed[path] = (current, now)
-        if len(self._completed) > 10_000:
-            self._completed.popitem(last=False)
-        rewritten = last is not None and last[0] != current
-        if rewritten and last is not None and now - last[1] < self.readiness.quiet_period:
-            self.readiness.settle(path, current, now)
-            return []
-        if self.readiness.settling(path):  # closes restart its quiet wait
-            self.readiness.seen(path, current, now)
-            return []
-        self.readiness.closed(path)
-        return self._ready([path])
+        """A close after writing, or a rename into place (see ``Readiness.completed``)."""
+        return self._ready([path]) if self.readiness.completed(path, stat_of(path), now) else []
 
     def _ready(self, paths: list[str]) -> list[Found]:
         found = [f for f in map(self._found, paths) if f is not None]
@@ -356,11 +361,6 @@ class TreeWatcher:
 
     def is_alive(self) -> bool:
         return self._inotify.is_alive()
-
-    @property
-    def watches(self) -> int:
-        with self._lock:
-            return len(self._watched)
 
     def watch_below(self, top: Path, depth: int) -> None:
         """Watch ``top`` (at ``depth`` below the root) and its folders down to depth 4."""

@@ -138,7 +138,7 @@ def open_directory(base: Path, parts: Sequence[str] = ()) -> Directory:
 @dataclass(slots=True)
 class DropFile:
     """A regular file opened for reading through one descriptor. ``info`` is its fstat at
-    open; ``changed()`` says whether it has been written since."""
+    open; ``replaced_or_written()`` says whether it has changed since."""
 
     fd: int
     path: Path
@@ -220,7 +220,7 @@ class DropFile:
 
 def walk(top: Path, max_depth: int) -> Iterator[tuple[Path, os.stat_result, int]]:
     """Every entry below ``top`` as (path, lstat, depth) with depth 1 for ``top``'s own
-    entries, breadth first, iteratively (no recursion, whatever the tree's depth). Links are
+    entries, iteratively (no recursion, whatever the tree's depth). Links are
     reported, never followed; folders deeper than ``max_depth`` are reported, not entered;
     folders that vanish or cannot be read are passed over."""
     pending: list[tuple[Path, int]] = [(top, 0)]
@@ -278,8 +278,8 @@ def _open_plain(dir_fd: int, name: str) -> int:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
         raise _refusal(name, exc, "file") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        mode = os.fstat(fd).st_mode
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
         raise UnsafeEntry(f"{name} is {_kind_of(mode)}; only regular files are read")
     os.set_blocking(fd, True)

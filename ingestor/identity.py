@@ -75,10 +75,9 @@ def identify(
     ):
         sha = latest.identity.sha256
     else:
-        grown = latest is not None and latest.identity.sha256 != UNOPENED
-        prefix = latest.identity.size if latest is not None and grown else None
-        if prefix is not None and prefix >= size:
-            prefix = None
+        prefix = None  # has it grown from a version read before? Hash that much too
+        if latest is not None and latest.identity.sha256 != UNOPENED:
+            prefix = latest.identity.size if latest.identity.size < size else None
         sha, head = file.sha256(prefix)
         if latest is not None and head is not None and head == latest.identity.sha256:
             appends_to = latest
