@@ -310,3 +310,44 @@ def run_demo(
     emails = write_emails(results, state_dir, ("data-team@example.com",))
     seconds = time.monotonic() - began
     return DemoRun(drop, len(scan.folders), results, scan.strays, stats, emails, seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorSetUp:
+    """What ``ingestor simulate`` serves: the simulator, and each data source it created."""
+
+    simulator: Any  # ingestor.simulator.Simulator (imported only when one is started)
+    sources: list[tuple[str, str]]  # (account, data source id)
+
+
+def start_simulator(
+    keys: Mapping[str, str],
+    host: str,
+    port: int,
+    *,
+    clock_factor: float = 1.0,
+    spec_limits: bool = False,
+    data_sources: list[tuple[str, str]] | None = None,
+    drop: Path | None = None,
+) -> SimulatorSetUp:
+    """``ingestor simulate``: a simulator answering ``keys`` (key → account), with the given
+    data sources, plus, with ``drop``, the data source of every config.json in that tree in
+    every account (a bad config.json is left for ingest to report)."""
+    from ingestor.simulator import GUIDE_BULK_LIMITS, SPEC_BULK_LIMITS, Simulator
+
+    sim = Simulator(
+        dict(keys),
+        host=host,
+        port=port,
+        clock_factor=clock_factor,
+        bulk_limits=SPEC_BULK_LIMITS if spec_limits else GUIDE_BULK_LIMITS,
+    )
+    sources = list(data_sources or [])
+    if drop is not None:
+        for folder in scan_drop(drop).folders:
+            with contextlib.suppress(LayoutError):
+                target = read_folder_config(folder.path).target_id
+                sources += [(account, target) for account in sorted(set(keys.values()))]
+    for account, ds_id in sources:
+        sim.add_data_source(account, ds_id)
+    return SimulatorSetUp(sim, sources)

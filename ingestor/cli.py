@@ -24,7 +24,7 @@ from ingestor.app import (
     ingest_folder_once,
     run_demo,
     sample_drop,
-    scan_drop,
+    start_simulator,
     validate_path,
 )
 from ingestor.cli_common import (
@@ -33,7 +33,9 @@ from ingestor.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    add_knob_flags,
     add_log_options,
+    from_flags,
 )
 from ingestor.config import ApiKey, ApiSettings, RateLimitSettings, Settings
 from ingestor.errors import (
@@ -44,7 +46,6 @@ from ingestor.errors import (
     LayoutError,
     StateUnwritable,
 )
-from ingestor.layout import read_folder_config
 from ingestor.ledger import FileRun
 from ingestor.logs import configure_logging
 from ingestor.pipeline import FileResult, FolderResult
@@ -61,16 +62,9 @@ def default_state_dir() -> Path:
     return Path(base) / "ingestor"
 
 
-def _api_settings(args: argparse.Namespace, base_url: str | None = None) -> ApiSettings:
-    limits = RateLimitSettings(
-        burst=args.burst,
-        burst_window=args.burst_window,
-        steady=args.steady,
-        steady_window=args.steady_window,
-    )
-    return ApiSettings(
-        base_url=base_url or args.base_url, revision=args.revision, rate_limit=limits
-    )
+def _api_settings(args: argparse.Namespace) -> ApiSettings:
+    limits = from_flags(args, RateLimitSettings())
+    return from_flags(args, ApiSettings(rate_limit=limits))
 
 
 def _stop_on_signals() -> threading.Event:
@@ -270,24 +264,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ingestor.simulator import GUIDE_BULK_LIMITS, SPEC_BULK_LIMITS, Simulator
-
     keys = dict(pair.split("=", 1) for pair in args.key) or {"sim-key": "default"}
-    sim = Simulator(
+    setup = start_simulator(
         keys,
-        host=args.host,
-        port=args.port,
+        args.host,
+        args.port,
         clock_factor=args.clock_factor,
-        bulk_limits=SPEC_BULK_LIMITS if args.spec_limits else GUIDE_BULK_LIMITS,
+        spec_limits=args.spec_limits,
+        data_sources=[(a, ds) for a, _, ds in (p.partition("=") for p in args.data_source)],
+        drop=Path(args.drop) if args.drop else None,
     )
-    sources = [(account, ds) for account, _, ds in (p.partition("=") for p in args.data_source)]
-    if args.drop:
-        for folder in scan_drop(Path(args.drop)).folders:
-            with contextlib.suppress(LayoutError):  # a bad config.json is reported at ingest
-                target = read_folder_config(folder.path).target_id
-                sources += [(account, target) for account in sorted(set(keys.values()))]
-    for account, ds_id in sources:
-        sim.add_data_source(account, ds_id)
+    sim, sources = setup.simulator, setup.sources
     limits = "15/min (the published spec)" if args.spec_limits else "60/min (the guide)"
     out.print(f"Klaviyo simulator on {sim.url}, bulk endpoint limited to {limits}", highlight=False)
     for key, account in keys.items():
@@ -389,9 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="the environment variable that holds the company's private API key",
     )
-    api, limits = ApiSettings(), RateLimitSettings()
-    ingest.add_argument("--base-url", default=api.base_url, help="the Klaviyo API to send to")
-    ingest.add_argument("--revision", default=api.revision, help="the API revision header")
     ingest.add_argument(
         "--company", help="the company's name (default: taken from the drop-tree path)"
     )
@@ -400,16 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(default_state_dir()),
         help="where the ledger, reports and rejected rows are kept",
     )
-    ingest.add_argument("--burst", type=int, default=limits.burst, help="requests per burst window")
-    ingest.add_argument(
-        "--burst-window", type=float, default=limits.burst_window, help="seconds, burst window"
-    )
-    ingest.add_argument(
-        "--steady", type=int, default=limits.steady, help="requests per steady window"
-    )
-    ingest.add_argument(
-        "--steady-window", type=float, default=limits.steady_window, help="seconds, steady window"
-    )
+    add_knob_flags(ingest, ApiSettings, RateLimitSettings)
     add_log_options(ingest)
     ingest.set_defaults(handler=cmd_ingest)
 

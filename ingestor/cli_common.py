@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ingestor.logs import LOG_FORMATS, LOG_LEVELS
+from ingestor.toml_reader import Declared, knobs
+
+D = TypeVar("D")
 
 EXIT_OK = 0  # done
 EXIT_INCOMPLETE = 1  # a file or folder was not processed (the reason is printed)
@@ -32,3 +38,40 @@ def add_log_options(parser: argparse.ArgumentParser, *, settings_file: bool = Fa
         if settings_file
         else "the least important log lines shown",
     )
+
+
+def add_knob_flags(parser: argparse.ArgumentParser, *classes: type) -> None:
+    """An option for each knob of ``classes`` declared with ``flag=True``: ``--burst-window``
+    for ``burst_window``, with the knob's type, default, help and validation."""
+    for cls in classes:
+        for d in knobs(cls):
+            if d.knob.flag:
+                parser.add_argument(
+                    "--" + d.name.replace("_", "-"),
+                    dest=d.name,
+                    type=_converter(d),
+                    default=d.default,
+                    help=d.knob.help,
+                )
+
+
+def from_flags(args: argparse.Namespace, base: D) -> D:
+    """``base`` with each of its flag knobs set from ``args``."""
+    cls: Any = type(base)
+    values = {d.name: getattr(args, d.name) for d in knobs(cls) if d.knob.flag}
+    return dataclasses.replace(base, **values)  # type: ignore[type-var]
+
+
+def _converter(d: Declared) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = d.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {d.kind.__name__}") from None
+        problem = d.knob.check(value) if d.knob.check else None
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    convert.__name__ = d.kind.__name__  # argparse names the type in its errors
+    return convert

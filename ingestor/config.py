@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ingestor.errors import ConfigError
+from ingestor.toml_reader import knob, positive
 
 DEFAULT_BASE_URL = "https://a.klaviyo.com"
 DEFAULT_REVISION = "2025-07-15"
+
+
+def _https(url: str) -> str | None:
+    if url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        return None
+    return "must be https:// (plain http only on loopback)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,23 +30,34 @@ class RateLimitSettings:
     """Client-side limits per account: at most ``burst`` requests per ``burst_window`` seconds
     and ``steady`` per ``steady_window`` seconds. ``enabled=False`` is for benchmarks only."""
 
-    burst: int = 3
-    burst_window: float = 1.0
-    steady: int = 60
-    steady_window: float = 60.0
+    burst: int = knob(3, "requests per burst window", check=positive, flag=True)
+    burst_window: float = knob(
+        1.0, "the burst window, in seconds", key="burst_window_seconds", check=positive, flag=True
+    )
+    steady: int = knob(60, "requests per steady window", check=positive, flag=True)
+    steady_window: float = knob(
+        60.0,
+        "the steady window, in seconds",
+        key="steady_window_seconds",
+        check=positive,
+        flag=True,
+    )
     enabled: bool = True
     # A Retry-After (or RateLimit-Reset) longer than this is cut to it: a server's hint must
     # not silence an account for ten minutes; at worst the next request is throttled again.
-    max_retry_after: float = 120.0
+    max_retry_after: float = knob(
+        120.0,
+        "a longer Retry-After (or RateLimit-Reset) is cut to this",
+        key="max_retry_after_seconds",
+        check=positive,
+    )
 
     def scaled(self, clock_factor: float) -> RateLimitSettings:
         """The same limits on a clock running ``clock_factor`` times faster (tests, benches)."""
-        return RateLimitSettings(
-            burst=self.burst,
+        return replace(
+            self,
             burst_window=self.burst_window / clock_factor,
-            steady=self.steady,
             steady_window=self.steady_window / clock_factor,
-            enabled=self.enabled,
             max_retry_after=self.max_retry_after / clock_factor,
         )
 
@@ -51,19 +69,37 @@ class RateLimitSettings:
 
 @dataclass(frozen=True, slots=True)
 class RetrySettings:
-    """Exponential backoff with full jitter, capped; transient errors are retried forever."""
+    """Exponential backoff with full jitter, capped; transient errors are retried forever.
+    Its knobs live in the [api] table."""
 
-    initial_delay: float = 0.5
-    max_delay: float = 60.0
+    initial_delay: float = knob(
+        0.5,
+        "transient failures (5xx, timeouts) are retried forever,",
+        key="retry_initial_seconds",
+        table="api",
+        check=positive,
+    )
+    max_delay: float = knob(
+        60.0,
+        "backing off with jitter from initial up to max",
+        key="retry_max_seconds",
+        table="api",
+        check=positive,
+    )
     multiplier: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
-    base_url: str = DEFAULT_BASE_URL
-    revision: str = DEFAULT_REVISION
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    base_url: str = knob(
+        DEFAULT_BASE_URL,
+        "the Klaviyo API; plain http is accepted only on loopback (the simulator)",
+        check=_https,
+        flag=True,
+    )
+    revision: str = knob(DEFAULT_REVISION, "the API revision header", flag=True)
+    connect_timeout: float = knob(10.0, "seconds", key="connect_timeout_seconds", check=positive)
+    read_timeout: float = knob(60.0, "seconds", key="read_timeout_seconds", check=positive)
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
 

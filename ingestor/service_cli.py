@@ -23,7 +23,11 @@ from ingestor.ledger import FileRun, open_existing_ledger
 from ingestor.logs import configure_logging
 from ingestor.notify.message import render
 from ingestor.reports import FileReport
-from ingestor.service_config import check_service_settings, load_service_settings
+from ingestor.service_config import (
+    check_service_settings,
+    example_settings,
+    load_service_settings,
+)
 from ingestor.sftp.auth import fingerprint, hash_password
 from ingestor.sftp.server import SftpEndpoint
 from ingestor.worker.lock import LOCK_NAME, lock_holder
@@ -32,6 +36,12 @@ from ingestor.worker.status import LIVE_NAME, read_live, records_per_second, ser
 
 
 def cmd_check_config(args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.example:
+        out.file.write(example_settings())
+        return EXIT_OK
+    if not args.file:
+        err.print("[red]error:[/] name the settings file to check (or --example)")
+        return EXIT_USAGE
     path = Path(args.file)
     settings, problems = check_service_settings(path, os.environ)
     if problems:
@@ -261,7 +271,12 @@ def add_service_commands(
     add_log_options(run, settings_file=True)
     run.set_defaults(handler=cmd_run)
     check = command("check-config", "check a settings file and list every problem at once")
-    check.add_argument("file", help="the settings file (TOML)")
+    check.add_argument("file", nargs="?", help="the settings file (TOML)")
+    check.add_argument(
+        "--example",
+        action="store_true",
+        help="print an example settings file: every key, its default and what it does",
+    )
     check.set_defaults(handler=lambda args: cmd_check_config(args, out, err))
     report = command("report", "print a file's report (by run id, file path or file name)")
     report.add_argument("which", help="a run id (see `status`), or the file's path or name")

@@ -12,51 +12,118 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from email.utils import parseaddr
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ingestor.config import ApiSettings, RateLimitSettings, RetrySettings, SecretSource, Settings
 from ingestor.errors import ConfigError
 from ingestor.logs import LOG_FORMATS, LOG_LEVELS
-from ingestor.notify.message import DEFAULT_ATTACH_MAX
-from ingestor.notify.notifier import DEFAULT_SENDER, NotifySettings
-from ingestor.notify.smtp import SECURITY, SmtpSettings
+from ingestor.notify.notifier import NotifySettings, address_problem
+from ingestor.notify.smtp import SmtpSettings
 from ingestor.sftp.auth import authorized_keys_problem
-from ingestor.sftp.config import COMPANY_SFTP_KEYS, SftpSettings, parse_sftp
-from ingestor.toml_reader import Problem, TableReader, non_negative, one_of, positive
+from ingestor.sftp.config import COMPANY_SFTP_KEYS, CompanySftp, SftpSettings, parse_sftp
+from ingestor.toml_reader import (
+    Problem,
+    TableReader,
+    knob,
+    knob_keys,
+    knobs,
+    one_of,
+    positive,
+    read_knobs,
+    toml_value,
+)
 
 _COMPANY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>.][^@\s<>]*")
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _port_or_off(port: int) -> str | None:
+    return None if 0 <= port <= 65535 else "must be 0 (off) or a TCP port"
+
+
+def _loopback(host: str) -> str | None:
+    return None if host in _LOOPBACK else "must be a loopback address (127.0.0.1, ::1, localhost)"
 
 
 @dataclass(frozen=True, slots=True)
 class CompanySettings:
+    """One [companies.<name>] table; its defaults are the file's own ([rate_limit], [notify])."""
+
     name: str
     key_source: SecretSource
     recipients: tuple[str, ...] = ()
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
-    enabled: bool = True
-    digest: bool = False  # one e-mail per folder run instead of one per file
+    digest: bool = knob(False, "true: one e-mail per folder run (default: [notify] digest)")
+    enabled: bool = knob(True, "false: no lane; the company's files wait, untouched")
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceSettings:
+    """The whole settings file. Its own knobs live in [service] and [reports]."""
+
     source: Path  # the settings file itself
     drop_root: Path
     state_dir: Path
     api: ApiSettings = field(default_factory=ApiSettings)
-    quiet_period: float = 5.0
-    rescan_interval: float = 300.0
-    retention_days: float = 30.0
-    sweep_interval: float = 3600.0
-    auth_retry_interval: float = 60.0
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 0  # 0: no /metrics endpoint
-    log_format: str = "auto"
-    log_level: str = "info"
-    report_skip_samples: int = 20
+    quiet_period: float = knob(
+        5.0,
+        "no close event (rescan, NFS, --polling): ready after this long unchanged",
+        key="quiet_period_seconds",
+        table="service",
+        check=positive,
+    )
+    rescan_interval: float = knob(
+        300.0,
+        "safety rescan of the whole drop root",
+        key="rescan_interval_seconds",
+        table="service",
+        check=positive,
+    )
+    retention_days: float = knob(
+        30.0,
+        "processed files and their reports are deleted after this age",
+        table="service",
+        check=positive,
+    )
+    sweep_interval: float = knob(
+        3600.0,
+        "how often retention runs",
+        key="retention_sweep_interval_seconds",
+        table="service",
+        check=positive,
+    )
+    auth_retry_interval: float = knob(
+        60.0,
+        "a company whose key fails waits this long (or for a reload)",
+        key="auth_retry_interval_seconds",
+        table="service",
+        check=positive,
+    )
+    metrics_port: int = knob(
+        0,
+        "0: off; else Prometheus /metrics on metrics_host:metrics_port",
+        table="service",
+        check=_port_or_off,
+    )
+    metrics_host: str = knob("127.0.0.1", "loopback only", table="service", check=_loopback)
+    log_format: str = knob(
+        "auto",
+        "auto (console on a terminal, JSON otherwise) | json | console",
+        table="service",
+        check=one_of(LOG_FORMATS),
+    )
+    log_level: str = knob(
+        "info", "debug | info | warning | error", table="service", check=one_of(LOG_LEVELS)
+    )
+    report_skip_samples: int = knob(
+        20,
+        "skipped rows listed in each report (all are in the rejects file)",
+        key="skip_samples",
+        table="reports",
+        check=positive,
+    )
     notify: NotifySettings = field(default_factory=NotifySettings)
     sftp: SftpSettings | None = None  # None: no embedded SFTP endpoint
     companies: Mapping[str, CompanySettings] = field(default_factory=dict)
@@ -64,111 +131,188 @@ class ServiceSettings:
     def pipeline_settings(self, company: CompanySettings) -> Settings:
         return Settings(
             state_dir=self.state_dir,
-            api=ApiSettings(
-                base_url=self.api.base_url,
-                revision=self.api.revision,
-                connect_timeout=self.api.connect_timeout,
-                read_timeout=self.api.read_timeout,
-                rate_limit=company.rate_limit,
-                retry=self.api.retry,
-            ),
+            api=replace(self.api, rate_limit=company.rate_limit),
             report_skip_samples=self.report_skip_samples,
         )
 
 
-_TOP_KEYS = {
-    "drop_root",
-    "state_dir",
-    "service",
-    "api",
-    "rate_limit",
-    "reports",
-    "notify",
-    "smtp",
-    "sftp",
-    "companies",
-}
-_NOTIFY_KEYS = {
-    "from",
-    "attach_max_bytes",
-    "digest",
-    "digest_after_files",
-    "announce_grace_seconds",
-}
-_SMTP_KEYS = {
-    "host",
-    "port",
-    "security",
-    "username",
-    "password_env",
-    "password_file",
-    "password_credential",
-    "ca_file",
-    "timeout_seconds",
-    "retry_initial_seconds",
-    "retry_max_seconds",
-}
-_SERVICE_KEYS = {
-    "quiet_period_seconds",
-    "rescan_interval_seconds",
-    "retention_days",
-    "retention_sweep_interval_seconds",
-    "auth_retry_interval_seconds",
-    "metrics_host",
-    "metrics_port",
-    "log_format",
-    "log_level",
-}
-_API_KEYS = {
-    "base_url",
-    "revision",
-    "connect_timeout_seconds",
-    "read_timeout_seconds",
-    "retry_initial_seconds",
-    "retry_max_seconds",
-}
-_RATE_KEYS = {
-    "burst",
-    "burst_window_seconds",
-    "steady",
-    "steady_window_seconds",
-    "max_retry_after_seconds",
-}
-_COMPANY_KEYS = {
-    *COMPANY_SFTP_KEYS,
-    "digest",
-    "api_key_env",
-    "api_key_file",
-    "api_key_credential",
-    "recipients",
-    "rate_limit",
-    "enabled",
-}
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """A key read by hand (a path, a list, one of several sources), as the example shows it."""
+
+    key: str
+    example: str
+    help: str = ""
+    commented: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One TOML table: its knobs (a class and the class's table tag), its hand-read keys, and
+    the comment that introduces it in the example file."""
+
+    name: str
+    intro: str = ""
+    knobs: tuple[tuple[type, str], ...] = ()
+    extras: tuple[Extra, ...] = ()  # shown before the knobs
+    after: tuple[Extra, ...] = ()  # shown after them
+    commented: bool = False  # shown commented out in the example (an optional table)
+
+    @property
+    def keys(self) -> set[str]:
+        return knob_keys(*self.knobs) | {e.key for e in self.extras + self.after}
+
+
+_KEY_SOURCES = ("api_key_env", "api_key_file", "api_key_credential")
+_PASSWORD_SOURCES = ("password_env", "password_file", "password_credential")
+
+SECTIONS = (
+    Section(
+        "",
+        """\
+ingestor service settings. Every key is shown with its default; only drop_root, state_dir
+and at least one [companies.<name>] table are required. Check a file with:
+    ingestor check-config /etc/ingestor/ingestor.toml
+Relative paths are relative to this file (not to the working directory, which is / under
+systemd), except [sftp] host_key, which is relative to state_dir. Reload after editing:
+systemctl reload ingestor (SIGHUP): new companies start, changed keys and limits apply from
+each company's next file. This file is `ingestor check-config --example`.""",
+        extras=(
+            Extra(
+                "drop_root",
+                '"/srv/ingestor/drop"',
+                "<drop_root>/<company>/imports/custom_objects/<folder>/",
+            ),
+            Extra(
+                "state_dir",
+                '"/var/lib/ingestor"',
+                "ledger, reports, rejected rows (needs a restart to change)",
+            ),
+        ),
+    ),
+    Section("service", knobs=((ServiceSettings, "service"),)),
+    Section("api", knobs=((ApiSettings, ""), (RetrySettings, "api"))),
+    Section(
+        "rate_limit",
+        """\
+Per-account limits for the bulk endpoint, the default for every company. Klaviyo's guide:
+burst 3/s, steady 60/min; its newer published spec says 15/min. The sender also adapts to
+429 + Retry-After, so a limit set too high costs retries, not data. A server stricter than
+these is learned: from its RateLimit-Limit header at once, or by counting at its first 429;
+the limit then probes upward only after two clean windows.""",
+        knobs=((RateLimitSettings, ""),),
+    ),
+    Section("reports", knobs=((ServiceSettings, "reports"),)),
+    Section(
+        "notify",
+        """\
+Completion e-mails: one per finished file (done, failed or rejected), to each company's
+recipients. Without an [smtp] table they are written as .eml files to <state_dir>/outbox/.""",
+        knobs=((NotifySettings, ""),),
+    ),
+    Section(
+        "smtp",
+        """\
+Uncomment to deliver: messages are queued in <state_dir>/outbox/pending until the server
+accepts them, then moved to outbox/sent.""",
+        knobs=((SmtpSettings, ""),),
+        after=(
+            Extra(
+                "password_env",
+                '"SMTP_PASSWORD"',
+                "or password_file / password_credential, as for API keys",
+            ),
+            Extra("password_file", '""', "", commented=True),
+            Extra("password_credential", '""', "", commented=True),
+        ),
+        commented=True,
+    ),
+    Section(
+        "sftp",
+        """\
+The embedded SFTP endpoint (omit the table to run without it). Each company logs in as its
+own name with a key from its sftp_authorized_keys; its "/" is <drop_root>/<company>/.""",
+        knobs=((SftpSettings, ""),),
+        extras=(Extra("listen", '"0.0.0.0:2222"', "the address and port to serve"),),
+        commented=True,
+    ),
+    Section(
+        "companies.acme",
+        """\
+One table per company; the name is its directory under drop_root. The API key is never
+written here: name exactly one source.""",
+        knobs=((CompanySettings, ""), (CompanySftp, "")),
+        extras=(
+            Extra(
+                "api_key_env", '"ACME_KLAVIYO_KEY"', "an environment variable (EnvironmentFile=)"
+            ),
+            Extra(
+                "api_key_file",
+                '"/etc/ingestor/keys/acme"',
+                "a file only the service user can read (chmod 600)",
+                commented=True,
+            ),
+            Extra(
+                "api_key_credential",
+                '"acme"',
+                "$CREDENTIALS_DIRECTORY/acme (systemd LoadCredential=)",
+                commented=True,
+            ),
+            Extra("recipients", '["data-team@acme.example"]', "who gets completion e-mails"),
+        ),
+        after=(
+            Extra(
+                "sftp_authorized_keys",
+                '"/etc/ingestor/sftp/acme.pub"',
+                "OpenSSH authorized_keys format",
+                commented=True,
+            ),
+            Extra(
+                "rate_limit",
+                "{ steady = 15 }",
+                "overrides [rate_limit] for this company",
+                commented=True,
+            ),
+        ),
+    ),
+)
 _SECRET_KEYS = {"api_key", "key", "private_key", "token", "password"}
+_COMPANY_KNOB_CLASSES = ((CompanySettings, ""), (CompanySftp, ""))
 
 
-def _rate_limit(
-    r: TableReader, table: Mapping[str, Any], prefix: str, base: RateLimitSettings
-) -> RateLimitSettings:
-    r.known(table, _RATE_KEYS, prefix)
-    return RateLimitSettings(
-        burst=r.value(table, "burst", prefix, int, base.burst, positive),
-        burst_window=r.value(
-            table, "burst_window_seconds", prefix, float, base.burst_window, positive
-        ),
-        steady=r.value(table, "steady", prefix, int, base.steady, positive),
-        steady_window=r.value(
-            table, "steady_window_seconds", prefix, float, base.steady_window, positive
-        ),
-        max_retry_after=r.value(
-            table, "max_retry_after_seconds", prefix, float, base.max_retry_after, positive
-        ),
-    )
+def _section(name: str) -> Section:
+    return next(s for s in SECTIONS if s.name == name)
 
 
-def _mailbox(value: str) -> str | None:
-    address = parseaddr(value)[1]
-    return None if _EMAIL.fullmatch(address) else f"{value!r} is not an e-mail address"
+def example_settings() -> str:
+    """The example settings file, derived from the declarations (deploy/ingestor.example.toml
+    is this text; a test fails if the two drift)."""
+    lines: list[str] = []
+
+    def entry(key: str, value: str, help: str, commented: bool) -> None:
+        text = f"{'# ' if commented else ''}{key} = {value}"
+        lines.append(f"{text:<34} # {help}".rstrip() if help else text)
+
+    for section in SECTIONS:
+        if lines:
+            lines.append("")
+        lines.extend(f"# {line}".rstrip() for line in section.intro.splitlines())
+        if not section.name:
+            lines.append("")  # the file's header stands apart
+        else:
+            lines.append(f"{'# ' if section.commented else ''}[{section.name}]")
+        for extra in section.extras:
+            entry(extra.key, extra.example, extra.help, section.commented or extra.commented)
+        for cls, table in section.knobs:
+            for d in knobs(cls, table):
+                shown = d.default if d.knob.example is None else d.knob.example
+                commented = section.commented or (
+                    cls is CompanySftp or (d.knob.example is not None and not section.commented)
+                )
+                entry(d.key, toml_value(shown), d.knob.help, commented)
+        for extra in section.after:
+            entry(extra.key, extra.example, extra.help, section.commented or extra.commented)
+    return "\n".join(lines) + "\n"
 
 
 def _path_under(base: Path, text: str) -> str:
@@ -177,62 +321,54 @@ def _path_under(base: Path, text: str) -> str:
     return str(base / Path(text).expanduser()) if text else ""
 
 
+def _sources(
+    r: TableReader, table: Mapping[str, Any], prefix: str, keys: tuple[str, ...]
+) -> dict[str, str]:
+    return {k: r.value(table, k, prefix, str, "") for k in keys}
+
+
 def _smtp(r: TableReader, data: Mapping[str, Any], base: Path) -> SmtpSettings | None:
     """[smtp]: absent means messages are written to <state_dir>/outbox/ only."""
     if "smtp" not in data:
         return None
     table, p = r.table(data, "smtp", ""), "smtp."
-    r.known(table, _SMTP_KEYS, p)
-    host = r.value(table, "host", p, str, "")
-    if not host:
+    r.known(table, _section("smtp").keys, p)
+    smtp = read_knobs(r, table, p, SmtpSettings())
+    if not smtp.host:
         r.problem(
             p + "host", "is required when [smtp] is present (remove [smtp] to use the outbox)"
         )
-    security = r.value(table, "security", p, str, "starttls", one_of(SECURITY))
-    if security == "none" and host not in ("127.0.0.1", "::1", "localhost"):
+    if smtp.security == "none" and smtp.host not in _LOOPBACK:
         r.problem(p + "security", '"none" (no TLS) is allowed only for a loopback host')
-    sources = {
-        k: r.value(table, k, p, str, "")
-        for k in ("password_env", "password_file", "password_credential")
-    }
+    if "port" not in table and smtp.security == "tls":
+        smtp = replace(smtp, port=465)
+    sources = _sources(r, table, p, _PASSWORD_SOURCES)
     password = SecretSource(
         env=sources["password_env"],
         file=_path_under(base, sources["password_file"]),
         credential=sources["password_credential"],
         what="SMTP password",
     )
-    username = r.value(table, "username", p, str, "")
     if sum(map(bool, sources.values())) > 1:
         r.problem(
             p + "password_env",
             "name at most one of password_env, password_file, password_credential",
         )
-    if username and not password.complete:
+    if smtp.username and not password.complete:
         r.problem(
             p + "username",
             "a username needs a password source: password_env, password_file or "
             "password_credential",
         )
-    return SmtpSettings(
-        host=host,
-        port=r.value(table, "port", p, int, 465 if security == "tls" else 587),
-        security=security,
-        username=username,
+    return replace(
+        smtp,
         password=password if password.complete else None,
-        ca_file=_path_under(base, r.value(table, "ca_file", p, str, "")),
-        timeout=r.value(table, "timeout_seconds", p, float, 30.0, positive),
-        retry_initial=r.value(table, "retry_initial_seconds", p, float, 5.0, positive),
-        retry_max=r.value(table, "retry_max_seconds", p, float, 300.0, positive),
+        ca_file=_path_under(base, smtp.ca_file),
     )
 
 
 def _company(
-    r: TableReader,
-    name: str,
-    table: Any,
-    default_limits: RateLimitSettings,
-    default_digest: bool,
-    base: Path,
+    r: TableReader, name: str, table: Any, defaults: CompanySettings, base: Path
 ) -> CompanySettings | None:
     prefix = f"companies.{name}."
     if not isinstance(table, dict):
@@ -250,11 +386,9 @@ def _company(
             "never put a secret in the settings file; name its source with api_key_env, "
             "api_key_file or api_key_credential",
         )
-    r.known({k: v for k, v in table.items() if k not in _SECRET_KEYS}, _COMPANY_KEYS, prefix)
-    sources = {
-        key: r.value(table, key, prefix, str, "")
-        for key in ("api_key_env", "api_key_file", "api_key_credential")
-    }
+    allowed = _section("companies.acme").keys | COMPANY_SFTP_KEYS
+    r.known({k: v for k, v in table.items() if k not in _SECRET_KEYS}, allowed, prefix)
+    sources = _sources(r, table, prefix, _KEY_SOURCES)
     given = [key for key, value in sources.items() if value]
     if len(given) != 1:
         r.problem(
@@ -267,12 +401,14 @@ def _company(
         r.problem(prefix + "recipients", "must be a list of e-mail addresses")
         recipients = []
     for address in recipients:
-        if not _EMAIL.fullmatch(address):
-            r.problem(prefix + "recipients", f"{address!r} is not an e-mail address")
-    limits = _rate_limit(
-        r, r.table(table, "rate_limit", prefix), prefix + "rate_limit.", default_limits
-    )
-    return CompanySettings(
+        problem = address_problem(address)
+        if problem:
+            r.problem(prefix + "recipients", problem)
+    limits_table, limits_prefix = r.table(table, "rate_limit", prefix), prefix + "rate_limit."
+    r.known(limits_table, knob_keys((RateLimitSettings, "")), limits_prefix)
+    company = read_knobs(r, table, prefix, defaults)
+    return replace(
+        company,
         name=name,
         key_source=SecretSource(
             env=sources["api_key_env"],
@@ -280,9 +416,7 @@ def _company(
             credential=sources["api_key_credential"],
         ),
         recipients=tuple(recipients),
-        rate_limit=limits,
-        enabled=r.value(table, "enabled", prefix, bool, True),
-        digest=r.value(table, "digest", prefix, bool, default_digest),
+        rate_limit=read_knobs(r, limits_table, limits_prefix, defaults.rate_limit),
     )
 
 
@@ -294,7 +428,9 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
         return None, [Problem(str(path), f"cannot read: {exc.strerror or exc}")]
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         return None, [Problem(str(path), f"not valid TOML: {exc}")]
-    r.known(data, _TOP_KEYS, "")
+    r.known(
+        data, {s.name for s in SECTIONS if s.name} | {"companies", "drop_root", "state_dir"}, ""
+    )
     base = path.resolve().parent  # relative paths in the file are relative to its folder
 
     def location(key: str) -> Path | None:
@@ -306,109 +442,39 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
             return None
         return (base / Path(text).expanduser()).resolve()
 
+    def table(name: str) -> tuple[dict[str, Any], str]:
+        found, prefix = r.table(data, name, ""), name + "."
+        r.known(found, _section(name).keys, prefix)
+        return found, prefix
+
     drop_root, state_dir = location("drop_root"), location("state_dir")
-    service = r.table(data, "service", "")
-    r.known(service, _SERVICE_KEYS, "service.")
-    api = r.table(data, "api", "")
-    r.known(api, _API_KEYS, "api.")
-    reports = r.table(data, "reports", "")
-    r.known(reports, {"skip_samples"}, "reports.")
-    default_limits = _rate_limit(
-        r, r.table(data, "rate_limit", ""), "rate_limit.", RateLimitSettings()
+    settings = ServiceSettings(
+        source=path, drop_root=drop_root or Path(), state_dir=state_dir or Path()
     )
-    notify_table = r.table(data, "notify", "")
-    r.known(notify_table, _NOTIFY_KEYS, "notify.")
-    notify_digest = r.value(notify_table, "digest", "notify.", bool, False)
-    notify = NotifySettings(
-        sender=r.value(notify_table, "from", "notify.", str, DEFAULT_SENDER, _mailbox),
-        attach_max_bytes=r.value(
-            notify_table, "attach_max_bytes", "notify.", int, DEFAULT_ATTACH_MAX, positive
-        ),
-        smtp=_smtp(r, data, base),
-        digest_after_files=r.value(
-            notify_table,
-            "digest_after_files",
-            "notify.",
-            int,
-            NotifySettings().digest_after_files,
-            positive,
-        ),
-        announce_grace=r.value(
-            notify_table,
-            "announce_grace_seconds",
-            "notify.",
-            float,
-            NotifySettings().announce_grace,
-            non_negative,
-        ),
+    service, reports, api, limits, notify = map(
+        table, ("service", "reports", "api", "rate_limit", "notify")
+    )
+    settings = read_knobs(r, *service, settings, "service")
+    settings = read_knobs(r, *reports, settings, "reports")
+    default_limits = read_knobs(r, *limits, RateLimitSettings())
+    api_settings = read_knobs(r, *api, ApiSettings(rate_limit=default_limits))
+    api_settings = replace(api_settings, retry=read_knobs(r, *api, RetrySettings(), "api"))
+    notify_settings = replace(read_knobs(r, *notify, NotifySettings()), smtp=_smtp(r, data, base))
+    company_defaults = CompanySettings(
+        name="", key_source=SecretSource(), rate_limit=default_limits, digest=notify_settings.digest
     )
     companies: dict[str, CompanySettings] = {}
-    for name, table in r.table(data, "companies", "").items():
-        company = _company(r, name, table, default_limits, notify_digest, base)
+    for name, company_table in r.table(data, "companies", "").items():
+        company = _company(r, name, company_table, company_defaults, base)
         if company is not None:
             companies[name] = company
     if not companies:
         r.problem("companies", "no company is configured; add a [companies.<name>] table")
-
-    s, d = "service.", ServiceSettings(source=path, drop_root=Path(), state_dir=Path())
-    port = r.value(service, "metrics_port", s, int, d.metrics_port)
-    if not 0 <= port <= 65535:
-        r.problem(s + "metrics_port", "must be 0 (off) or a TCP port")
-    host = r.value(service, "metrics_host", s, str, d.metrics_host)
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        r.problem(s + "metrics_host", "must be a loopback address (127.0.0.1, ::1, localhost)")
-    api_defaults = ApiSettings()
-    retry = api_defaults.retry
-    base_url = r.value(api, "base_url", "api.", str, api_defaults.base_url)
-    if not base_url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-        r.problem("api.base_url", "must be https:// (plain http only on loopback)")
-    settings = ServiceSettings(
-        source=path,
-        drop_root=drop_root or Path(),
-        state_dir=state_dir or Path(),
-        api=ApiSettings(
-            base_url=base_url,
-            revision=r.value(api, "revision", "api.", str, api_defaults.revision),
-            connect_timeout=r.value(
-                api,
-                "connect_timeout_seconds",
-                "api.",
-                float,
-                api_defaults.connect_timeout,
-                positive,
-            ),
-            read_timeout=r.value(
-                api, "read_timeout_seconds", "api.", float, api_defaults.read_timeout, positive
-            ),
-            retry=RetrySettings(
-                initial_delay=r.value(
-                    api, "retry_initial_seconds", "api.", float, retry.initial_delay, positive
-                ),
-                max_delay=r.value(
-                    api, "retry_max_seconds", "api.", float, retry.max_delay, positive
-                ),
-            ),
-        ),
-        quiet_period=r.value(service, "quiet_period_seconds", s, float, d.quiet_period, positive),
-        rescan_interval=r.value(
-            service, "rescan_interval_seconds", s, float, d.rescan_interval, positive
-        ),
-        retention_days=r.value(service, "retention_days", s, float, d.retention_days, positive),
-        sweep_interval=r.value(
-            service, "retention_sweep_interval_seconds", s, float, d.sweep_interval, positive
-        ),
-        auth_retry_interval=r.value(
-            service, "auth_retry_interval_seconds", s, float, d.auth_retry_interval, positive
-        ),
-        metrics_host=host,
-        metrics_port=port,
-        log_format=r.value(service, "log_format", s, str, d.log_format, one_of(LOG_FORMATS)),
-        log_level=r.value(service, "log_level", s, str, d.log_level, one_of(LOG_LEVELS)),
-        report_skip_samples=r.value(
-            reports, "skip_samples", "reports.", int, d.report_skip_samples, positive
-        ),
+    settings = replace(
+        settings,
+        api=api_settings,
+        notify=notify_settings,
         companies=companies,
-        notify=notify,
         sftp=parse_sftp(r, data, base, r.table(data, "companies", "")),
     )
     return settings, r.problems

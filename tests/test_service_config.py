@@ -12,7 +12,13 @@ import pytest
 
 from ingestor.config import SecretSource
 from ingestor.errors import ConfigError
-from ingestor.service_config import check_service_settings, load_service_settings
+from ingestor.service_config import (
+    SECTIONS,
+    check_service_settings,
+    example_settings,
+    load_service_settings,
+)
+from ingestor.toml_reader import knobs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -126,6 +132,97 @@ def test_the_example_settings_file_is_valid(tmp_path: Path) -> None:
     settings.write_text(example.replace("/srv/ingestor/drop", str(drop)))
     result = check_config(settings, ACME_KLAVIYO_KEY="pk_example")
     assert result.returncode == 0, result.stderr
+
+
+def test_the_shipped_example_is_the_one_derived_from_the_declarations() -> None:
+    shipped = (REPO / "deploy" / "ingestor.example.toml").read_text()
+    assert shipped == example_settings(), (
+        "deploy/ingestor.example.toml drifted: regenerate it with "
+        "`ingestor check-config --example > deploy/ingestor.example.toml`"
+    )
+    printed = subprocess.run(
+        [sys.executable, "-m", "ingestor.cli", "check-config", "--example"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert printed.stdout == shipped
+
+
+def test_every_declared_knob_is_read_from_its_own_table(tmp_path: Path) -> None:
+    """Each knob set to a value of the wrong type is a problem at its exact key path: the
+    reader looks for every declared key, in the table the example file shows it in."""
+    lines = ['drop_root = "."', 'state_dir = "."']
+    expected = set()
+    for section in SECTIONS:
+        keys = [d.key for cls, table in section.knobs for d in knobs(cls, table)]
+        if not keys:
+            continue
+        lines.append(f"[{section.name}]")
+        if section.name.startswith("companies."):
+            lines.append('api_key_env = "ACME_KEY"')
+        for key in keys:
+            lines.append(f"{key} = [1]")
+            expected.add(f"{section.name}.{key}")
+    settings = tmp_path / "every.toml"
+    settings.write_text("\n".join(lines) + "\n")
+    _, problems = check_service_settings(settings, {})
+    wrong_type = {p.key for p in problems if p.message.startswith("must be ")}
+    assert len(expected) > 40
+    assert expected <= wrong_type, sorted(expected - wrong_type)
+
+
+def test_the_file_defaults_reach_the_api_settings_and_each_company(tmp_path: Path) -> None:
+    settings = tmp_path / "limits.toml"
+    settings.write_text(
+        """
+drop_root = "."
+state_dir = "."
+[rate_limit]
+steady = 30
+max_retry_after_seconds = 10
+[notify]
+digest = true
+[companies.acme]
+api_key_env = "A"
+[companies.beta]
+api_key_env = "B"
+digest = false
+rate_limit = { burst = 1 }
+"""
+    )
+    loaded = load_service_settings(settings)
+    assert loaded.api.rate_limit.steady == 30  # it used to keep the built-in 60
+    acme, beta = loaded.companies["acme"], loaded.companies["beta"]
+    assert (acme.rate_limit.steady, acme.rate_limit.burst, acme.digest) == (30, 3, True)
+    assert (beta.rate_limit.steady, beta.rate_limit.burst, beta.digest) == (30, 1, False)
+    assert beta.rate_limit.max_retry_after == 10.0
+    assert loaded.pipeline_settings(beta).api.rate_limit == beta.rate_limit
+
+
+def test_ingest_takes_the_flag_knobs_with_their_validation(tmp_path: Path) -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "ingestor.cli", "ingest", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag in ("--base-url", "--revision", "--burst", "--burst-window", "--steady"):
+        assert flag in shown
+    ingest = [sys.executable, "-m", "ingestor.cli", "ingest", str(tmp_path), "--api-key-env", "K"]
+    refused = subprocess.run(
+        [*ingest, "--steady-window", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2
+    assert "argument --steady-window: must be greater than 0" in refused.stderr
+    plain = subprocess.run(
+        [*ingest, "--base-url", "http://example.com"],
+        capture_output=True,
+        text=True,
+    )
+    assert "must be https:// (plain http only on loopback)" in plain.stderr
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")

@@ -3,9 +3,11 @@ in the outbox and handed to the courier. Called from lane threads; never blocks 
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parseaddr
 from pathlib import Path
 
 import structlog
@@ -15,23 +17,53 @@ from ingestor.notify.message import DEFAULT_ATTACH_MAX, compose
 from ingestor.notify.outbox import Outbox
 from ingestor.notify.smtp import Courier, SmtpSettings
 from ingestor.reports import FileReport, folder_label
+from ingestor.toml_reader import knob, non_negative, positive
 
 log = structlog.get_logger("ingestor.notify")
 
 DEFAULT_SENDER = "ingestor <ingestor@localhost>"
 
 
+_EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>.][^@\s<>]*")
+
+
+def address_problem(address: str) -> str | None:
+    """Why ``address`` (a bare address) is not an e-mail address, or None."""
+    return None if _EMAIL.fullmatch(address) else f"{address!r} is not an e-mail address"
+
+
+def mailbox_problem(value: str) -> str | None:
+    """Why ``value`` (``Name <address>`` or a bare address) is not a mailbox, or None."""
+    return None if address_problem(parseaddr(value)[1]) is None else address_problem(value)
+
+
 @dataclass(frozen=True, slots=True)
 class NotifySettings:
-    sender: str = DEFAULT_SENDER
-    attach_max_bytes: int = DEFAULT_ATTACH_MAX
-    smtp: SmtpSettings | None = None  # None: messages are written to the outbox only
+    """The [notify] table."""
+
+    sender: str = knob(
+        DEFAULT_SENDER, "the From: of every e-mail", key="from", check=mailbox_problem
+    )
+    attach_max_bytes: int = knob(
+        DEFAULT_ATTACH_MAX,
+        "the rejected-rows file is attached when under this size",
+        check=positive,
+    )
+    digest: bool = knob(False, "default for companies: one e-mail per folder run instead")
     # A folder run of at least this many files is e-mailed as one digest, whatever the
     # company's digest setting: 10,000 files must not mean 10,000 e-mails.
-    digest_after_files: int = 20
+    digest_after_files: int = knob(
+        20, "a folder run of this many files is one digest anyway", check=positive
+    )
     # A lane queues a finished file's e-mail within milliseconds; one still unannounced after
     # this long was missed (the outbox could not be written) and is tried again at a rescan.
-    announce_grace: float = 60.0
+    announce_grace: float = knob(
+        60.0,
+        "an e-mail still unqueued after this is retried at a rescan",
+        key="announce_grace_seconds",
+        check=non_negative,
+    )
+    smtp: SmtpSettings | None = None  # None: messages are written to the outbox only
 
 
 Settled = Callable[[list[FileReport]], None]

@@ -21,6 +21,7 @@ import structlog
 from ingestor.config import SecretSource
 from ingestor.errors import ConfigError
 from ingestor.notify.outbox import Outbox
+from ingestor.toml_reader import knob, one_of, positive
 
 log = structlog.get_logger("ingestor.notify")
 
@@ -29,15 +30,23 @@ SECURITY = ("starttls", "tls", "none")
 
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
-    host: str
-    port: int = 587
-    security: str = "starttls"  # starttls | tls (implicit, usually port 465) | none
-    username: str = ""
+    """The [smtp] table; ``password`` is read from its own keys (password_env, …)."""
+
+    host: str = knob("", "the mail server", example="smtp.example.com")
+    port: int = knob(587, "default 587 (starttls), 465 (tls)", check=positive)
+    security: str = knob(
+        "starttls", "starttls | tls (implicit) | none (loopback only)", check=one_of(SECURITY)
+    )
+    username: str = knob("", "needs one password source (below)", example="ingestor")
     password: SecretSource | None = None
-    ca_file: str = ""  # trust this CA bundle (an internal CA) besides the system's
-    timeout: float = 30.0
-    retry_initial: float = 5.0
-    retry_max: float = 300.0
+    ca_file: str = knob("", "an extra CA bundle (an internal CA) trusted besides the system's")
+    timeout: float = knob(30.0, "seconds", key="timeout_seconds", check=positive)
+    retry_initial: float = knob(
+        5.0, "delivery retries back off from this...", key="retry_initial_seconds", check=positive
+    )
+    retry_max: float = knob(
+        300.0, "...up to this, for as long as it takes", key="retry_max_seconds", check=positive
+    )
 
 
 class DeliveryError(Exception):

@@ -3,60 +3,76 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ingestor.toml_reader import TableReader, positive
+from ingestor.toml_reader import TableReader, knob, knob_keys, non_negative, positive, read_knobs
 
 GIB = 1024**3
-SFTP_KEYS = {
-    "listen",
-    "host_key",
-    "max_file_bytes",
-    "quota_bytes",
-    "max_sessions",
-    "idle_timeout_seconds",
-    "auth_failures_before_ban",
-    "ban_seconds",
-    "password_login",
-    "login_grace_seconds",
-    "max_unauthenticated",
-    "max_unauthenticated_per_address",
-    "failures_before_delay",
-}
-COMPANY_SFTP_KEYS = {
-    "sftp_authorized_keys",
-    "sftp_password_hash",
-    "sftp_max_file_bytes",
-    "sftp_quota_bytes",
-}
+# The keys of a company's table read here, besides those of CompanySftp's knobs.
+COMPANY_SFTP_KEYS = {"sftp_authorized_keys"}
 
 
 @dataclass(frozen=True, slots=True)
 class CompanySftp:
-    authorized_keys: Path | None = None
-    password_hash: str = ""
-    max_file_bytes: int | None = None  # None: the [sftp] default
-    quota_bytes: int | None = None
+    """A company's SFTP login, from its own [companies.<name>] table."""
+
+    authorized_keys: Path | None = None  # sftp_authorized_keys, relative to the settings file
+    password_hash: str = knob(
+        "",
+        "only with [sftp] password_login",
+        key="sftp_password_hash",
+        check=lambda v: (
+            None if v.startswith("scrypt$") else "must come from `ingestor sftp-password`"
+        ),
+        example="scrypt$...",
+    )
+    max_file_bytes: int = knob(
+        0, "0: the [sftp] max_file_bytes", key="sftp_max_file_bytes", check=non_negative
+    )
+    quota_bytes: int = knob(
+        0, "0: the [sftp] quota_bytes", key="sftp_quota_bytes", check=non_negative
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class SftpSettings:
+    """The [sftp] table; ``host`` and ``port`` come from its ``listen`` key."""
+
     host: str = "127.0.0.1"
     port: int = 2222
-    host_key: Path = Path("sftp_host_key")  # relative to the state dir
-    max_file_bytes: int = 2 * GIB
-    quota_bytes: int = 20 * GIB
-    max_sessions: int = 4  # per company, at once
-    idle_timeout: float = 600.0
-    auth_failures_before_ban: int = 10  # per source address, within ban_seconds
-    ban_seconds: float = 300.0
-    password_login: bool = False
-    login_grace: float = 30.0  # seconds an unauthenticated connection may stay
-    max_unauthenticated: int = 64  # connections not yet logged in, in all
-    max_unauthenticated_per_address: int = 8
-    failures_before_delay: int = 5  # per login name; further failures are answered slowly
+    host_key: Path = knob(Path("sftp_host_key"), "relative to state_dir; generated on first start")
+    max_file_bytes: int = knob(
+        2 * GIB, "per file; per company: sftp_max_file_bytes", check=positive
+    )
+    quota_bytes: int = knob(
+        20 * GIB, "per company tree; per company: sftp_quota_bytes", check=positive
+    )
+    max_sessions: int = knob(4, "per company, at once", check=positive)
+    idle_timeout: float = knob(
+        600.0, "a session idle this long is closed", key="idle_timeout_seconds", check=positive
+    )
+    auth_failures_before_ban: int = knob(
+        10, "failed logins from one address within ban_seconds...", check=positive
+    )
+    ban_seconds: float = knob(
+        300.0, "...and that address is refused until they age out", check=positive
+    )
+    failures_before_delay: int = knob(
+        5, "per login name: later failures are answered slowly", check=positive
+    )
+    login_grace: float = knob(
+        30.0,
+        "a connection not logged in by then is closed",
+        key="login_grace_seconds",
+        check=positive,
+    )
+    max_unauthenticated: int = knob(64, "connections not logged in yet, in all...", check=positive)
+    max_unauthenticated_per_address: int = knob(8, "...and from one address", check=positive)
+    password_login: bool = knob(
+        False, "true: also accept sftp_password_hash (ingestor sftp-password)"
+    )
     companies: Mapping[str, CompanySftp] = field(default_factory=dict)
 
 
@@ -74,62 +90,24 @@ def parse_sftp(
     if "sftp" not in data:
         return None
     table, p = r.table(data, "sftp", ""), "sftp."
-    r.known(table, SFTP_KEYS, p)
-    d = SftpSettings()
+    r.known(table, knob_keys((SftpSettings, "")) | {"listen"}, p)
+    d = read_knobs(r, table, p, SftpSettings())
     listen = r.value(table, "listen", p, str, f"{d.host}:{d.port}")
     address = parse_listen(listen)
     if address is None:
         r.problem(p + "listen", f'{listen!r} is not "host:port" (e.g. "0.0.0.0:2222")')
         address = (d.host, d.port)
-    password_login = r.value(table, "password_login", p, bool, False)
     logins: dict[str, CompanySftp] = {}
     for name, company in companies.items():
         if not isinstance(company, dict):
             continue
         cp = f"companies.{name}."
         keys = r.value(company, "sftp_authorized_keys", cp, str, "")
-        hashed = r.value(company, "sftp_password_hash", cp, str, "")
-        if hashed and not password_login:
+        login = read_knobs(r, company, cp, CompanySftp())
+        if login.password_hash and not d.password_login:
             r.problem(cp + "sftp_password_hash", "set [sftp] password_login = true to use it")
-        if hashed and not hashed.startswith("scrypt$"):
-            r.problem(cp + "sftp_password_hash", "must come from `ingestor sftp-password`")
-        if keys or hashed:
-            logins[name] = CompanySftp(
-                authorized_keys=(base / keys) if keys else None,
-                password_hash=hashed,
-                max_file_bytes=r.value(company, "sftp_max_file_bytes", cp, int, 0, positive)
-                or None,
-                quota_bytes=r.value(company, "sftp_quota_bytes", cp, int, 0, positive) or None,
-            )
+        if keys or login.password_hash:
+            logins[name] = replace(login, authorized_keys=(base / keys) if keys else None)
     if not logins:
         r.problem(p[:-1], "no company has sftp_authorized_keys (or a password hash) to log in")
-    return SftpSettings(
-        host=address[0],
-        port=address[1],
-        host_key=Path(r.value(table, "host_key", p, str, str(d.host_key))),
-        max_file_bytes=r.value(table, "max_file_bytes", p, int, d.max_file_bytes, positive),
-        quota_bytes=r.value(table, "quota_bytes", p, int, d.quota_bytes, positive),
-        max_sessions=r.value(table, "max_sessions", p, int, d.max_sessions, positive),
-        idle_timeout=r.value(table, "idle_timeout_seconds", p, float, d.idle_timeout, positive),
-        auth_failures_before_ban=r.value(
-            table, "auth_failures_before_ban", p, int, d.auth_failures_before_ban, positive
-        ),
-        ban_seconds=r.value(table, "ban_seconds", p, float, d.ban_seconds, positive),
-        password_login=password_login,
-        login_grace=r.value(table, "login_grace_seconds", p, float, d.login_grace, positive),
-        max_unauthenticated=r.value(
-            table, "max_unauthenticated", p, int, d.max_unauthenticated, positive
-        ),
-        max_unauthenticated_per_address=r.value(
-            table,
-            "max_unauthenticated_per_address",
-            p,
-            int,
-            d.max_unauthenticated_per_address,
-            positive,
-        ),
-        failures_before_delay=r.value(
-            table, "failures_before_delay", p, int, d.failures_before_delay, positive
-        ),
-        companies=logins,
-    )
+    return replace(d, host=address[0], port=address[1], companies=logins)
