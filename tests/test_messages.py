@@ -72,6 +72,18 @@ def test_a_bad_config_json_is_emailed_with_what_is_wrong(service, tmp_path: Path
     assert "Fix the folder's config.json" in text and "is not a ULID" in text
 
 
+def test_a_broken_config_json_is_told_once_for_all_the_files_of_its_folder(
+    service, tmp_path: Path
+) -> None:
+    folder = make_folder(tmp_path / "drop", ds=None)
+    (folder / "config.json").write_text('{"data_source_id": "not-a-ulid"}')
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        (folder / name).write_bytes(jsonl(0, 3))
+    assert {service.next_run().identity.name for _ in range(3)} == {"a.jsonl", "b.jsonl", "c.jsonl"}
+    (message,) = messages(tmp_path / "state")
+    assert "is not a ULID" in " ".join(body(message).split())
+
+
 def test_no_rejected_rows_file_is_written_when_nothing_was_skipped(service, tmp_path: Path) -> None:
     """Before: an empty *.rejected.jsonl was written for every file."""
     folder = make_folder(tmp_path / "drop")

@@ -241,6 +241,31 @@ def test_a_file_failing_the_same_way_at_every_rescan_is_emailed_once(
     assert len(subjects) == 2 and "20 imported" in subjects[0], subjects
 
 
+def test_the_same_failure_is_not_emailed_again_after_a_restart(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """What was told is in the ledger (each run's ``told``), not in a lane's memory: a
+    restarted service retries the failed file, fails the same way and says nothing new."""
+    drop, outbox = tmp_path / "drop", tmp_path / "state" / "outbox"
+    settings = write_settings(
+        tmp_path / "s.toml",
+        drop,
+        tmp_path / "state",
+        sim,
+        service="rescan_interval_seconds = 0.2",
+        company_lines='recipients = ["ops@acme.example"]',
+    )
+    sim.faults.refuse = lambda record: "data source is archived"  # every record: systemic
+    (make_folder(drop) / "a.jsonl").write_bytes(jsonl(0, 20))
+    with running_service(settings) as svc:
+        assert svc.run_for("a.jsonl").state is FileState.FAILED
+    assert len(list(outbox.glob("*.eml"))) == 1
+    with running_service(settings) as svc:
+        for _ in range(3):  # retried at start and at rescans, failing the same way
+            assert svc.run_for("a.jsonl").state is FileState.FAILED
+    assert len(list(outbox.glob("*.eml"))) == 1
+
+
 def test_status_shows_each_company_and_why_one_is_blocked(tmp_path: Path) -> None:
     with two_companies() as sim:
         drop, state, key_file = tmp_path / "drop", tmp_path / "state", tmp_path / "acme.key"

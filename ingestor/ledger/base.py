@@ -49,6 +49,7 @@ class FileRun:
     counts: FileCounts = field(default_factory=FileCounts)
     reason: str = ""
     reason_code: str = ""  # stable: what ended the run (ingestor.errors' codes), "" if done
+    told: str = ""  # the reason last e-mailed about this run ("" for done, or never told)
     report_path: str = ""
     rejects_path: str = ""
     started_at: float = 0.0
@@ -107,7 +108,8 @@ class Ledger(Protocol):
         finishing a file and queueing its e-mail), oldest first."""
 
     def mark_announced(self, run_ids: list[int]) -> None:
-        """The runs' e-mails are queued durably (or there is nothing to send)."""
+        """The runs' e-mails are queued durably (or there is nothing to send); each run's
+        reason is remembered as ``told``, so the same failure again is not news."""
 
     def unswept(self, finished_before: float) -> list[FileRun]:
         """Runs finished before a time that the retention sweep has not dealt with yet."""

@@ -72,12 +72,20 @@ def _m5_no_queue_mirror(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE IF EXISTS queued_files")
 
 
+def _m6_told(db: sqlite3.Connection) -> None:
+    # The reason last e-mailed about a run: the same failure again is not news, even after a
+    # restart. Runs announced before this column existed told their reason.
+    db.execute("ALTER TABLE file_runs ADD COLUMN told TEXT NOT NULL DEFAULT ''")
+    db.execute("UPDATE file_runs SET told=reason WHERE announced=1")
+
+
 MIGRATIONS = (
     _m1_base,
     _m2_announced_and_swept,
     _m3_maybe_resent,
     _m4_reason_code,
     _m5_no_queue_mirror,
+    _m6_told,
 )
 
 
@@ -119,7 +127,7 @@ _COLUMNS = (
     "id, company, kind, folder, name, path, size, mtime_ns, sha256, version, state, target_id, "
     "byte_offset, line, rejects_bytes, records_read, records_sent, records_skipped, batches, "
     "retries, throttled_seconds, reason, report_path, rejects_path, started_at, updated_at, "
-    "finished_at, maybe_resent, reason_code"
+    "finished_at, maybe_resent, reason_code, told"
 )
 
 
@@ -192,6 +200,7 @@ def _run(row: tuple[Any, ...]) -> FileRun:
         finished,
         maybe_resent,
         reason_code,
+        told,
     ) = row
     return FileRun(
         id=id_,
@@ -205,6 +214,7 @@ def _run(row: tuple[Any, ...]) -> FileRun:
         counts=FileCounts(read, sent, skipped, batches, retries, throttled, maybe_resent),
         reason=reason,
         reason_code=reason_code,
+        told=told,
         report_path=report,
         rejects_path=rejects_path,
         started_at=started,
@@ -388,7 +398,7 @@ class SqliteLedger:
         return [_run(row) for row in rows]
 
     def mark_announced(self, run_ids: list[int]) -> None:
-        self._mark(run_ids, "announced")
+        self._mark(run_ids, "announced=1, told=reason")
 
     def unswept(self, finished_before: float) -> list[FileRun]:
         rows = self._execute(
@@ -398,12 +408,12 @@ class SqliteLedger:
         return [_run(row) for row in rows]
 
     def mark_swept(self, run_ids: list[int]) -> None:
-        self._mark(run_ids, "swept")
+        self._mark(run_ids, "swept=1")
 
-    def _mark(self, run_ids: list[int], flag: str) -> None:
+    def _mark(self, run_ids: list[int], assignments: str) -> None:
         for start in range(0, len(run_ids), 500):  # SQLite caps a statement's parameters
             chunk = run_ids[start : start + 500]
             self._execute(
-                f"UPDATE file_runs SET {flag}=1 WHERE id IN ({','.join('?' * len(chunk))})",
+                f"UPDATE file_runs SET {assignments} WHERE id IN ({','.join('?' * len(chunk))})",
                 tuple(chunk),
             )

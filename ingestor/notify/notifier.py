@@ -137,6 +137,15 @@ class Notifier:
             reports, _ = self._digests.pop(key)
         return self._queue(key[0], reports, recipients)
 
+    def folder_drained(self, company: str, folder: str) -> Path | None:
+        """The folder's run has ended: send the digest it holds, if any."""
+        with self._lock:
+            held = self._digests.pop((company, folder), None)
+        if held is None:
+            return None
+        reports, recipients = held
+        return self._queue(company, reports, recipients)
+
     def holding(self) -> set[int]:
         """Runs whose reports wait in a digest."""
         with self._lock:

@@ -6,7 +6,6 @@ storm, auth failure or outage only ever waits inside its own lane.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 import time
@@ -25,13 +24,12 @@ from ingestor.errors import (
     ConfigError,
     IngestorError,
     Interrupted,
-    LayoutError,
     LedgerError,
 )
 from ingestor.identity import KnownHashes
 from ingestor.kinds import KINDS, ImportKind
 from ingestor.klaviyo import KlaviyoClient
-from ingestor.layout import ImportFolder, load_folder_config
+from ingestor.layout import ImportFolder
 from ingestor.ledger import FileRun, FileState, Ledger
 from ingestor.pipeline import FileResult, FolderResult, Pipeline
 from ingestor.ratelimit import AccountLimiter
@@ -53,7 +51,7 @@ class Finished:
     company: str
     result: FolderResult
     folder_drained: bool  # no more files of the same folder are queued in the lane
-    announce: bool = True  # False: the same problem was already reported (say it once)
+    announce: bool = True  # False: nothing to tell (the file changed while it was read)
     digest: bool = False  # e-mail the folder run as one message
 
 
@@ -149,8 +147,6 @@ class Lane:
         self._current_path: Path | None = None  # the file being processed, and its stat
         self._current_stat: tuple[int, int] | None = None  # when it was taken from the queue
         self._progress = _Progress(company.name, metrics)
-        self._folder_problems: dict[Path, str] = {}  # folder → the config problem logged
-        self._failures_said: dict[Path, str] = {}  # file → the failure last e-mailed
         self._auth_outage = False
         self._outages: set[str] = set()  # the outages under way (their log events)
         self._thread = threading.Thread(target=self._run, name=f"lane-{company.name}", daemon=True)
@@ -305,12 +301,10 @@ class Lane:
                         bound.info(_RECOVERED[outage], detail="work has resumed")
                     self._outages.clear()
                 except AuthError as exc:
-                    if not self._auth_outage:  # said once per outage, not once per try
+                    if not self._auth_outage:  # logged once per outage, not once per try
                         self._auth_outage = True
                         bound.error("auth_failed", reason=str(exc), file=item.found.path.name)
-                        self._finished_from_ledger(ledger, item.found)
-                    else:  # this try's failed close has nothing new to e-mail
-                        self._nothing_to_announce(ledger, item.found)
+                    self._finished_from_ledger(ledger, item.found)  # told once: see announce
                     self._requeue_front(item, ledger)
                     self._pause(f"authentication failed: {exc}")
                     reread_key = True  # a key rotated in its file needs no reload
@@ -373,7 +367,6 @@ class Lane:
                 self._finished(FolderResult(self._folder(found, kind), [stray]))
             return
         folder = self._folder(found, kind)
-        new_problem = self._note_config_problem(folder)
         result = pipeline.ingest_files(folder, [found.path])
         if any(f.changed for f in result.files):
             # Still being written: nothing to tell anyone yet. Its next version starts once
@@ -387,41 +380,7 @@ class Lane:
             self._finished(result, announce=False)
             return
         if any(not f.unchanged for f in result.files):
-            repeated = self._failure_repeated(found.path, result)
-            self._finished(result, announce=new_problem is not False and not repeated)
-
-    def _failure_repeated(self, path: Path, result: FolderResult) -> bool:
-        """Did this file fail again just as it did last time? (A failed file is retried at
-        every rescan; the same failure again is not news.)"""
-        runs = [f.run for f in result.files]
-        if not runs or runs[-1].state is not FileState.FAILED:
-            self._failures_said.pop(path, None)
-            return False
-        reason = runs[-1].reason
-        repeated = self._failures_said.get(path) == reason
-        self._failures_said[path] = reason
-        return repeated
-
-    def _note_config_problem(self, folder: ImportFolder) -> bool | None:
-        """Say once (per folder and reason) that a folder cannot be processed: True for a
-        new problem, False for one already said, None when config.json is valid."""
-        try:
-            with folder.open() as directory:
-                load_folder_config(directory, folder.kind)
-        except LayoutError as exc:
-            if self._folder_problems.get(folder.path) == str(exc):
-                return False
-            self._folder_problems[folder.path] = str(exc)
-            log.warning(
-                "folder_not_processed",
-                company=self.name,
-                folder=folder.name,
-                reason=str(exc),
-                fix="correct config.json in place; waiting files are processed then",
-            )
-            return True
-        self._folder_problems.pop(folder.path, None)
-        return None
+            self._finished(result)
 
     def _finished_from_ledger(self, ledger: Ledger, found: Found) -> None:
         """Report a file the pipeline closed before raising (e.g. on a refused key)."""
@@ -429,12 +388,6 @@ class Lane:
         if run is not None and found.placed.kind in KINDS:
             folder = self._folder(found, KINDS[found.placed.kind])
             self._finished(FolderResult(folder, [FileResult(run, None)]))
-
-    def _nothing_to_announce(self, ledger: Ledger, found: Found) -> None:
-        with contextlib.suppress(LedgerError):  # at worst, one more e-mail after a rescan
-            run = _latest_run(ledger, found)
-            if run is not None:
-                ledger.mark_announced([run.id])
 
     def _folder(self, found: Found, kind: ImportKind) -> ImportFolder:
         p = found.placed
