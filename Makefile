@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bound_bench.py
 	$(BIN)/python bench/sdk_bench.py
 	$(BIN)/python bench/many_files_bench.py
+	$(BIN)/python bench/startup_bench.py
 
 # Coverage-guided fuzzing of the parsers for FUZZ_SECONDS (the corpus is kept in .fuzz-corpus/).
 FUZZ_SECONDS ?= 300

@@ -64,6 +64,18 @@ def run_ours(path: Path) -> int:
     return count
 
 
+def run_floor(path: Path) -> int:
+    """The least any JSONL parser must do: orjson.loads of every line, nothing else."""
+    import orjson
+
+    loads, count = orjson.loads, 0
+    with path.open("rb") as handle:
+        for line in handle:
+            if loads(line):
+                count += 1
+    return count
+
+
 def run_baseline(path: Path) -> int:
     import csv
 
@@ -107,7 +119,7 @@ def peak_rss_mb() -> float:
 
 def one(variant: str, path: Path) -> None:
     began, cpu = time.perf_counter(), time.process_time()
-    count = (run_ours if variant == "ours" else run_baseline)(path)
+    count = {"ours": run_ours, "baseline": run_baseline, "floor": run_floor}[variant](path)
     wall = time.perf_counter() - began
     peak_mb = peak_rss_mb()
     print(
@@ -163,6 +175,14 @@ def main() -> None:
                 print(
                     f"| {path.name} | {name} | {r['records'] / r['wall']:,.0f} | {r['cpu']:.2f}"
                     f" | {r['peak_rss_mb']:.0f} | {ratio:.2f}x |"
+                )
+            if path.suffix == ".jsonl":
+                floor = measure("floor", path)
+                print(
+                    f"| {path.name} | floor (orjson.loads per line) | "
+                    f"{floor['records'] / floor['wall']:,.0f} | {floor['cpu']:.2f} | "
+                    f"{floor['peak_rss_mb']:.0f} | ingestor ÷ floor: "
+                    f"{ours['wall'] / floor['wall']:.2f}x |"
                 )
         if args.big_gb:
             big = Path(tmp) / "big.jsonl"

@@ -25,7 +25,7 @@ _EXPORTS = {
     "check_service_settings": "ingestor.service_config",
     "ingest_folder_once": "ingestor.app",
     "load_service_settings": "ingestor.service_config",
-    "validate_path": "ingestor.app",
+    "validate_path": "ingestor.validation",
 }
 
 __all__ = [
@@ -45,13 +45,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ingestor.app import ingest_folder_once, validate_path
+    from ingestor.app import ingest_folder_once
     from ingestor.config import ApiKey, Settings
     from ingestor.errors import ConfigError, IngestorError
     from ingestor.ledger import FileState
     from ingestor.pipeline import Pipeline
     from ingestor.service_config import check_service_settings, load_service_settings
     from ingestor.simulator import Simulator
+    from ingestor.validation import validate_path
     from ingestor.worker.service import Service
 
 

@@ -11,28 +11,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import orjson
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, cast
 
 from ingestor import __version__, crashpoints
-from ingestor.app import (
-    Validation,
-    ingest_folder_once,
-    run_demo,
-    sample_drop,
-    start_simulator,
-    validate_path,
-)
 from ingestor.cli_common import (
     EXIT_AUTH,
     EXIT_INCOMPLETE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    LazyConsole,
     add_knob_flags,
     add_log_options,
     from_flags,
@@ -46,15 +34,25 @@ from ingestor.errors import (
     LayoutError,
     StateUnwritable,
 )
-from ingestor.ledger import FileRun
 from ingestor.logs import configure_logging
-from ingestor.pipeline import FileResult, FolderResult
-from ingestor.records import FileCounts
 from ingestor.service_cli import add_service_commands, cmd_service_status
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from ingestor.ledger import FileRun
+    from ingestor.pipeline import FolderResult
+    from ingestor.records import FileCounts
+    from ingestor.validation import Validation
+
+# A command imports what it uses when it runs: `validate` never loads the HTTP client, the
+# ledger, e-mail, SFTP or rich (tests/test_cli.py::test_validate_loads_only_the_parsers).
 # Tables stay readable when piped (rich would otherwise assume 80 columns).
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True)  # one line per message, however long
+_out = LazyConsole(width=None if sys.stdout.isatty() else 200)
+_err = LazyConsole(stderr=True, soft_wrap=True)  # one line per message, however long
+out, err = cast("Console", _out), cast("Console", _err)
 
 
 def default_state_dir() -> Path:
@@ -125,6 +123,8 @@ class _ProgressView:
 
 
 def _summary_table(results: Sequence[FolderResult], title: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
     for column in (
         "company",
@@ -142,7 +142,7 @@ def _summary_table(results: Sequence[FolderResult], title: str) -> Table:
             overflow="fold",
         )
     for folder in results:
-        rows: list[FileResult] = folder.files
+        rows = folder.files
         if not rows and folder.error:
             table.add_row(
                 folder.folder.company,
@@ -174,9 +174,13 @@ def _summary_table(results: Sequence[FolderResult], title: str) -> Table:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ingestor.app import ingest_folder_once
+
     key = ApiKey.from_env(args.api_key_env, os.environ)
     configure_logging(
-        args.log_format, args.log_level, secrets=[key.value], stream=_ConsoleStream(err)
+        args.log_format, args.log_level, secrets=[key.value], stream=_ConsoleStream(_err.real)
     )
     settings = Settings(state_dir=Path(args.state_dir), api=_api_settings(args))
     stop = _stop_on_signals()
@@ -186,7 +190,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         TextColumn("{task.fields[sent]:,} sent · {task.fields[rate]} rec/s"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, disable=not err.is_terminal) as progress:
+    with Progress(*columns, console=_err.real, disable=not err.is_terminal) as progress:
         result = ingest_folder_once(
             Path(args.folder),
             key,
@@ -207,25 +211,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _print_validation(result: Validation) -> None:
+    """Plain lines (red for what would not be processed, on a terminal): printing them
+    through rich would cost ``validate`` more start-up time than parsing a small file."""
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    red, bold, plain = ("\033[31m", "\033[1m", "\033[0m") if colour else ("", "", "")
+    lines: list[str] = []
     if result.data_source_id:
-        out.print(f"config.json: data source [bold]{result.data_source_id}[/]")
+        lines.append(f"config.json: data source {bold}{result.data_source_id}{plain}")
     if result.folder_error:
-        out.print(f"[red]folder would not be processed:[/] {result.folder_error}")
+        lines.append(f"{red}folder would not be processed:{plain} {result.folder_error}")
     for file in result.files:
         if file.error:
-            out.print(f"[red]{file.path.name}: rejected:[/] {file.error}")
+            lines.append(f"{red}{file.path.name}: rejected:{plain} {file.error}")
             continue
-        out.print(
-            f"[bold]{file.path.name}[/]: {file.records:,} records would be sent in "
+        lines.append(
+            f"{bold}{file.path.name}{plain}: {file.records:,} records would be sent in "
             f"{file.batches:,} requests ({file.body_bytes:,} bytes); "
             f"{len(file.rejects):,} rows would be skipped"
         )
-        for sample in file.preview:
-            out.print("  e.g. " + sample.decode("utf-8", "replace")[:200], markup=False)
-        for reject in file.rejects:
-            out.print(f"  line {reject.line}: {reject.reason}", markup=False)
-    for name in result.ignored:
-        out.print(f"ignored: {name}", markup=False)
+        lines += ["  e.g. " + sample.decode("utf-8", "replace")[:200] for sample in file.preview]
+        lines += [f"  line {reject.line}: {reject.reason}" for reject in file.rejects]
+    lines += [f"ignored: {name}" for name in result.ignored]
+    sys.stdout.write("".join(line + "\n" for line in lines))
 
 
 def _validation_json(result: Validation) -> dict[str, Any]:
@@ -250,12 +257,15 @@ def _validation_json(result: Validation) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    configure_logging(args.log_format, args.log_level)
+    from ingestor.validation import validate_path
+
     target = Path(args.path)
     if not target.exists():
         raise ConfigError(f"{target} does not exist")
     result = validate_path(target)
     if args.json:
+        import orjson
+
         sys.stdout.buffer.write(orjson.dumps(_validation_json(result), option=orjson.OPT_INDENT_2))
         sys.stdout.write("\n")
     else:
@@ -264,6 +274,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from ingestor.app import start_simulator
+
     keys = dict(pair.split("=", 1) for pair in args.key) or {"sim-key": "default"}
     setup = start_simulator(
         keys,
@@ -294,6 +306,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ingestor.app import run_demo, sample_drop
+
     configure_logging("console" if args.log_format == "auto" else args.log_format, "warning")
     drop = Path(args.drop) if args.drop else sample_drop()
     if not drop.is_dir():

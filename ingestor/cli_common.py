@@ -5,12 +5,37 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ingestor.logs import LOG_FORMATS, LOG_LEVELS
 from ingestor.toml_reader import Declared, knobs
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 D = TypeVar("D")
+
+
+class LazyConsole:
+    """A rich Console made on first use: rich costs tens of milliseconds to import, and a
+    command like ``validate`` that prints plain lines need not pay them."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    @property
+    def real(self) -> Console:
+        """The console itself (for what keeps it, like a progress bar)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
 
 EXIT_OK = 0  # done
 EXIT_INCOMPLETE = 1  # a file or folder was not processed (the reason is printed)

@@ -11,8 +11,6 @@ import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Protocol, TextIO, cast
 
-import structlog
-
 REDACTED = "***"
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -57,6 +55,8 @@ def configure_logging(
     stream: Stream | None = None,
 ) -> None:
     """``fmt`` is 'json', 'console' or 'auto' (console on a terminal, JSON otherwise)."""
+    import structlog  # here, not at the top: a command that never logs never loads it
+
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (

@@ -12,30 +12,23 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
-from ingestor.app import find_run, resend_report
 from ingestor.cli_common import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, add_log_options
 from ingestor.errors import ConfigError
-from ingestor.ledger import FileRun, open_existing_ledger
 from ingestor.logs import configure_logging
-from ingestor.notify.message import render
-from ingestor.reports import FileReport
-from ingestor.service_config import (
-    check_service_settings,
-    example_settings,
-    load_service_settings,
-)
-from ingestor.sftp.auth import fingerprint, hash_password
-from ingestor.sftp.server import SftpEndpoint
-from ingestor.worker.lock import LOCK_NAME, lock_holder
-from ingestor.worker.service import Service
-from ingestor.worker.status import LIVE_NAME, read_live, records_per_second, service_status
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ingestor.ledger import FileRun
+
+# Each command imports what it uses when it runs (the service, SFTP and e-mail are heavy).
 
 
 def cmd_check_config(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from ingestor.service_config import check_service_settings, example_settings
+
     if args.example:
         out.file.write(example_settings())
         return EXIT_OK
@@ -61,6 +54,9 @@ def cmd_check_config(args: argparse.Namespace, out: Console, err: Console) -> in
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ingestor.service_config import load_service_settings
+    from ingestor.worker.service import Service
+
     path = Path(args.config)
     settings = load_service_settings(path)
     secrets: list[str] = []
@@ -80,6 +76,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sftp(args: argparse.Namespace, out: Console) -> int:
+    from ingestor.service_config import load_service_settings
+    from ingestor.sftp.auth import fingerprint
+    from ingestor.sftp.server import SftpEndpoint
+
     """The SFTP endpoint alone (uploads land in the drop tree; nothing is ingested)."""
     settings = load_service_settings(Path(args.config))
     if settings.sftp is None:
@@ -103,6 +103,8 @@ def cmd_sftp(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_sftp_password(args: argparse.Namespace, out: Console) -> int:
+    from ingestor.sftp.auth import hash_password
+
     """Hash a password for ``sftp_password_hash`` (read from stdin, never from argv)."""
     password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline()
     password = password.rstrip("\n")
@@ -113,6 +115,8 @@ def cmd_sftp_password(args: argparse.Namespace, out: Console) -> int:
 
 
 def _rate(run: FileRun, now: float) -> str:
+    from ingestor.worker.status import records_per_second
+
     return f"{records_per_second(run, now):,.0f}"
 
 
@@ -125,6 +129,13 @@ def _age(seconds: float) -> str:
 
 
 def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    from ingestor.ledger import open_existing_ledger
+    from ingestor.service_config import load_service_settings
+    from ingestor.worker.lock import LOCK_NAME, lock_holder
+    from ingestor.worker.status import LIVE_NAME, read_live, service_status
+
     """``status``: with ``--config`` its state dir, else ``--state-dir``; one renderer."""
     state_dir = (
         load_service_settings(Path(args.config)).state_dir if args.config else Path(args.state_dir)
@@ -308,12 +319,19 @@ def add_service_commands(
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
+    from ingestor.service_config import load_service_settings
+
     if args.config:
         return load_service_settings(Path(args.config)).state_dir
     return Path(args.state_dir)
 
 
 def cmd_report(args: argparse.Namespace, out: Console) -> int:
+    from ingestor.app import find_run
+    from ingestor.ledger import open_existing_ledger
+    from ingestor.notify.message import render
+    from ingestor.reports import FileReport
+
     ledger = open_existing_ledger(_state_dir(args))
     try:
         run = find_run(ledger, args.which)
@@ -331,6 +349,9 @@ def cmd_report(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_notify(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from ingestor.app import resend_report
+    from ingestor.service_config import load_service_settings
+
     settings = load_service_settings(Path(args.config))
     resent = resend_report(settings, args.resend, tuple(args.to), os.environ)
     if settings.notify.smtp is None:

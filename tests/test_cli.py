@@ -62,6 +62,25 @@ def test_validate_lists_what_would_be_sent_and_skipped() -> None:
     assert "line 18: row has 5 cells" in text.stdout
 
 
+def test_validate_loads_only_the_parsers() -> None:
+    """``validate`` starts in a fraction of the time it took when it imported the HTTP
+    client, SFTP, e-mail and logging it never uses (bench/startup_bench.py has the times)."""
+    folder = SAMPLE / "acme/imports/custom_objects/orders_messy"
+    code = (
+        "import sys, contextlib, io\n"
+        "import ingestor.cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    ingestor.cli.main(['validate', {str(folder)!r}])\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    loaded = {name.split(".")[0] for name in result.stdout.split()}
+    heavy = {"httpx", "paramiko", "jinja2", "rich", "structlog", "sqlite3", "watchdog", "ssl"}
+    assert loaded & heavy == set()
+    assert "ingestor.parsers" in result.stdout.split()
+
+
 def test_validate_reports_a_bad_config_and_fails() -> None:
     result = ingestor("validate", str(SAMPLE / "acme/imports/custom_objects/coupons_bad_config"))
     assert result.returncode == 1

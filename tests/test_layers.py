@@ -14,7 +14,7 @@ LAYERS: list[set[str]] = [
     {"errors", "kinds", "records", "crashpoints", "toml_reader", "logs"},
     {"config", "dropfile"},
     {"layout", "parsers", "batcher", "ledger", "ratelimit", "klaviyo"},
-    {"identity", "reports", "sender", "discovery", "simulator"},
+    {"identity", "reports", "sender", "discovery", "simulator", "validation"},
     {"notify", "sftp", "pipeline"},
     {"service_config"},
     {"app", "worker", "cli_common"},

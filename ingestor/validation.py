@@ -1,0 +1,86 @@
+"""``ingestor validate``: a file or an import folder parsed and batched exactly as ingestion
+would, with nothing sent. Kept apart from ``app`` so the command loads only the parsers
+(no HTTP client, ledger, e-mail or logging set-up)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingestor.batcher import batches
+from ingestor.dropfile import open_directory
+from ingestor.errors import LayoutError, ParseError
+from ingestor.kinds import CUSTOM_OBJECTS, ImportKind
+from ingestor.layout import data_format, list_folder, load_folder_config, locate_import_folder
+from ingestor.parsers import ParseLimits, parse_file
+from ingestor.records import Reject
+
+
+@dataclass
+class FileValidation:
+    path: Path
+    records: int = 0
+    batches: int = 0
+    body_bytes: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+    preview: list[bytes] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class Validation:
+    target: Path
+    folder_error: str = ""
+    data_source_id: str = ""
+    files: list[FileValidation] = field(default_factory=list)
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.folder_error and not any(f.error for f in self.files)
+
+
+def validate_file(
+    path: Path, kind: ImportKind = CUSTOM_OBJECTS, preview: int = 3
+) -> FileValidation:
+    """Parse and batch a file exactly as ingestion would, without sending anything."""
+    result = FileValidation(path)
+    fmt = data_format(path.name)
+    if fmt is None:
+        result.error = "not a .csv or .jsonl file"
+        return result
+    limits = ParseLimits(max_record_bytes=kind.limits.max_record_bytes)
+    envelope = kind.envelope("0" * 26)
+    try:
+        with open_directory(path.parent) as directory, directory.open_file(path.name) as file:
+            for item in batches(parse_file(file.reader(), fmt, limits), envelope, kind.limits):
+                if isinstance(item, Reject):
+                    result.rejects.append(item)
+                elif item.records:
+                    result.batches += 1
+                    result.records += len(item.records)
+                    result.body_bytes += item.body_size
+                    room = max(0, preview - len(result.preview))
+                    result.preview += [r.json for r in item.records[:room]]
+    except (ParseError, LayoutError, OSError) as exc:
+        result.error = str(exc)
+    return result
+
+
+def validate_path(target: Path) -> Validation:
+    """``ingestor validate``: a data file, or an import folder (config.json included)."""
+    if target.is_file():
+        return Validation(target, files=[validate_file(target)])
+    result = Validation(target)
+    try:
+        folder = locate_import_folder(target)
+        with open_directory(folder.path) as directory:
+            result.data_source_id = load_folder_config(directory, folder.kind).target_id
+    except LayoutError as exc:
+        result.folder_error = str(exc)
+    if target.is_dir():
+        with open_directory(target) as directory:
+            listing = list_folder(directory)
+        result.ignored = listing.ignored
+        result.files = [validate_file(p) for p in listing.data_files]
+    return result
