@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.par
 
 with atheris.instrument_imports():
     from ingestor.errors import ParseError
-    from ingestor.parsers import ParseLimits, parse_csv, parse_jsonl
+    from ingestor.parsers import ParseLimits, parse_csv, parse_jsonl, parse_jsonl_blocks
     from ingestor.parsers import csv as csv_module
     from tests.parser_accounting import (
         check_accounting,
@@ -43,6 +43,11 @@ def test_one_input(data: bytes) -> None:
     check_accounting(found, len(data))
     expected = jsonl_lines_expected(data, LIMITS.max_line_bytes)
     assert len(found) == expected, "a JSONL line neither sent nor skipped"
+    block = 1 + (data[0] if data else 0) % 97  # the block path, through the batcher
+    fast = sent_or_skipped(
+        lambda handle, limits: parse_jsonl_blocks(handle, limits, block_bytes=block), data, LIMITS
+    )
+    assert fast == found, "the JSONL block path differs from line by line"
     csv_data = b"id,name,tags\n" + data
     try:
         whole = sent_or_skipped(parse_csv, csv_data, LIMITS)

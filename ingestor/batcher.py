@@ -7,10 +7,12 @@ write them as they come; a Batch's end position covers everything yielded before
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate
 
 from ingestor.kinds import BatchLimits, Envelope
-from ingestor.records import Batch, Record, Reject
+from ingestor.records import Batch, LineRun, Record, Reject
 
 # With no records pending, emit a progress marker after this many rejects so a file of
 # mostly bad lines still checkpoints.
@@ -22,13 +24,17 @@ def oversize_reason(size: int, limit: int) -> str:
 
 
 def batches(
-    items: Iterable[Record | Reject], envelope: Envelope, limits: BatchLimits
+    items: Iterable[LineRun | Record | Reject], envelope: Envelope, limits: BatchLimits
 ) -> Iterator[Batch | Reject]:
     """Yield Rejects as met and a Batch whenever the next record would overflow a limit.
 
-    The last Batch (possibly without records) ends where the input ended.
+    A LineRun (a block of records from the JSONL parser) is packed a batch at a time, by
+    its cumulative sizes, never a record at a time; the batches are the same as if its
+    records had come one by one. The last Batch (possibly without records) ends where the
+    input ended.
     """
-    pending: list[Record] = []
+    pending: list[Record] = []  # records that came one by one...
+    run: LineRun | None = None  # ...or, once a LineRun has joined the batch, all as lists
     fixed_size = envelope.fixed_size
     body_size = fixed_size - 1  # each record adds itself and a comma; the first needs none
     item_overhead = len(envelope.item_prefix) + len(envelope.item_suffix)
@@ -37,44 +43,109 @@ def batches(
         limits.max_records,
         limits.max_record_bytes,
     )
-    end_offset = end_line = 0  # where the last item before ``pending`` ended
-    last: Record | None = None  # the newest pending record (its end is read only when needed)
+    end_offset = end_line = 0  # where the last item before the pending records ended
+    record_last = False  # the newest item is a pending record (the batch ends with it)
     rejects_since_batch = 0
-    for item in items:
-        if type(item) is Reject:
-            yield item
-            if last is not None:  # a reject after pending records ends further on
-                last = None
-            end_offset, end_line = item.end_offset, item.end_line
+
+    def batch() -> Batch:
+        held: Sequence[Record] = run if run is not None else tuple(pending)
+        if record_last:
+            return Batch(held, held[-1].end_offset, held[-1].end_line, body_size)
+        return Batch(held, end_offset, end_line, body_size)
+
+    for item in _within_limits(items, fixed_size + item_overhead, max_body, max_record):
+        kind = type(item)
+        if kind is Reject:
+            yield item  # type: ignore[misc]
+            end_offset, end_line = item.end_offset, item.end_line  # type: ignore[union-attr]
+            record_last = False
             rejects_since_batch += 1
-            if not pending and rejects_since_batch >= REJECTS_PER_MARKER:
+            if not pending and run is None and rejects_since_batch >= REJECTS_PER_MARKER:
                 yield Batch((), end_offset, end_line, 0)
                 rejects_since_batch = 0
             continue
-        size = len(item.json)  # type: ignore[union-attr]
-        item_size = size + item_overhead
-        if size > max_record or fixed_size + item_size > max_body:
-            if last is not None:
-                last = None
-            yield Reject(
-                item.line,
-                item.end_line,
-                item.end_offset,
-                oversize_reason(size, max_record),
-                item.json[:200].decode("utf-8", "replace"),  # type: ignore[union-attr]
-            )
-            end_offset, end_line = item.end_offset, item.end_line
+        if kind is LineRun:
+            block: LineRun = item  # type: ignore[assignment]
+            sizes = [size + item_overhead + 1 for size in map(len, block.jsons)]
+            totals = list(accumulate(sizes, initial=0))
+            start, count = 0, len(sizes)
+            while start < count:
+                held = len(run) if run is not None else len(pending)
+                if held == max_records or (held and body_size + sizes[start] > max_body):
+                    full = batch()
+                    yield full
+                    end_offset, end_line = full.end_offset, full.end_line
+                    pending, run, body_size = [], None, fixed_size - 1
+                    rejects_since_batch = 0
+                    continue
+                room = max_body - body_size + totals[start]
+                fits = bisect_right(totals, room, lo=start + 1) - 1 - start
+                take = min(max(fits, 1), max_records - held, count - start)
+                piece = block[start : start + take]  # fresh lists: the batch may grow them
+                if run is None and not pending:
+                    run = piece
+                else:
+                    if run is None:
+                        run, pending = LineRun.of(pending), []
+                    run.jsons += piece.jsons
+                    run.lines += piece.lines
+                    run.end_lines += piece.end_lines
+                    run.ends += piece.ends
+                body_size += totals[start + take] - totals[start]
+                start += take
+                record_last = True
             continue
-        if pending and (len(pending) == max_records or body_size + item_size + 1 > max_body):
-            if last is not None:
-                end_offset, end_line = last.end_offset, last.end_line
-            yield Batch(tuple(pending), end_offset, end_line, body_size)
-            pending, body_size = [], fixed_size - 1  # the comma below is not needed first
+        record: Record = item  # type: ignore[assignment]
+        item_size = len(record.json) + item_overhead
+        held = len(run) if run is not None else len(pending)
+        if held and (held == max_records or body_size + item_size + 1 > max_body):
+            full = batch()
+            yield full
+            end_offset, end_line = full.end_offset, full.end_line
+            pending, run, body_size = [], None, fixed_size - 1
             rejects_since_batch = 0
-        pending.append(item)  # type: ignore[arg-type]
+        if run is not None:
+            run.jsons.append(record.json)
+            run.lines.append(record.line)
+            run.end_lines.append(record.end_line)
+            run.ends.append(record.end_offset)
+        else:
+            pending.append(record)
         body_size += item_size + 1
-        last = item  # type: ignore[assignment]
-    if last is not None:
-        end_offset, end_line = last.end_offset, last.end_line
-    if pending or end_offset:
-        yield Batch(tuple(pending), end_offset, end_line, body_size if pending else 0)
+        record_last = True
+    if pending or run is not None:
+        yield batch()
+    elif end_offset:
+        yield Batch((), end_offset, end_line, 0)
+
+
+def _within_limits(
+    items: Iterable[LineRun | Record | Reject], fixed: int, max_body: int, max_record: int
+) -> Iterator[LineRun | Record | Reject]:
+    """The items, with each record too large to send replaced by its Reject (a LineRun
+    holding one is taken apart, which is rare: the parser caps lines near the limit)."""
+    for item in items:
+        kind = type(item)
+        if kind is Reject:
+            yield item
+            continue
+        if kind is LineRun:
+            longest = max(map(len, item.jsons))  # type: ignore[union-attr]
+            if longest <= max_record and fixed + longest <= max_body:
+                yield item
+                continue
+            records: Iterable[Record] = item  # type: ignore[assignment]
+        else:
+            records = (item,)  # type: ignore[assignment]
+        for record in records:
+            size = len(record.json)
+            if size > max_record or fixed + size > max_body:
+                yield Reject(
+                    record.line,
+                    record.end_line,
+                    record.end_offset,
+                    oversize_reason(size, max_record),
+                    record.json[:200].decode("utf-8", "replace"),
+                )
+            else:
+                yield record

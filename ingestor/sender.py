@@ -41,7 +41,7 @@ from ingestor.errors import (
 from ingestor.kinds import Envelope
 from ingestor.klaviyo import Answer, KlaviyoClient
 from ingestor.ratelimit import AccountLimiter
-from ingestor.records import Record, Reject, SendOutcome
+from ingestor.records import Record, Reject, SendOutcome, jsons_of
 
 SYSTEMIC_MIN_REFUSALS = 8
 POISON_AFTER = 3  # transient failures of one body in a row before the API itself is checked
@@ -196,7 +196,7 @@ class Sender:
     def _deliver(self, part: Sequence[Record], tally: _Tally, outage: bool) -> None:
         """Send one body until the API decides on it (2xx, 413 or a refusal). Unless in an
         ``outage``, a body that fails every time raises _FailsEveryTime."""
-        body = self.envelope.body([record.json for record in part])
+        body = self.envelope.body(jsons_of(part))
         lost = tally.lost_answers
         try:
             answer = self.call(

@@ -12,9 +12,9 @@ import orjson
 from ingestor.batcher import batches
 from ingestor.kinds import CUSTOM_OBJECTS
 from ingestor.parsers import ParseLimits
-from ingestor.records import Batch, Record, Reject
+from ingestor.records import Batch, LineRun, Record, Reject
 
-Parser = Callable[[BinaryIO, ParseLimits], Iterator[Record | Reject]]
+Parser = Callable[[BinaryIO, ParseLimits], Iterator[LineRun | Record | Reject]]
 ENVELOPE = CUSTOM_OBJECTS.envelope("01KTMWCZ8ZMNZS0HG5HQNX0H6E")
 
 

@@ -6,22 +6,23 @@ one record's worth of a file in memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from ingestor.parsers.common import ParseLimits
 from ingestor.parsers.csv import parse_csv
-from ingestor.parsers.jsonl import parse_jsonl
-from ingestor.records import Record, Reject
+from ingestor.parsers.jsonl import parse_jsonl, parse_jsonl_blocks
+from ingestor.records import LineRun, Record, Reject
 
-__all__ = ["ParseLimits", "parse_csv", "parse_file", "parse_jsonl"]
+__all__ = ["ParseLimits", "parse_csv", "parse_file", "parse_jsonl", "parse_jsonl_blocks"]
 
 
 def parse_file(
     handle: BinaryIO, fmt: str, limits: ParseLimits, start_offset: int = 0, start_line: int = 0
-) -> Iterator[Record | Reject]:
+) -> Iterator[LineRun | Record | Reject]:
     """Parse an open file as ``fmt`` ('csv' or 'jsonl') from a checkpoint. The parser's own
-    generator is returned (no wrapper in between); it closes ``handle`` when done."""
+    generator is returned (no wrapper in between); it closes ``handle`` when done. JSONL
+    comes a block at a time where it can (see ``parse_jsonl_blocks``)."""
     parser = _PARSERS.get(fmt)
     if parser is None:
         handle.close()
@@ -29,4 +30,7 @@ def parse_file(
     return parser(handle, limits, start_offset, start_line, close=True)
 
 
-_PARSERS = {"csv": parse_csv, "jsonl": parse_jsonl}
+_PARSERS: dict[str, Callable[..., Iterator[LineRun | Record | Reject]]] = {
+    "csv": parse_csv,
+    "jsonl": parse_jsonl_blocks,
+}

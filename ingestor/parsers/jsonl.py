@@ -6,8 +6,10 @@ same bytes (no decode/encode round trip, and big integers keep every digit).
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from itertools import accumulate
 from typing import BinaryIO
 
 import orjson
@@ -19,7 +21,7 @@ from ingestor.parsers.common import (
     excerpt,
     skip_long_line,
 )
-from ingestor.records import Record, Reject
+from ingestor.records import LineRun, Record, Reject
 
 JSON_WHITESPACE = b" \t\r\n"  # RFC 8259; bytes.strip() would also take \f and \v
 
@@ -53,64 +55,147 @@ def parse_jsonl(
     close: bool = False,
 ) -> Iterator[Record | Reject]:
     """Yield a Record per JSON-object line and a Reject per bad line, from a checkpoint
-    (closing ``handle`` at the end if ``close``)."""
+    (closing ``handle`` at the end if ``close``). The reference for ``parse_jsonl_blocks``."""
     try:
         check_not_utf16(handle, "JSON Lines")
         handle.seek(start_offset)
-        offset, line_no = start_offset, start_line
-        max_line = limits.max_line_bytes
-        loads, decode_error, whitespace = orjson.loads, orjson.JSONDecodeError, JSON_WHITESPACE
-        while True:
-            raw = handle.readline(max_line)
-            if not raw:
-                return
-            line_no += 1
-            offset += len(raw)
-            if len(raw) == max_line and not raw.endswith(b"\n"):
-                offset += skip_long_line(handle, max_line)
-                yield Reject(
-                    line_no,
-                    line_no,
-                    offset,
-                    f"line is over {max_line:,} bytes, larger than a record may be; skipped unread",
-                    excerpt(raw, limits.max_excerpt),
-                )
-                continue
-            if offset == len(raw) and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM) :]
-            body = raw.strip(whitespace)
-            if not body:
-                continue
-            try:
-                try:
-                    value = loads(body)
-                except decode_error:
-                    # A BOM mid-file: files that each began with one, concatenated. Looked
-                    # for only here, so the common path pays nothing for it.
-                    if not body.startswith(UTF8_BOM):
-                        raise
-                    body = body[len(UTF8_BOM) :].strip(JSON_WHITESPACE)
-                    value = loads(body)
-            except decode_error as exc:
-                yield Reject(
-                    line_no,
-                    line_no,
-                    offset,
-                    _invalid_reason(exc),
-                    excerpt(body, limits.max_excerpt),
-                )
-                continue
-            if type(value) is not dict:
-                kind = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
-                yield Reject(
-                    line_no,
-                    line_no,
-                    offset,
-                    f"line is {kind}, not a JSON object",
-                    excerpt(body, limits.max_excerpt),
-                )
-                continue
-            yield Record(line_no, line_no, offset, body)
+        yield from _line_by_line(handle, limits, start_offset, start_line, None)
     finally:
         if close:
             handle.close()
+
+
+BLOCK_BYTES = 256 * 1024
+# Any of these in a block sends it line by line: a blank line, a line padded with
+# whitespace (its record is the stripped line), a lone CR.
+_NOT_FAST = (b"\n\n", b" \n", b"\t\n", b"\n ", b"\n\t", b" \r", b"\t\r")
+
+
+def parse_jsonl_blocks(
+    handle: BinaryIO,
+    limits: ParseLimits,
+    start_offset: int = 0,
+    start_line: int = 0,
+    close: bool = False,
+    block_bytes: int = BLOCK_BYTES,
+) -> Iterator[LineRun | Record | Reject]:
+    """What ``parse_jsonl`` yields, a block at a time: a block of lines that are all plain
+    JSON objects (the common case, LF or CRLF) comes as one LineRun, without a Record per
+    line; any other block (a blank, bad, padded or overlong line, a BOM) goes line by line
+    through ``parse_jsonl``'s own code. Flattened, the two give the same items."""
+    try:
+        check_not_utf16(handle, "JSON Lines")
+        handle.seek(start_offset)
+        offset, line_no, rest = start_offset, start_line, b""
+        loads, max_line = orjson.loads, limits.max_line_bytes
+        while True:
+            data = rest + handle.read(block_bytes)
+            if not data:
+                return
+            cut = data.rfind(b"\n") + 1
+            body, rest = data[:cut], data[cut:]
+            lines = _plain_lines(body, offset == 0, max_line)
+            if lines is not None:
+                try:
+                    if set(map(type, map(loads, lines))) != {dict}:
+                        lines = None
+                except orjson.JSONDecodeError:
+                    lines = None
+            if lines is not None:
+                count, newline = len(lines), 2 if body.endswith(b"\r\n") else 1
+                numbers = list(range(line_no + 1, line_no + count + 1))
+                steps = range(offset + newline, offset + newline * count + 1, newline)
+                ends = list(map(operator.add, accumulate(map(len, lines)), steps))
+                offset, line_no = offset + cut, line_no + count
+                yield LineRun(lines, numbers, numbers, ends)
+                continue
+            # Line by line, up to the block's last newline (or through one line, however
+            # long, when the block holds none), then blocks again from where it stopped.
+            handle.seek(offset)
+            stop_at = offset + cut if cut else offset + 1
+            offset, line_no = yield from _line_by_line(handle, limits, offset, line_no, stop_at)
+            rest = b""
+    finally:
+        if close:
+            handle.close()
+
+
+def _plain_lines(body: bytes, file_start: bool, max_line: int) -> list[bytes] | None:
+    """``body``'s lines (without their LF or CRLF) if none needs more than parsing, else
+    None. Checked with substring searches, not per line."""
+    if not body or body[:1] in b" \t\n" or (file_start and body.startswith(UTF8_BOM)):
+        return None
+    if any(pattern in body for pattern in _NOT_FAST):
+        return None
+    separator = b"\n"
+    if b"\r" in body:
+        newlines = body.count(b"\n")
+        if body.count(b"\r\n") != newlines or body.count(b"\r") != newlines:
+            return None
+        separator = b"\r\n"
+    lines = body.split(separator)
+    lines.pop()  # the empty remainder after the last separator
+    if max(map(len, lines)) + len(separator) > max_line:
+        return None
+    return lines
+
+
+def _line_by_line(
+    handle: BinaryIO, limits: ParseLimits, offset: int, line_no: int, stop_at: int | None
+) -> Generator[Record | Reject, None, tuple[int, int]]:
+    """Lines from ``offset`` (where ``handle`` is), until the end or the first line ending
+    at or past ``stop_at``; returns where it stopped (offset, line number)."""
+    max_line = limits.max_line_bytes
+    loads, decode_error, whitespace = orjson.loads, orjson.JSONDecodeError, JSON_WHITESPACE
+    while stop_at is None or offset < stop_at:
+        raw = handle.readline(max_line)
+        if not raw:
+            break
+        line_no += 1
+        offset += len(raw)
+        if len(raw) == max_line and not raw.endswith(b"\n"):
+            offset += skip_long_line(handle, max_line)
+            yield Reject(
+                line_no,
+                line_no,
+                offset,
+                f"line is over {max_line:,} bytes, larger than a record may be; skipped unread",
+                excerpt(raw, limits.max_excerpt),
+            )
+            continue
+        if offset == len(raw) and raw.startswith(UTF8_BOM):
+            raw = raw[len(UTF8_BOM) :]
+        body = raw.strip(whitespace)
+        if not body:
+            continue
+        try:
+            try:
+                value = loads(body)
+            except decode_error:
+                # A BOM mid-file: files that each began with one, concatenated. Looked
+                # for only here, so the common path pays nothing for it.
+                if not body.startswith(UTF8_BOM):
+                    raise
+                body = body[len(UTF8_BOM) :].strip(JSON_WHITESPACE)
+                value = loads(body)
+        except decode_error as exc:
+            yield Reject(
+                line_no,
+                line_no,
+                offset,
+                _invalid_reason(exc),
+                excerpt(body, limits.max_excerpt),
+            )
+            continue
+        if type(value) is not dict:
+            kind = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+            yield Reject(
+                line_no,
+                line_no,
+                offset,
+                f"line is {kind}, not a JSON object",
+                excerpt(body, limits.max_excerpt),
+            )
+            continue
+        yield Record(line_no, line_no, offset, body)
+    return offset, line_no
