@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 import re
+from collections import deque
 from collections.abc import Generator, Iterator
 from itertools import accumulate
 from typing import BinaryIO
@@ -66,9 +67,8 @@ def parse_jsonl(
 
 
 BLOCK_BYTES = 256 * 1024
-# Any of these in a block sends it line by line: a blank line, a line padded with
-# whitespace (its record is the stripped line), a lone CR.
-_NOT_FAST = (b"\n\n", b" \n", b"\t\n", b"\n ", b"\n\t", b" \r", b"\t\r")
+_FIRST, _LAST = operator.itemgetter(0), operator.itemgetter(-1)
+_OPEN, _CLOSE = ord("{"), ord("}")
 
 
 def parse_jsonl_blocks(
@@ -96,9 +96,8 @@ def parse_jsonl_blocks(
             body, rest = data[:cut], data[cut:]
             lines = _plain_lines(body, offset == 0, max_line)
             if lines is not None:
-                try:
-                    if set(map(type, map(loads, lines))) != {dict}:
-                        lines = None
+                try:  # each line is {...}: one that parses is an object
+                    deque(map(loads, lines), maxlen=0)
                 except orjson.JSONDecodeError:
                     lines = None
             if lines is not None:
@@ -121,21 +120,28 @@ def parse_jsonl_blocks(
 
 
 def _plain_lines(body: bytes, file_start: bool, max_line: int) -> list[bytes] | None:
-    """``body``'s lines (without their LF or CRLF) if none needs more than parsing, else
-    None. Checked with substring searches, not per line."""
-    if not body or body[:1] in b" \t\n" or (file_start and body.startswith(UTF8_BOM)):
+    """``body``'s lines (without their LF or CRLF) if each is ``{...}`` with nothing around
+    it and none is too long, else None. Checked with one-byte searches and C-level maps,
+    never a Python step per line (two-byte searches cost ten times a one-byte one)."""
+    if not body or (file_start and body.startswith(UTF8_BOM)) or b"\t" in body:
         return None
-    if any(pattern in body for pattern in _NOT_FAST):
-        return None
-    separator = b"\n"
-    if b"\r" in body:
+    if b"\r" in body:  # CRLF, and no other CR
         newlines = body.count(b"\n")
-        if body.count(b"\r\n") != newlines or body.count(b"\r") != newlines:
+        if body.count(b"\r") != newlines:
             return None
-        separator = b"\r\n"
-    lines = body.split(separator)
+        lines = body.split(b"\r\n")
+        if len(lines) != newlines + 1:
+            return None
+        separator = 2
+    else:
+        lines, separator = body.split(b"\n"), 1
     lines.pop()  # the empty remainder after the last separator
-    if max(map(len, lines)) + len(separator) > max_line:
+    try:  # a blank line has no first byte
+        if set(map(_FIRST, lines)) != {_OPEN} or set(map(_LAST, lines)) != {_CLOSE}:
+            return None
+    except IndexError:
+        return None
+    if max(map(len, lines)) + separator > max_line:
         return None
     return lines
 
