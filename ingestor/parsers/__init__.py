@@ -10,19 +10,27 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from ingestor.parsers.common import ParseLimits
-from ingestor.parsers.csv import parse_csv
+from ingestor.parsers.csv import parse_csv, parse_csv_blocks
 from ingestor.parsers.jsonl import parse_jsonl, parse_jsonl_blocks
 from ingestor.records import LineRun, Record, Reject
 
-__all__ = ["ParseLimits", "parse_csv", "parse_file", "parse_jsonl", "parse_jsonl_blocks"]
+__all__ = [
+    "ParseLimits",
+    "parse_csv",
+    "parse_csv_blocks",
+    "parse_file",
+    "parse_jsonl",
+    "parse_jsonl_blocks",
+]
 
 
 def parse_file(
     handle: BinaryIO, fmt: str, limits: ParseLimits, start_offset: int = 0, start_line: int = 0
 ) -> Iterator[LineRun | Record | Reject]:
     """Parse an open file as ``fmt`` ('csv' or 'jsonl') from a checkpoint. The parser's own
-    generator is returned (no wrapper in between); it closes ``handle`` when done. JSONL
-    comes a block at a time where it can (see ``parse_jsonl_blocks``)."""
+        generator is returned (no wrapper in between); it closes ``handle`` when done. JSONL
+        comes a block at a time where it can (see ``parse_jsonl_blocks``), CSV a chunk of rows
+    at a time (``parse_csv_blocks``)."""
     parser = _PARSERS.get(fmt)
     if parser is None:
         handle.close()
@@ -31,6 +39,6 @@ def parse_file(
 
 
 _PARSERS: dict[str, Callable[..., Iterator[LineRun | Record | Reject]]] = {
-    "csv": parse_csv,
+    "csv": parse_csv_blocks,
     "jsonl": parse_jsonl_blocks,
 }

@@ -32,7 +32,7 @@ from ingestor.parsers.common import (
     read_span,
     skip_long_line,
 )
-from ingestor.records import Record, Reject
+from ingestor.records import LineRun, Record, Reject
 
 BLOCK_BYTES = 256 * KIB
 # The C reader's cell size limit is one process-wide setting: set once, here, above every
@@ -247,6 +247,22 @@ def parse_csv(
 
     Raises ParseError before yielding anything if the header is unusable.
     """
+    for item in parse_csv_blocks(handle, limits, start_offset, start_line, close):
+        if type(item) is LineRun:
+            yield from item
+        else:
+            yield item  # type: ignore[misc]
+
+
+def parse_csv_blocks(
+    handle: BinaryIO,
+    limits: ParseLimits,
+    start_offset: int = 0,
+    start_line: int = 0,
+    close: bool = False,
+) -> Iterator[LineRun | Record | Reject]:
+    """What ``parse_csv`` yields, with each chunk of good rows as one LineRun (parallel
+    lists, no Record per row: the batcher packs it whole)."""
     try:
         header, header_end, header_line = _read_header(handle, limits)
         if start_offset < header_end:
@@ -277,7 +293,7 @@ class _Rows:
         self.rows: list[list[str]] = []  # good rows waiting to be converted
         self.lasts: list[int] = []  # the line each of them ends on
 
-    def items(self) -> Iterator[Record | Reject]:
+    def items(self) -> Iterator[LineRun | Record | Reject]:
         feed, rows, lasts, width = self.feed, self.rows, self.lasts, len(self.header)
         bad = feed.bad
         reader = csv.reader(feed.lines(), strict=True)
@@ -301,14 +317,15 @@ class _Rows:
                 feed.problem(last)
                 yield self._reject(f"malformed CSV: {exc}", last)
 
-    def _flush(self) -> list[Record | Reject]:
-        """The waiting rows as Records (or Rejects for rows with no values)."""
+    def _flush(self) -> list[LineRun | Record | Reject]:
+        """The waiting rows as one LineRun (or, if any has no values, as Records and
+        Rejects one by one, in file order)."""
         rows, lasts = self.rows, self.lasts
         if not rows:
             return []
         jsons = _serialize(self.header, rows)
         if b"{}" in jsons:  # a row of empty cells: one at a time, to keep file order
-            items: list[Record | Reject] = []
+            items: list[LineRun | Record | Reject] = []
             for json, last in zip(jsons, lasts, strict=True):
                 if json == b"{}":
                     items.append(self._reject("row has no values (every cell empty)", last))
@@ -318,15 +335,14 @@ class _Rows:
             base = self.start_line
             # A row starts on the line after the previous one ended.
             previous = chain((self.done,), islice(lasts, len(lasts) - 1))
-            items = list(
-                map(
-                    Record,
-                    map(add, previous, repeat(base + 1)),
-                    map(add, lasts, repeat(base)),
-                    map(self.feed.end, lasts),
+            items = [
+                LineRun(
                     jsons,
+                    list(map(add, previous, repeat(base + 1))),
+                    list(map(add, lasts, repeat(base))),
+                    list(map(self.feed.end, lasts)),
                 )
-            )
+            ]
             self._done(lasts[-1])
         rows.clear()
         lasts.clear()

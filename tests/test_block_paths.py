@@ -1,6 +1,7 @@
-"""The JSONL block path (``parse_jsonl_blocks`` + the batcher's LineRun packing) against the
-line-by-line reference: the same records, rejects, batches, bodies and checkpoints, for any
-block size and any resume point. This is what lets ingestion take the fast path."""
+"""The block paths (``parse_jsonl_blocks``, ``parse_csv_blocks`` and the batcher's LineRun
+packing) against the record-by-record reference: the same records, rejects, batches, bodies
+and checkpoints, for any block size, resume point and batch limits. This is what lets
+ingestion take the fast paths."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from hypothesis import strategies as st
 from ingestor.batcher import batches
 from ingestor.errors import ParseError
 from ingestor.kinds import BatchLimits, Envelope
-from ingestor.parsers import ParseLimits, parse_jsonl, parse_jsonl_blocks
+from ingestor.parsers import (
+    ParseLimits,
+    parse_csv,
+    parse_csv_blocks,
+    parse_jsonl,
+    parse_jsonl_blocks,
+)
 from ingestor.records import Batch, LineRun, Record, Reject
 
 ENVELOPE = Envelope(b'{"data":[', b"]}", b'{"r":', b"}")
@@ -130,3 +137,44 @@ def test_runs_pack_batches_as_full_as_records_one_by_one(
     limits = BatchLimits(max_records=max_records, max_body_bytes=max_body, max_record_bytes=250)
     blocks = list(parse_jsonl_blocks(io.BytesIO(data), LIMITS, block_bytes=block))
     assert batched(blocks, limits) == batched(list(parse_jsonl(io.BytesIO(data), LIMITS)), limits)
+
+
+CELLS = st.one_of(
+    st.sampled_from(["", "", "x", "Rex", '{"a": 1}', "[1, 2]", "[broken", "two\nlines", "é"]),
+    st.text(alphabet='abc ,"', max_size=8),
+    st.builds(lambda n: "y" * n, st.integers(50, 200)),
+)
+ROWS = st.lists(st.lists(CELLS, min_size=0, max_size=5), max_size=80)
+
+
+def csv_of(rows: list[list[str]]) -> bytes:
+    import csv
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", "name", "tags", "note"])
+    for row in rows:
+        writer.writerow(row)
+    return out.getvalue().encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ROWS, BATCH_LIMITS, st.data())
+def test_csv_chunks_batch_as_their_rows_one_by_one(
+    rows: list[list[str]], limits: BatchLimits, draw: st.DataObject
+) -> None:
+    data = csv_of(rows)
+    reference = list(parse_csv(io.BytesIO(data), LIMITS))
+    points = [(0, 0)] + [(i.end_offset, i.end_line) for i in reference]
+    offset, line = draw.draw(st.sampled_from(points))
+    expected = list(parse_csv(io.BytesIO(data), LIMITS, offset, line))
+    blocks = list(parse_csv_blocks(io.BytesIO(data), LIMITS, offset, line))
+    assert flat(blocks) == expected
+    assert batched(blocks, limits) == batched(expected, limits)
+
+
+def test_good_csv_rows_come_as_line_runs() -> None:
+    data = b"id,name\n" + b"".join(b"%d,n%d\n" % (n, n) for n in range(200))
+    items = list(parse_csv_blocks(io.BytesIO(data), LIMITS))
+    assert {type(i) for i in items} == {LineRun}
+    assert sum(map(len, items)) == 200  # type: ignore[arg-type]
