@@ -142,7 +142,9 @@ def main() -> None:
         )
         proc = psutil.Process(service.pid)
         try:
-            wait_ready(notify, 30)
+            wait_ready(notify, 120)
+            ready_cpu = cpu_seconds(proc)
+            ready_rss, ready_threads = proc.memory_info().rss, proc.num_threads()
             latencies = []
             for sample in range(args.latency_samples):
                 i = sample % n
@@ -174,6 +176,7 @@ def main() -> None:
             wait_until(sim, lambda: stored() - stored_before >= n * per_file, 3600)
             cpu = cpu_seconds(proc) - cpu_before
             wall = time.time() - began
+            end_rss, end_threads = proc.memory_info().rss, proc.num_threads()
         finally:
             service.terminate()
             service.wait(timeout=60)
@@ -193,6 +196,11 @@ def main() -> None:
         for i in range(n):
             stamps = sorted(requests_of(sim, f"c{i:02d}", began))
             windows = int((stamps[-1] - stamps[0]) // limits.steady_window)
+            if not windows:
+                raise SystemExit(
+                    f"c{i:02d} sent for less than one steady window: give --requests more "
+                    f"than {limits.steady} x 2"
+                )
             end = stamps[0] + windows * limits.steady_window
             used = sum(1 for t in stamps if t < end)
             share = used / (windows * limits.steady)
@@ -212,6 +220,10 @@ def main() -> None:
         print(
             f"at the real limit (~500 records/s per account) one account costs "
             f"{per_account:.1%} of a core: ~{0.8 / per_account:,.0f} accounts per core at 80%"
+        )
+        print(
+            f"worker: {ready_cpu:.2f} CPU-s to start; RSS {ready_rss / 2**20:.0f} MB when ready, "
+            f"{end_rss / 2**20:.0f} MB at the end; threads {ready_threads} / {end_threads}"
         )
         stats = sim.stats()
         print(f"simulator: {stats['statuses']}, schema failures {stats['schema_failures']}")

@@ -330,3 +330,33 @@ def test_a_long_retry_after_is_capped_and_the_company_shows_as_throttled(
         assert "throttled: acme" in live.summary()
         run = svc.run_for("a.jsonl", timeout=15)  # waited 3 s, not 600
     assert run.state is FileState.DONE and 2.5 <= run.counts.throttled_seconds < 10
+
+
+def test_every_company_shares_one_connection_pool(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An HTTP transport loads the CA bundle (~25 ms, ~1 MB); one per company made 500
+    companies cost seconds and hundreds of MB. The service makes one, for every lane."""
+    made: list[object] = []
+    original = httpx.HTTPTransport.__init__
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(httpx.HTTPTransport, "__init__", counting)
+    with two_companies() as sim:
+        drop = tmp_path / "drop"
+        drop.mkdir()
+        settings = write_settings(
+            tmp_path / "s.toml",
+            drop,
+            tmp_path / "state",
+            sim,
+            companies={"acme": "ACME_KEY", "beta": "BETA_KEY"},
+        )
+        with running_service(settings) as svc:
+            for company in ("acme", "beta"):
+                (make_folder(drop, company=company) / f"{company}.jsonl").write_bytes(jsonl(0, 5))
+            done = {svc.next_run().identity.company for _ in range(2)}
+        assert done == {"acme", "beta"}
+        assert len(sim.records("acme")) == len(sim.records("beta")) == 5
+    assert len(made) == 1

@@ -35,6 +35,7 @@ from ingestor.discovery import (
 )
 from ingestor.errors import ConfigError, LedgerError, StateUnwritable
 from ingestor.identity import KnownHashes, same_version
+from ingestor.klaviyo import SharedTransport
 from ingestor.layout import CONFIG_NAME
 from ingestor.ledger import FileState, Ledger, open_ledger
 from ingestor.service_config import ServiceSettings, load_service_settings
@@ -131,6 +132,7 @@ class Service:
     def _run_locked(self) -> int:
         settings = self.settings
         ledger = self._open_ledger()
+        self._pool = SharedTransport(self._transport)  # every lane's connections
         if settings.metrics_port:
             self._metrics = Metrics()
             self._metrics.serve(settings.metrics_host, settings.metrics_port)
@@ -177,6 +179,7 @@ class Service:
                     log.error("lane_did_not_stop", company=lane.name)
             observer.join(timeout=5)
             announcer.stop()
+            self._pool.shutdown()
             with contextlib.suppress(OSError):  # it would describe a service no longer there
                 (settings.state_dir / LIVE_NAME).unlink(missing_ok=True)
             ledger.close()
@@ -366,7 +369,7 @@ class Service:
             self._open_ledger,
             metrics=self._metrics,
             environ=self._environ,
-            transport=self._transport,
+            transport=self._pool,
             on_finished=self._file_finished,
             known_hashes=self._known_hashes,
             on_changed=lambda path: self._inbox.put(_Settle(path)),
