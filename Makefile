@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sdk_bench.py
 	$(BIN)/python bench/many_files_bench.py
 	$(BIN)/python bench/startup_bench.py
+	$(BIN)/python bench/fleet_bench.py
 
 # Coverage-guided fuzzing of the parsers for FUZZ_SECONDS (the corpus is kept in .fuzz-corpus/).
 FUZZ_SECONDS ?= 300

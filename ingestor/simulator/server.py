@@ -6,6 +6,7 @@ the socket, which the fault injection needs (a dropped connection is a real drop
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import socket
@@ -215,11 +216,18 @@ class Simulator:
         integer_retry_after: bool | None = None,
         keep_records: bool = True,
         rate_limit_headers: bool = True,
+        validate_every: int = 1,
+        reuse_port: bool = False,
     ) -> None:
         """``keep_records=False`` only counts what is stored (long benchmarks);
         ``rate_limit_headers=False`` leaves out the RateLimit-* headers Klaviyo sends (a
-        server that declares nothing, whose limit a client must learn from its 429s)."""
+        server that declares nothing, whose limit a client must learn from its 429s);
+        ``validate_every=N`` checks one bulk body in N against the spec (the others are
+        parsed only: benchmarks that must measure the client, and say so);
+        ``reuse_port`` lets several simulator processes share one port (SO_REUSEPORT)."""
         self.keep_records = keep_records
+        self.validate_every = validate_every
+        self._bodies = itertools.count()
         self.rate_limit_headers = rate_limit_headers
         self.state = SimulatorState(
             keys or {},
@@ -229,7 +237,14 @@ class Simulator:
         )
         self.batch_limits = batch_limits
         self.success_status = success_status
-        self._server = _Server((host, port), _Handler)
+        self._server = _Server((host, port), _Handler, bind_and_activate=False)
+        self._server.allow_reuse_port = reuse_port
+        try:
+            self._server.server_bind()
+            self._server.server_activate()
+        except OSError:
+            self._server.server_close()
+            raise
         self._server.simulator = self
         self._thread: threading.Thread | None = None
 
@@ -382,7 +397,11 @@ class Simulator:
                     f"content-type {content_type!r}",
                 ),
             )
-        document = self._parse_and_validate(body, "bulk_create_data_source_records")
+        document = self._parse_and_validate(
+            body,
+            "bulk_create_data_source_records",
+            validate=next(self._bodies) % self.validate_every == 0,
+        )
         attributes = document["data"]["attributes"]["data-source-records"] or {"data": []}
         items = attributes["data"]
         if len(items) > limits.max_records:
@@ -433,12 +452,14 @@ class Simulator:
             time.sleep(faults.hang_seconds)
         raise _Answer(self.success_status, headers=limit_headers, records=len(records))
 
-    def _parse_and_validate(self, body: bytes, operation: str) -> dict[str, Any]:
+    def _parse_and_validate(
+        self, body: bytes, operation: str, validate: bool = True
+    ) -> dict[str, Any]:
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise _Answer(400, _error(400, "parse_error", "Malformed JSON", str(exc))) from None
-        problem = first_error(request_validator(operation), document)
+        problem = first_error(request_validator(operation), document) if validate else None
         if problem:
             pointer, message = problem
             with self.state.lock:
