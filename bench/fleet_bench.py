@@ -41,6 +41,7 @@ from service_bench import (
     folder_of,
     key_of,
     records,
+    start_worker,
     wait_ready,
     write_settings,
 )
@@ -126,22 +127,10 @@ def main() -> None:
         folders = [folder_of(drop, i) for i in range(n)]
         settings = root / "bench.toml"
         write_settings(settings, drop, state, _Url(), n, f)  # type: ignore[arg-type]
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(str(root / "notify.sock"))
-        env = {
-            **os.environ,
-            **{f"BENCH_KEY_{i:02d}": key_of(i) for i in range(n)},
-            "NOTIFY_SOCKET": str(root / "notify.sock"),
-        }
         per_file = args.requests * 500
         for folder in folders:
             (folder / ".big.jsonl.part").write_bytes(records(0, per_file))
-        service = subprocess.Popen(
-            [sys.executable, "-m", "ingestor.cli", "run", "--config", str(settings)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        proc = psutil.Process(service.pid)
+        service, proc, notify = start_worker(root, settings, n)
         try:
             wait_ready(notify, 300)
             start_cpu = cpu_seconds(proc)

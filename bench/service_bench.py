@@ -100,6 +100,26 @@ def wait_ready(sock: socket.socket, timeout: float) -> None:
         pass
 
 
+def start_worker(
+    root: Path, settings: Path, n: int
+) -> tuple[subprocess.Popen[bytes], psutil.Process, socket.socket]:
+    """``ingestor run`` as its own process with the n bench keys in its environment, and
+    the socket it will say READY on (see ``wait_ready``)."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(root / "notify.sock"))
+    env = {
+        **os.environ,
+        **{f"BENCH_KEY_{i:02d}": key_of(i) for i in range(n)},
+        "NOTIFY_SOCKET": str(root / "notify.sock"),
+    }
+    service = subprocess.Popen(
+        [sys.executable, "-m", "ingestor.cli", "run", "--config", str(settings)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    return service, psutil.Process(service.pid), notify
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -128,19 +148,7 @@ def main() -> None:
             sim.add_data_source(f"c{i:02d}", DS_ID)
         settings = root / "bench.toml"
         write_settings(settings, drop, state, sim, n, f)
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(str(root / "notify.sock"))
-        env = {
-            **os.environ,
-            **{f"BENCH_KEY_{i:02d}": key_of(i) for i in range(n)},
-            "NOTIFY_SOCKET": str(root / "notify.sock"),
-        }
-        service = subprocess.Popen(
-            [sys.executable, "-m", "ingestor.cli", "run", "--config", str(settings)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        proc = psutil.Process(service.pid)
+        service, proc, notify = start_worker(root, settings, n)
         try:
             wait_ready(notify, 120)
             ready_cpu = cpu_seconds(proc)

@@ -211,11 +211,9 @@ def test_an_auth_outage_is_emailed_once_however_many_retries_and_rescans(
     assert len(messages) == 1, [m.name for m in messages]
 
 
-def test_a_file_failing_the_same_way_at_every_rescan_is_emailed_once(
-    tmp_path: Path, sim: Simulator
-) -> None:
-    """A failed file is retried at each rescan; the same failure again is not news. The
-    e-mail that matters next is the one saying it finally went through."""
+def failing_every_time(tmp_path: Path, sim: Simulator) -> tuple[Path, Path]:
+    """Settings (rescans every 0.2 s, a recipient) and the outbox, with a.jsonl dropped
+    and every record refused the same way (a systemic failure: the file fails)."""
     drop = tmp_path / "drop"
     settings = write_settings(
         tmp_path / "s.toml",
@@ -225,9 +223,17 @@ def test_a_file_failing_the_same_way_at_every_rescan_is_emailed_once(
         service="rescan_interval_seconds = 0.2",
         company_lines='recipients = ["ops@acme.example"]',
     )
-    sim.faults.refuse = lambda record: "data source is archived"  # every record: systemic
+    sim.faults.refuse = lambda record: "data source is archived"
     (make_folder(drop) / "a.jsonl").write_bytes(jsonl(0, 20))
-    outbox = tmp_path / "state" / "outbox"
+    return settings, tmp_path / "state" / "outbox"
+
+
+def test_a_file_failing_the_same_way_at_every_rescan_is_emailed_once(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A failed file is retried at each rescan; the same failure again is not news. The
+    e-mail that matters next is the one saying it finally went through."""
+    settings, outbox = failing_every_time(tmp_path, sim)
     with running_service(settings) as svc:
         for _ in range(4):  # the first failure and three retries, one a rescan
             assert svc.run_for("a.jsonl").state is FileState.FAILED
@@ -246,17 +252,7 @@ def test_the_same_failure_is_not_emailed_again_after_a_restart(
 ) -> None:
     """What was told is in the ledger (each run's ``told``), not in a lane's memory: a
     restarted service retries the failed file, fails the same way and says nothing new."""
-    drop, outbox = tmp_path / "drop", tmp_path / "state" / "outbox"
-    settings = write_settings(
-        tmp_path / "s.toml",
-        drop,
-        tmp_path / "state",
-        sim,
-        service="rescan_interval_seconds = 0.2",
-        company_lines='recipients = ["ops@acme.example"]',
-    )
-    sim.faults.refuse = lambda record: "data source is archived"  # every record: systemic
-    (make_folder(drop) / "a.jsonl").write_bytes(jsonl(0, 20))
+    settings, outbox = failing_every_time(tmp_path, sim)
     with running_service(settings) as svc:
         assert svc.run_for("a.jsonl").state is FileState.FAILED
     assert len(list(outbox.glob("*.eml"))) == 1
