@@ -104,7 +104,9 @@ def start_worker(
     root: Path, settings: Path, n: int
 ) -> tuple[subprocess.Popen[bytes], psutil.Process, socket.socket]:
     """``ingestor run`` as its own process with the n bench keys in its environment, and
-    the socket it will say READY on (see ``wait_ready``)."""
+    the socket it will say READY on (see ``wait_ready``). It runs in ``root``: ``-m`` puts
+    the working directory first on sys.path, and a checkout there would shadow the
+    ``ingestor`` under test (PYTHONPATH, when comparing against an older commit)."""
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(root / "notify.sock"))
     env = {
@@ -116,6 +118,7 @@ def start_worker(
         [sys.executable, "-m", "ingestor.cli", "run", "--config", str(settings)],
         env=env,
         stdout=subprocess.DEVNULL,
+        cwd=root,
     )
     return service, psutil.Process(service.pid), notify
 
