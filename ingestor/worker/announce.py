@@ -67,8 +67,9 @@ class Announcer:
             return
         news: list[FileResult] = []
         old: list[FileResult] = []
+        held = self._notifier.holding()
         for file in files:
-            (news if self._is_news(file.run) else old).append(file)
+            (news if self._is_news(file.run, held) else old).append(file)
         self._mark_announced([file.run.id for file in old])
         for file in news:
             report = file.report.report if file.report else FileReport.load(file.run.report_path)
@@ -81,15 +82,16 @@ class Announcer:
             with self._guard(company.name):
                 self._notifier.folder_drained(company.name, files[-1].run.identity.folder)
 
-    def _is_news(self, run: FileRun) -> bool:
+    def _is_news(self, run: FileRun, held: set[int]) -> bool:
         """Is there something to tell about this run? Not when it failed again just as it
-        did when last told, nor when its folder's config.json is broken in a way already
-        told for another file of the folder. A run that went through clears its folder."""
+        did when last told or is in a digest being ``held``, nor when its folder's
+        config.json is broken in a way already told for another file of the folder. A run
+        that went through clears its folder."""
         folder = (run.identity.company, run.identity.kind, run.identity.folder)
         if run.state is FileState.DONE:
             self._folder_problems.pop(folder, None)
             return True
-        if (run.told and run.told == run.reason) or run.id in self._notifier.holding():
+        if (run.told and run.told == run.reason) or run.id in held:
             return False
         if run.reason_code == LayoutError.code:
             if self._folder_problems.get(folder) == run.reason:
@@ -137,7 +139,7 @@ class Announcer:
                 finished_before is not None and (run.finished_at or 0) >= finished_before
             ):
                 continue
-            if not self._is_news(run):
+            if not self._is_news(run, held):
                 dropped.append(run.id)
                 continue
             company = self._companies().get(run.identity.company)
