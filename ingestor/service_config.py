@@ -22,7 +22,7 @@ from ingestor.logs import LOG_FORMATS, LOG_LEVELS
 from ingestor.notify.notifier import NotifySettings, address_problem
 from ingestor.notify.smtp import SmtpSettings
 from ingestor.sftp.auth import authorized_keys_problem
-from ingestor.sftp.config import COMPANY_SFTP_KEYS, CompanySftp, SftpSettings, parse_sftp
+from ingestor.sftp.config import CompanySftp, SftpSettings, parse_sftp
 from ingestor.toml_reader import (
     Problem,
     TableReader,
@@ -157,6 +157,7 @@ class Section:
     extras: tuple[Extra, ...] = ()  # shown before the knobs
     after: tuple[Extra, ...] = ()  # shown after them
     commented: bool = False  # shown commented out in the example (an optional table)
+    optional: tuple[type, ...] = ()  # classes whose knobs the example shows commented out
 
     @property
     def keys(self) -> set[str]:
@@ -242,6 +243,7 @@ own name with a key from its sftp_authorized_keys; its "/" is <drop_root>/<compa
 One table per company; the name is its directory under drop_root. The API key is never
 written here: name exactly one source.""",
         knobs=((CompanySettings, ""), (CompanySftp, "")),
+        optional=(CompanySftp,),  # an SFTP login is optional per company
         extras=(
             Extra(
                 "api_key_env", '"ACME_KLAVIYO_KEY"', "an environment variable (EnvironmentFile=)"
@@ -277,7 +279,6 @@ written here: name exactly one source.""",
     ),
 )
 _SECRET_KEYS = {"api_key", "key", "private_key", "token", "password"}
-_COMPANY_KNOB_CLASSES = ((CompanySettings, ""), (CompanySftp, ""))
 
 
 def _section(name: str) -> Section:
@@ -306,8 +307,9 @@ def example_settings() -> str:
         for cls, table in section.knobs:
             for d in knobs(cls, table):
                 shown = d.default if d.knob.example is None else d.knob.example
-                commented = section.commented or (
-                    cls is CompanySftp or (d.knob.example is not None and not section.commented)
+                # A knob shown with an example, not its default, must not take effect.
+                commented = (
+                    section.commented or cls in section.optional or d.knob.example is not None
                 )
                 entry(d.key, toml_value(shown), d.knob.help, commented)
         for extra in section.after:
@@ -386,7 +388,7 @@ def _company(
             "never put a secret in the settings file; name its source with api_key_env, "
             "api_key_file or api_key_credential",
         )
-    allowed = _section("companies.acme").keys | COMPANY_SFTP_KEYS
+    allowed = _section("companies.acme").keys
     r.known({k: v for k, v in table.items() if k not in _SECRET_KEYS}, allowed, prefix)
     sources = _sources(r, table, prefix, _KEY_SOURCES)
     given = [key for key, value in sources.items() if value]

@@ -10,8 +10,6 @@ from typing import Any
 from ingestor.toml_reader import TableReader, knob, knob_keys, non_negative, positive, read_knobs
 
 GIB = 1024**3
-# The keys of a company's table read here, besides those of CompanySftp's knobs.
-COMPANY_SFTP_KEYS = {"sftp_authorized_keys"}
 
 
 @dataclass(frozen=True, slots=True)
