@@ -28,9 +28,9 @@ def parse_file(
     handle: BinaryIO, fmt: str, limits: ParseLimits, start_offset: int = 0, start_line: int = 0
 ) -> Iterator[LineRun | Record | Reject]:
     """Parse an open file as ``fmt`` ('csv' or 'jsonl') from a checkpoint. The parser's own
-        generator is returned (no wrapper in between); it closes ``handle`` when done. JSONL
-        comes a block at a time where it can (see ``parse_jsonl_blocks``), CSV a chunk of rows
-    at a time (``parse_csv_blocks``)."""
+    generator is returned (no wrapper in between); it closes ``handle`` when done. JSONL
+    comes a block at a time where it can (``parse_jsonl_blocks``), CSV a chunk of rows at
+    a time (``parse_csv_blocks``)."""
     parser = _PARSERS.get(fmt)
     if parser is None:
         handle.close()
