@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ def sftp_batch(
 ) -> subprocess.CompletedProcess[str]:
     """One OpenSSH ``sftp -b`` login running ``commands``, as a company's script runs it
     (the server's key checked against ``known_hosts``)."""
-    batch = workdir / f"sftp-batch-{time.monotonic_ns()}"
+    batch = workdir / f"sftp-batch-{uuid.uuid4().hex}"
     batch.write_text(commands)
     return subprocess.run(
         ["sftp", "-b", str(batch), "-i", str(key), "-P", str(port),

@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ def openssh(
 ) -> subprocess.CompletedProcess[str]:
     """One ``sftp -b`` login, as a company's script runs it."""
     endpoint = endpoint_of(svc)
-    known_hosts = tmp_path / "known_hosts"
+    # A file of its own per login: logins run at once, and one rewriting a shared file
+    # while another's ssh reads it gives "No ECDSA host key is known" (seen in CI).
+    known_hosts = tmp_path / f"known_hosts-{uuid.uuid4().hex}"
     host_key = endpoint.host_key
     known_hosts.write_text(
         f"[127.0.0.1]:{endpoint.port} {host_key.get_name()} {host_key.get_base64()}\n"
