@@ -7,6 +7,8 @@ in the Authorization header; no message, log line or repr built here contains it
 from __future__ import annotations
 
 import re
+import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,28 +35,62 @@ JSON_API = "application/vnd.api+json"
 _RECORD_POINTER = re.compile(r"/data/attributes/[a-z-]+/data/(\d+)")
 
 
-class SharedTransport(httpx.BaseTransport):
-    """One connection pool (and one TLS context) for every account of a service. An
-    ``httpx.Client`` of its own costs each account ~25 ms of CPU and ~1 MB to load the CA
-    bundle; 500 accounts paid that at start and again at each key rotation. Connections
-    are reused across accounts (the key is a header of each request). A client's close()
-    leaves the pool open; ``shutdown()`` closes it."""
+class SharedTransport:
+    """The HTTP connections of every account of a service: one TLS context loaded once,
+    and a small connection pool per account.
+
+    A transport of its own (with its own TLS context) costs an account ~25 ms of CPU and
+    ~1 MB to load the CA bundle; 500 accounts paid that at start and again at each key
+    rotation. One pool shared by all accounts cost more: httpcore's pool walks every
+    connection it holds, checking each idle socket, on each request and each response,
+    so at 500 accounts a request's pool bookkeeping grew 500-fold and the whole worker
+    queued on the pool's lock. So each account gets its own pool (each sends one request
+    at a time), built on the one TLS context. ``shutdown()`` closes them all."""
 
     def __init__(self, transport: httpx.BaseTransport | None = None) -> None:
-        self._transport = transport or httpx.HTTPTransport(
-            # No cap below the number of accounts: each sends one request at a time, and
-            # one waiting for a pooled connection would stall for another's sake.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        )
+        """``transport``: one to use for every account instead (tests, the simulator)."""
+        self._given = transport
+        self._tls: ssl.SSLContext | None = None
+        self._pools: dict[str, httpx.HTTPTransport] = {}
+        self._lock = threading.Lock()
+
+    def for_account(self, account: str) -> httpx.BaseTransport:
+        """The account's transport (made on first use); closing it leaves it open."""
+        with self._lock:
+            if self._given is not None:
+                return _Borrowed(self._given)
+            pool = self._pools.get(account)
+            if pool is None:
+                if self._tls is None:
+                    self._tls = httpx.create_ssl_context()
+                pool = self._pools[account] = httpx.HTTPTransport(
+                    verify=self._tls,
+                    # One request at a time per account; a spare for a retry racing a
+                    # connection the server is closing.
+                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=2),
+                )
+            return _Borrowed(pool)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
+        if self._given is not None:
+            self._given.close()
+
+
+class _Borrowed(httpx.BaseTransport):
+    """A client's view of a pool it does not own: its close() leaves the pool open."""
+
+    def __init__(self, transport: httpx.BaseTransport) -> None:
+        self._transport = transport
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return self._transport.handle_request(request)
 
     def close(self) -> None:
-        """A client is done with it; others are not."""
-
-    def shutdown(self) -> None:
-        self._transport.close()
+        """A client is done with it; the service is not."""
 
 
 @dataclass(frozen=True, slots=True)

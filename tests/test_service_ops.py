@@ -328,14 +328,20 @@ def test_a_long_retry_after_is_capped_and_the_company_shows_as_throttled(
     assert run.state is FileState.DONE and 2.5 <= run.counts.throttled_seconds < 10
 
 
-def test_every_company_shares_one_connection_pool(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """An HTTP transport loads the CA bundle (~25 ms, ~1 MB); one per company made 500
-    companies cost seconds and hundreds of MB. The service makes one, for every lane."""
-    made: list[object] = []
+def test_companies_share_one_tls_context_and_have_a_pool_each(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Loading the CA bundle costs ~25 ms and ~1 MB: once per company made 500 companies
+    cost seconds and hundreds of MB, so the service loads it once. A pool shared by all
+    companies made each request walk every company's connections, so each has its own."""
+    contexts: list[object] = []
+    real_context = httpx.create_ssl_context
+    monkeypatch.setattr(
+        httpx, "create_ssl_context", lambda *a, **k: contexts.append(1) or real_context(*a, **k)
+    )
+    pools: list[httpx.HTTPTransport] = []
     original = httpx.HTTPTransport.__init__
 
     def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        made.append(self)
+        pools.append(self)
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(httpx.HTTPTransport, "__init__", counting)
@@ -353,6 +359,8 @@ def test_every_company_shares_one_connection_pool(tmp_path: Path, monkeypatch) -
             for company in ("acme", "beta"):
                 (make_folder(drop, company=company) / f"{company}.jsonl").write_bytes(jsonl(0, 5))
             done = {svc.next_run().identity.company for _ in range(2)}
+            held = [len(pool._pool.connections) for pool in pools]
         assert done == {"acme", "beta"}
         assert len(sim.records("acme")) == len(sim.records("beta")) == 5
-    assert len(made) == 1
+    assert len(contexts) == 1
+    assert len(pools) == 2 and held == [1, 1]  # a connection each, in a pool each

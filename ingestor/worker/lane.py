@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import structlog
 
 from ingestor.discovery import Found, FoundKind, stat_of
@@ -28,7 +27,7 @@ from ingestor.errors import (
 )
 from ingestor.identity import KnownHashes
 from ingestor.kinds import KINDS, ImportKind
-from ingestor.klaviyo import KlaviyoClient
+from ingestor.klaviyo import KlaviyoClient, SharedTransport
 from ingestor.layout import ImportFolder
 from ingestor.ledger import FileRun, FileState, Ledger
 from ingestor.pipeline import FileResult, FolderResult, Pipeline
@@ -115,7 +114,7 @@ class Lane:
         *,
         metrics: Metrics | None = None,
         environ: Mapping[str, str],
-        transport: httpx.BaseTransport | None = None,
+        transport: SharedTransport | None = None,
         on_finished: FinishedFn | None = None,
         known_hashes: KnownHashes | None = None,
         on_changed: ChangedFn | None = None,
@@ -351,7 +350,10 @@ class Lane:
             metrics, name = self._metrics, self.name
             on_status = lambda status: metrics.request(name, status)  # noqa: E731
         return KlaviyoClient(
-            self._service.pipeline_settings(self._company).api, key, self._transport, on_status
+            self._service.pipeline_settings(self._company).api,
+            key,
+            self._transport.for_account(self.name) if self._transport else None,
+            on_status,
         )
 
     def _process(self, pipeline: Pipeline, found: Found) -> None:
