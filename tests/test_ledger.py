@@ -4,13 +4,16 @@ writes; the protocol is what a second backend implements."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ingestor.errors import LedgerError
 from ingestor.ledger import FileIdentity, FileState, SqliteLedger, open_existing_ledger
-from ingestor.ledger.sqlite import MIGRATIONS
+from ingestor.ledger.sqlite import MIGRATIONS, SqliteLedgers
 from ingestor.records import FileCounts
 
 # A ledger as the release before migrations wrote it (its queue mirror included).
@@ -103,3 +106,92 @@ def test_a_report_is_typed_versioned_and_reads_back_as_written(tmp_path: Path) -
     loaded = FileReport.load(str(path))
     assert loaded is not None and loaded.reason_code == "" and loaded.records_maybe_resent == 0
     assert FileReport.load(str(tmp_path / "missing.json")) is None
+
+
+def _identity(n: int) -> FileIdentity:
+    return FileIdentity("acme", "custom_objects", "pets", f"f{n}.jsonl", f"/d/f{n}", 1, 1, "s")
+
+
+def _hold_first_commit(db: sqlite3.Connection) -> tuple[threading.Event, list[str]]:
+    """Make the writer's connection stop at its first statement until released, and
+    record every statement it runs."""
+    release, statements = threading.Event(), []
+
+    def trace(sql: str) -> None:
+        statements.append(sql.split()[0].upper())
+        if len(statements) == 1:
+            assert release.wait(30)
+
+    db.set_trace_callback(trace)
+    return release, statements
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.005)
+
+
+def test_writes_that_wait_for_a_commit_are_committed_together(tmp_path: Path) -> None:
+    """500 lanes checkpointing once a second each paid a transaction and an fsync, and
+    raced for SQLite's write lock; the writes queued during a commit go in the next one."""
+    ledgers = SqliteLedgers(tmp_path / "ledger.sqlite3")
+    runs = [ledgers().register(_identity(n)).id for n in range(21)]
+    release, statements = _hold_first_commit(ledgers._writer._db)
+    seen: dict[int, int] = {}
+
+    def checkpoint(n: int) -> None:
+        ledger = ledgers()
+        ledger.checkpoint(runs[n], 100 + n, n, 0, FileCounts(sent=n))
+        with open_existing_ledger(tmp_path) as reader:  # committed when it returned
+            run = reader.get(runs[n])
+            assert run is not None
+            seen[n] = run.offset if (run.line, run.counts.sent) == (n, n) else -1
+        ledger.close()
+
+    first = threading.Thread(target=checkpoint, args=(0,))
+    first.start()
+    _until(lambda: bool(statements))  # the first write is being committed, and held there
+    others = [threading.Thread(target=checkpoint, args=(n,)) for n in range(1, 21)]
+    for thread in others:
+        thread.start()
+    _until(lambda: len(ledgers._writer._queue) == 20)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(30)
+    assert seen == {n: 100 + n for n in range(21)}
+    # The 20 in one transaction, and one statement: each statement of a group released and
+    # retook the GIL, and with hundreds of threads each retaking could wait 5 ms.
+    assert statements == ["UPDATE", "BEGIN", "UPDATE", "COMMIT"]
+    ledgers.close()
+
+
+def test_a_write_that_fails_in_a_group_fails_alone(tmp_path: Path) -> None:
+    ledgers = SqliteLedgers(tmp_path / "ledger.sqlite3")
+    writer = ledgers._writer
+    runs = [ledgers().register(_identity(n)).id for n in range(4)]
+    release, statements = _hold_first_commit(writer._db)
+    errors: dict[int, str] = {}
+
+    def write(n: int) -> None:
+        column = "nope" if n == 2 else "line"  # no such column: this one cannot succeed
+        try:
+            writer.write(f"UPDATE file_runs SET {column}=? WHERE id=?", (7, runs[n]))
+        except sqlite3.Error as exc:
+            errors[n] = str(exc)
+
+    first = threading.Thread(target=write, args=(0,))
+    first.start()
+    _until(lambda: bool(statements))
+    others = [threading.Thread(target=write, args=(n,)) for n in (1, 2, 3)]
+    for thread in others:
+        thread.start()
+    _until(lambda: len(writer._queue) == 3)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(30)
+    assert list(errors) == [2] and "nope" in errors[2]
+    with open_existing_ledger(tmp_path) as reader:
+        assert [reader.get(run).line for run in runs] == [7, 7, 0, 7]  # type: ignore[union-attr]
+    ledgers.close()

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from ingestor.errors import ConfigError
-from ingestor.ledger.base import FileIdentity, FileRun, FileState, Ledger
-from ingestor.ledger.sqlite import SqliteLedger
+from ingestor.ledger.base import FileIdentity, FileRun, FileState, Ledger, Ledgers
+from ingestor.ledger.sqlite import SqliteLedger, SqliteLedgers
 
 LEDGER_NAME = "ledger.sqlite3"  # inside the state directory
 
@@ -12,6 +12,12 @@ LEDGER_NAME = "ledger.sqlite3"  # inside the state directory
 def open_ledger(state_dir: Path) -> SqliteLedger:
     """The ledger of a state directory, created if it is new (for commands that ingest)."""
     return SqliteLedger(state_dir / LEDGER_NAME)
+
+
+def open_ledgers(state_dir: Path) -> Ledgers:
+    """Ledgers of a state directory for the threads of one process (the service's lanes),
+    created if it is new."""
+    return SqliteLedgers(state_dir / LEDGER_NAME)
 
 
 def open_existing_ledger(state_dir: Path) -> SqliteLedger:
@@ -34,7 +40,9 @@ __all__ = [
     "FileRun",
     "FileState",
     "Ledger",
+    "Ledgers",
     "SqliteLedger",
     "open_existing_ledger",
     "open_ledger",
+    "open_ledgers",
 ]

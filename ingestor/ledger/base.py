@@ -122,3 +122,13 @@ class Ledger(Protocol):
     def __enter__(self) -> Ledger: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+class Ledgers(Protocol):
+    """Ledgers for the threads of one process, sharing what a backend can share (SQLite:
+    one writer that commits many threads' writes together; PostgreSQL: a connection pool).
+    Each thread calls it for a ledger of its own; ``close()`` once every one is closed."""
+
+    def __call__(self) -> Ledger: ...
+
+    def close(self) -> None: ...

@@ -37,7 +37,7 @@ from ingestor.errors import ConfigError, LedgerError, StateUnwritable
 from ingestor.identity import KnownHashes, same_version
 from ingestor.klaviyo import SharedTransport
 from ingestor.layout import CONFIG_NAME
-from ingestor.ledger import FileState, Ledger, open_ledger
+from ingestor.ledger import FileState, Ledger, Ledgers, open_ledgers
 from ingestor.service_config import ServiceSettings, load_service_settings
 from ingestor.sftp.server import SftpEndpoint
 from ingestor.worker.announce import Announcer
@@ -96,6 +96,7 @@ class Service:
         self._systemd = SystemdNotifier(environ)
         self._metrics: Metrics | None = None
         self._announcer: Announcer | None = None  # completion e-mails
+        self._ledgers: Ledgers | None = None  # every thread's ledger, while running
         self._on_finished = on_finished
         self.ready = threading.Event()  # set after the first scan
         self.sftp: SftpEndpoint | None = None
@@ -131,6 +132,7 @@ class Service:
 
     def _run_locked(self) -> int:
         settings = self.settings
+        self._ledgers = open_ledgers(settings.state_dir)
         ledger = self._open_ledger()
         self._pool = SharedTransport(self._transport)  # every lane's connections
         if settings.metrics_port:
@@ -183,11 +185,13 @@ class Service:
             with contextlib.suppress(OSError):  # it would describe a service no longer there
                 (settings.state_dir / LIVE_NAME).unlink(missing_ok=True)
             ledger.close()
+            self._ledgers.close()
             log.info("service_stopped")
         return 0
 
     def _open_ledger(self) -> Ledger:
-        return open_ledger(self.settings.state_dir)
+        assert self._ledgers is not None, "opened in _run_locked"
+        return self._ledgers()
 
     def _loop(self, ledger: Ledger, discovery: Discovery, observer: Watcher) -> None:
         settings = self.settings
