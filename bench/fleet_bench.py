@@ -52,6 +52,23 @@ from ingestor.simulator.state import GUIDE_BULK_LIMITS
 BULK_PATH = "/api/data-source-record-bulk-create-jobs"
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of every thread of ``pid`` (psutil's
+    figure is the main thread's only)."""
+    voluntary = involuntary = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:  # the thread ended
+            continue
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
 def serve_shard(port: int, companies: int, factor: float, validate_every: int) -> None:
     """One simulator process: READY on stdout, serve until stdin closes, then its log."""
     from ingestor.simulator import Simulator
@@ -133,8 +150,8 @@ def main() -> None:
         service, proc, notify = start_worker(root, settings, n)
         try:
             wait_ready(notify, 300)
-            start_cpu = cpu_seconds(proc)
-            cpu_before, began = start_cpu, time.time()
+            cpu_before, began = cpu_seconds(proc), time.time()
+            times_before, switches_before = proc.cpu_times(), context_switches(proc.pid)
             for folder in folders:
                 os.rename(folder / ".big.jsonl.part", folder / "big.jsonl")
             expected = n * per_file
@@ -151,6 +168,10 @@ def main() -> None:
                 if done >= n or time.time() - began > 3600:
                     break
             cpu = cpu_seconds(proc) - cpu_before
+            times, switches = proc.cpu_times(), context_switches(proc.pid)
+            system = times.system - times_before.system
+            voluntary = switches[0] - switches_before[0]
+            involuntary = switches[1] - switches_before[1]
             wall = time.time() - began
             threads = proc.num_threads()
         finally:
@@ -189,6 +210,11 @@ def main() -> None:
     print(
         f"worker: {cpu:.1f} CPU-s = {cpu / stored * 1e6:.2f} ms per 1,000 records; "
         f"{threads} threads; peak RSS {peak_rss / 2**20:.0f} MB"
+    )
+    print(
+        f"worker: {system:.1f} of those CPU-s in the kernel; context switches "
+        f"{voluntary / stored * 1e3:.1f} voluntary, {involuntary / stored * 1e3:.1f} "
+        "involuntary per 1,000 records"
     )
     print(
         f"simulator: {shard_cpu:.1f} CPU-s over {args.shards} shards; requests per shard "
