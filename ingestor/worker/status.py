@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -95,7 +95,9 @@ class ServiceView:
 
 def write_live(path: Path, view: ServiceView) -> None:
     """Replace the snapshot atomically; best effort (a full state dir is reported elsewhere)."""
-    data = {"waiting_uploads": view.waiting_uploads, "lanes": [asdict(lane) for lane in view.lanes]}
+    # orjson writes the dataclasses itself: dataclasses.asdict (a deep copy, in Python)
+    # took 1% of the worker's GIL time at 500 lanes, once a second.
+    data = {"waiting_uploads": view.waiting_uploads, "lanes": view.lanes}
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         temporary.write_bytes(orjson.dumps(data))
