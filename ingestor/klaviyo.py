@@ -93,6 +93,31 @@ class _Borrowed(httpx.BaseTransport):
         """A client is done with it; the service is not."""
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that takes nothing: see ``_Stateless``."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Ignored."""
+
+
+class _Stateless(httpx.Client):
+    """A client that keeps no cookies. The API is stateless; a cookie a load balancer sets
+    would tie an account's requests to one backend, and reading one built a urllib
+    request per response (7-13% of the worker's CPU at 500 companies)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._no_cookies = _NoCookies()
+        super().__init__(**options)
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        """Ignored."""
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
@@ -111,7 +136,7 @@ class KlaviyoClient:
     ) -> None:
         """``on_status`` hears every request's HTTP status (0: no answer), for metrics."""
         self._on_status = on_status
-        self._http = httpx.Client(
+        self._http = _Stateless(
             base_url=settings.base_url,
             headers={
                 "Authorization": f"Klaviyo-API-Key {key.value}",
