@@ -16,6 +16,10 @@ MIB = 1024 * 1024
 MB = 1000 * 1000
 KB = 1000
 
+# The field delimiters a folder's config.json may declare for its CSV files (every kind
+# reads CSV the same way), by the name a person uses.
+CSV_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
 
 @dataclass(frozen=True, slots=True)
 class BatchLimits:

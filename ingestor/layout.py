@@ -13,12 +13,13 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import orjson
 
 from ingestor.dropfile import Directory, open_directory
 from ingestor.errors import LayoutError
-from ingestor.kinds import CUSTOM_OBJECTS, KINDS, RESERVED_FOLDERS, ImportKind
+from ingestor.kinds import CSV_DELIMITERS, CUSTOM_OBJECTS, KINDS, RESERVED_FOLDERS, ImportKind
 
 CONFIG_NAME = "config.json"
 # company (1) / imports (2) / kind (3) / folder (4): an import folder's depth below the drop
@@ -103,9 +104,11 @@ def company_folders() -> list[PurePosixPath]:
 
 @dataclass(frozen=True, slots=True)
 class FolderConfig:
-    """A valid config.json: where the folder's records go."""
+    """A valid config.json: where the folder's records go, and how its CSV files are
+    written."""
 
     target_id: str
+    delimiter: str = ","  # between a CSV file's fields
 
 
 def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:
@@ -136,7 +139,20 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
             f'config.json "{key}" {shown!r} is not a ULID (26 characters of Crockford base32, '
             f"e.g. 01KTMWCZ8ZMNZS0HG5HQNX0H6E)"
         )
-    return FolderConfig(target_id=target.upper())
+    return FolderConfig(target_id=target.upper(), delimiter=_delimiter(value))
+
+
+def _delimiter(config: dict[str, Any]) -> str:
+    """config.json's optional "delimiter": one of the characters CSV exports use."""
+    delimiter = config.get("delimiter", ",")
+    if not isinstance(delimiter, str) or delimiter not in CSV_DELIMITERS:
+        allowed = ", ".join(
+            f"{orjson.dumps(char).decode()} ({name})" for char, name in CSV_DELIMITERS.items()
+        )
+        shown = orjson.dumps(delimiter).decode()
+        shown = shown if len(shown) <= 20 else shown[:20] + "…"
+        raise LayoutError(f'config.json "delimiter" {shown} is not one of {allowed}')
+    return str(delimiter)
 
 
 def load_folder_config(folder: Directory, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:

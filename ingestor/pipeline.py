@@ -368,7 +368,7 @@ class Pipeline:
         rejects = RejectsFile(rejects_path, run.rejects_bytes)
         checkpoint = run.offset  # the byte offset after the last acknowledged batch
         try:
-            items = parse_file(file.reader(), fmt, limits, run.offset, run.line)
+            items = parse_file(file.reader(), fmt, limits, run.offset, run.line, config.delimiter)
             for item in batches(items, sender.envelope, kind.limits):
                 if type(item) is Reject:
                     rejects.write(item)

@@ -41,7 +41,7 @@ class Validation:
 
 
 def validate_file(
-    path: Path, kind: ImportKind = CUSTOM_OBJECTS, preview: int = 3
+    path: Path, kind: ImportKind = CUSTOM_OBJECTS, preview: int = 3, delimiter: str = ","
 ) -> FileValidation:
     """Parse and batch a file exactly as ingestion would, without sending anything."""
     result = FileValidation(path)
@@ -53,7 +53,8 @@ def validate_file(
     envelope = kind.envelope("0" * 26)
     try:
         with open_directory(path.parent) as directory, directory.open_file(path.name) as file:
-            for item in batches(parse_file(file.reader(), fmt, limits), envelope, kind.limits):
+            items = parse_file(file.reader(), fmt, limits, delimiter=delimiter)
+            for item in batches(items, envelope, kind.limits):
                 if isinstance(item, Reject):
                     result.rejects.append(item)
                 elif item.records:
@@ -68,19 +69,23 @@ def validate_file(
 
 
 def validate_path(target: Path) -> Validation:
-    """``ingestor validate``: a data file, or an import folder (config.json included)."""
-    if target.is_file():
-        return Validation(target, files=[validate_file(target)])
+    """``ingestor validate``: a data file, or an import folder (config.json included). A
+    file in an import folder with a valid config.json is read with its CSV delimiter."""
     result = Validation(target)
+    delimiter = ","
+    folder_path = target.parent if target.is_file() else target
     try:
-        folder = locate_import_folder(target)
+        folder = locate_import_folder(folder_path)
         with open_directory(folder.path) as directory:
-            result.data_source_id = load_folder_config(directory, folder.kind).target_id
+            config = load_folder_config(directory, folder.kind)
+        result.data_source_id, delimiter = config.target_id, config.delimiter
     except LayoutError as exc:
         result.folder_error = str(exc)
+    if target.is_file():
+        return Validation(target, files=[validate_file(target, delimiter=delimiter)])
     if target.is_dir():
         with open_directory(target) as directory:
             listing = list_folder(directory)
         result.ignored = listing.ignored
-        result.files = [validate_file(p) for p in listing.data_files]
+        result.files = [validate_file(p, delimiter=delimiter) for p in listing.data_files]
     return result

@@ -62,6 +62,20 @@ def test_validate_lists_what_would_be_sent_and_skipped() -> None:
     assert "line 18: row has 5 cells" in text.stdout
 
 
+def test_validate_reads_a_csv_with_its_folders_declared_delimiter(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "drop")
+    (folder / "config.json").write_text(
+        json.dumps({"data_source_id": "01KTMWCZ8ZMNZS0HG5HQNX0H6E", "delimiter": "|"})
+    )
+    (folder / "pets.csv").write_text("id|name\n1|Rex\n2|Ann|x\n")
+    for target in (folder, folder / "pets.csv"):
+        result = ingestor("validate", str(target), "--json")
+        assert result.returncode == 0, result.stderr
+        (file,) = json.loads(result.stdout)["files"]
+        assert file["records"] == 1
+        assert [s["line"] for s in file["skipped"]] == [3]
+
+
 def test_validate_loads_only_the_parsers() -> None:
     """``validate`` starts in a fraction of the time it took when it imported the HTTP
     client, SFTP, e-mail and logging it never uses (bench/startup_bench.py has the times)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import orjson
 import pytest
@@ -234,3 +235,23 @@ def test_parsing_never_changes_the_process_wide_cell_limit() -> None:
     items = list(parse_csv(io.BytesIO(b"id,text\n1," + b"x" * 500 + b"\n2,ok\n"), small))
     assert csv.field_size_limit() == before == csv_module.FIELD_LIMIT
     assert [type(i).__name__ for i in items] == ["Record", "Record"]  # the batcher sizes them
+
+
+@pytest.mark.parametrize("delimiter", [b";", b"\t", b"|"])
+def test_a_declared_delimiter_reads_the_file_as_a_comma_file_is_read(delimiter: bytes) -> None:
+    comma = b'id,name,meta\n1,Rex,"{""a"": 1}"\n2,,"x,y"\n3,Ann\n4,Bo,c,d\n'
+    # The same file with another delimiter; the quoted "x,y" keeps its comma.
+    other = comma.replace(b",", delimiter).replace(b'"x' + delimiter + b'y"', b'"x,y"')
+    expected = parse(comma)
+    got = list(parse_csv(io.BytesIO(other), LIMITS, delimiter=delimiter.decode()))
+    shown = [(i.line, i.json if isinstance(i, Record) else i.reason) for i in got]
+    assert shown == [(i.line, i.json if isinstance(i, Record) else i.reason) for i in expected]
+    assert len(shown) == 4 and b'"x,y"' in got[1].json  # type: ignore[union-attr]
+
+
+def test_a_declared_delimiter_the_header_does_not_use_says_which_it_looks_like() -> None:
+    declared = "looks comma-separated; the folder's config.json declares semicolons: correct"
+    with pytest.raises(ParseError, match=re.escape(declared)):
+        list(parse_csv(io.BytesIO(b"id,name\n1,Rex\n"), LIMITS, delimiter=";"))
+    with pytest.raises(ParseError, match=re.escape('or declare "delimiter": ";" in the folder')):
+        list(parse_csv(io.BytesIO(b"id;name\n1;Rex\n"), LIMITS))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path, PurePosixPath
 
@@ -22,11 +23,26 @@ from ingestor.layout import Placement, parse_folder_config, place, read_folder_c
         (b'{"data_source_id": "81KTMWCZ8ZMNZS0HG5HQNX0H6E"}', "is not a ULID"),
         (b'{"data_source_id": "01KTMWCZ8ZMNZS0HG5HQNX0H6I"}', "is not a ULID"),
         (b'{"x": "' + b"a" * 70_000 + b'"}', "over the 65,536-byte limit"),
+        (
+            b'{"data_source_id": "01KTMWCZ8ZMNZS0HG5HQNX0H6E", "delimiter": ";;"}',
+            '"delimiter" ";;" is not one of "," (comma), ";" (semicolon), "\\t" (tab), "|" (pipe)',
+        ),
+        (
+            b'{"data_source_id": "01KTMWCZ8ZMNZS0HG5HQNX0H6E", "delimiter": [","]}',
+            '"delimiter" [","] is not one of',
+        ),
     ],
 )
 def test_invalid_config_json_says_why(data: bytes, message: str) -> None:
     with pytest.raises(LayoutError, match=re.escape(message)):
         parse_folder_config(data)
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_a_config_may_declare_its_csv_delimiter(delimiter: str) -> None:
+    data = json.dumps({"data_source_id": "01KTMWCZ8ZMNZS0HG5HQNX0H6E", "delimiter": delimiter})
+    assert parse_folder_config(data.encode()).delimiter == delimiter
+    assert parse_folder_config(b'{"data_source_id": "01KTMWCZ8ZMNZS0HG5HQNX0H6E"}').delimiter == ","
 
 
 def test_valid_config_and_missing_config(tmp_path: Path) -> None:

@@ -164,3 +164,19 @@ def test_a_file_whose_close_event_was_lost_is_ready_at_a_later_scan(tmp_path: Pa
     os.utime(path, (time.time() - idle, time.time() - idle))
     discovery.scan(now=now)
     assert [f.path for f in discovery.due(now)] == [path]  # idle well past the quiet period
+
+
+def test_a_semicolon_export_is_sent_once_its_folder_declares_the_delimiter(tree, sim) -> None:
+    """A company whose tool exports semicolons says so in config.json; until then the file
+    is rejected with that advice, and it is picked up again when config.json changes."""
+    drop, _state, settings = tree
+    folder = make_folder(drop)
+    with running_service(settings) as svc:
+        (folder / "pets.csv").write_bytes(b"id;name\n1;Rex\n2;Ann\n")
+        first = svc.run_for("pets.csv")
+        assert first.state is FileState.REJECTED
+        assert 'declare "delimiter": ";"' in first.reason
+        (folder / "config.json").write_text(json.dumps({"data_source_id": DS, "delimiter": ";"}))
+        second = svc.run_for("pets.csv")
+    assert second.state is FileState.DONE and second.counts.sent == 2
+    assert sim.records("acme") == [{"id": "1", "name": "Rex"}, {"id": "2", "name": "Ann"}]

@@ -6,7 +6,7 @@ one record's worth of a file in memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from ingestor.parsers.common import ParseLimits
@@ -25,20 +25,20 @@ __all__ = [
 
 
 def parse_file(
-    handle: BinaryIO, fmt: str, limits: ParseLimits, start_offset: int = 0, start_line: int = 0
+    handle: BinaryIO,
+    fmt: str,
+    limits: ParseLimits,
+    start_offset: int = 0,
+    start_line: int = 0,
+    delimiter: str = ",",
 ) -> Iterator[LineRun | Record | Reject]:
     """Parse an open file as ``fmt`` ('csv' or 'jsonl') from a checkpoint. The parser's own
     generator is returned (no wrapper in between); it closes ``handle`` when done. JSONL
     comes a block at a time where it can (``parse_jsonl_blocks``), CSV a chunk of rows at
-    a time (``parse_csv_blocks``)."""
-    parser = _PARSERS.get(fmt)
-    if parser is None:
-        handle.close()
-        raise ValueError(f"unknown format {fmt!r}")
-    return parser(handle, limits, start_offset, start_line, close=True)
-
-
-_PARSERS: dict[str, Callable[..., Iterator[LineRun | Record | Reject]]] = {
-    "csv": parse_csv_blocks,
-    "jsonl": parse_jsonl_blocks,
-}
+    a time (``parse_csv_blocks``), its fields separated by ``delimiter``."""
+    if fmt == "csv":
+        return parse_csv_blocks(handle, limits, start_offset, start_line, True, delimiter)
+    if fmt == "jsonl":
+        return parse_jsonl_blocks(handle, limits, start_offset, start_line, close=True)
+    handle.close()
+    raise ValueError(f"unknown format {fmt!r}")

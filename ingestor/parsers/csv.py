@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from ingestor.errors import ParseError
-from ingestor.kinds import KIB
+from ingestor.kinds import CSV_DELIMITERS, KIB
 from ingestor.parsers.common import (
     UTF8_BOM,
     ParseLimits,
@@ -186,22 +186,21 @@ def _serialize(header: list[str], rows: list[list[str]]) -> list[bytes]:
     return list(map(orjson.dumps, records))
 
 
-_OTHER_SEPARATORS = {";": "semicolon", "\t": "tab", "|": "pipe"}
-
-
-def _likeliest(name: str) -> str:
-    """The separator other than a comma that a one-column header holds most of, if any."""
-    counts = {separator: name.count(separator) for separator in _OTHER_SEPARATORS}
-    best = max(counts, key=lambda separator: counts[separator])
+def _likeliest(name: str, delimiter: str) -> str:
+    """The delimiter other than ``delimiter`` that a one-column header holds most of, if any."""
+    counts = {other: name.count(other) for other in CSV_DELIMITERS if other != delimiter}
+    best = max(counts, key=lambda other: counts[other])
     return best if counts[best] else ""
 
 
-def _read_header(handle: BinaryIO, limits: ParseLimits) -> tuple[list[str], int, int]:
+def _read_header(
+    handle: BinaryIO, limits: ParseLimits, delimiter: str
+) -> tuple[list[str], int, int]:
     """Parse and validate the header row; return (columns, offset after it, its last line)."""
     check_not_utf16(handle, "CSV")
     handle.seek(0)
     feed = _Feed(handle, 0, limits.max_line_bytes)
-    reader = csv.reader(feed.lines(), strict=True)
+    reader = csv.reader(feed.lines(), strict=True, delimiter=delimiter)
     try:
         header = next(reader, None)
     except csv.Error as exc:
@@ -217,10 +216,17 @@ def _read_header(handle: BinaryIO, limits: ParseLimits) -> tuple[list[str], int,
         header[0] = header[0][1:]
     if not header or all(not name.strip() for name in header):
         raise ParseError("the header row is empty: the first row must name the columns")
-    if len(header) == 1 and (separator := _OTHER_SEPARATORS.get(_likeliest(header[0]))):
+    if len(header) == 1 and (likeliest := _likeliest(header[0], delimiter)):
+        looks, declared = CSV_DELIMITERS[likeliest], CSV_DELIMITERS[delimiter]
+        how = (
+            f'save it as CSV with commas between fields, or declare "delimiter": '
+            f"{orjson.dumps(likeliest).decode()} in the folder's config.json"
+            if delimiter == ","
+            else f"the folder's config.json declares {declared}s: correct one or the other"
+        )
         raise ParseError(
-            f"the header row has one column and it contains {separator}s: the file looks "
-            f"{separator}-separated; save it as CSV with commas between fields"
+            f"the header row has one column and it contains {looks}s: the file looks "
+            f"{looks}-separated; {how}"
         )
     seen: dict[str, int] = {}
     for position, name in enumerate(header, start=1):
@@ -241,13 +247,14 @@ def parse_csv(
     start_offset: int = 0,
     start_line: int = 0,
     close: bool = False,
+    delimiter: str = ",",
 ) -> Iterator[Record | Reject]:
     """Yield a Record per data row and a Reject per bad row, in file order, from a checkpoint
-    (closing ``handle`` at the end if ``close``).
+    (closing ``handle`` at the end if ``close``); fields are separated by ``delimiter``.
 
     Raises ParseError before yielding anything if the header is unusable.
     """
-    for item in parse_csv_blocks(handle, limits, start_offset, start_line, close):
+    for item in parse_csv_blocks(handle, limits, start_offset, start_line, close, delimiter):
         if type(item) is LineRun:
             yield from item
         else:
@@ -260,15 +267,17 @@ def parse_csv_blocks(
     start_offset: int = 0,
     start_line: int = 0,
     close: bool = False,
+    delimiter: str = ",",
 ) -> Iterator[LineRun | Record | Reject]:
     """What ``parse_csv`` yields, with each chunk of good rows as one LineRun (parallel
     lists, no Record per row: the batcher packs it whole)."""
     try:
-        header, header_end, header_line = _read_header(handle, limits)
+        header, header_end, header_line = _read_header(handle, limits, delimiter)
         if start_offset < header_end:
             start_offset, start_line = header_end, header_line
         handle.seek(start_offset)
-        yield from _Rows(handle, header, limits, start_offset, start_line).items()
+        rows = _Rows(handle, header, limits, start_offset, start_line, delimiter)
+        yield from rows.items()
     finally:
         if close:
             handle.close()
@@ -285,8 +294,10 @@ class _Rows:
         limits: ParseLimits,
         start_offset: int,
         start_line: int,
+        delimiter: str,
     ) -> None:
         self.handle, self.header, self.limits = handle, header, limits
+        self.delimiter = delimiter
         self.start_line = start_line
         self.feed = _Feed(handle, start_offset, limits.max_line_bytes)
         self.done = 0  # the reader line where the last row handled ended
@@ -296,7 +307,7 @@ class _Rows:
     def items(self) -> Iterator[LineRun | Record | Reject]:
         feed, rows, lasts, width = self.feed, self.rows, self.lasts, len(self.header)
         bad = feed.bad
-        reader = csv.reader(feed.lines(), strict=True)
+        reader = csv.reader(feed.lines(), strict=True, delimiter=self.delimiter)
         while True:
             try:
                 for row in reader:
