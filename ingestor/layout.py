@@ -109,6 +109,7 @@ class FolderConfig:
 
     target_id: str
     delimiter: str = ","  # between a CSV file's fields
+    encoding: str = "utf-8"  # the data files' text encoding, as declared
 
 
 def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:
@@ -139,7 +140,31 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
             f'config.json "{key}" {shown!r} is not a ULID (26 characters of Crockford base32, '
             f"e.g. 01KTMWCZ8ZMNZS0HG5HQNX0H6E)"
         )
-    return FolderConfig(target_id=target.upper(), delimiter=_delimiter(value))
+    return FolderConfig(
+        target_id=target.upper(), delimiter=_delimiter(value), encoding=_encoding(value)
+    )
+
+
+def _is_encoding(name: str) -> bool:
+    """Whether ``name`` is a text encoding Python knows (not a codec such as rot13)."""
+    try:
+        "\n".encode(name)
+    except LookupError:
+        return False
+    return True
+
+
+def _encoding(config: dict[str, Any]) -> str:
+    """config.json's optional "encoding": any text encoding Python knows by that name."""
+    encoding = config.get("encoding", "utf-8")
+    if not isinstance(encoding, str) or len(encoding) > 40 or not _is_encoding(encoding):
+        shown = orjson.dumps(encoding).decode()
+        shown = shown if len(shown) <= 40 else shown[:40] + "…"
+        raise LayoutError(
+            f'config.json "encoding" {shown} is not a text encoding; use a name such as '
+            '"utf-8" (the default), "windows-1252", "latin-1" or "utf-16"'
+        )
+    return encoding
 
 
 def _delimiter(config: dict[str, Any]) -> str:

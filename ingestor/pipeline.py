@@ -368,7 +368,8 @@ class Pipeline:
         rejects = RejectsFile(rejects_path, run.rejects_bytes)
         checkpoint = run.offset  # the byte offset after the last acknowledged batch
         try:
-            items = parse_file(file.reader(), fmt, limits, run.offset, run.line, config.delimiter)
+            start = (run.offset, run.line, config.delimiter, config.encoding)
+            items = parse_file(file.reader(), fmt, limits, *start)
             for item in batches(items, sender.envelope, kind.limits):
                 if type(item) is Reject:
                     rejects.write(item)

@@ -41,7 +41,11 @@ class Validation:
 
 
 def validate_file(
-    path: Path, kind: ImportKind = CUSTOM_OBJECTS, preview: int = 3, delimiter: str = ","
+    path: Path,
+    kind: ImportKind = CUSTOM_OBJECTS,
+    preview: int = 3,
+    delimiter: str = ",",
+    encoding: str = "utf-8",
 ) -> FileValidation:
     """Parse and batch a file exactly as ingestion would, without sending anything."""
     result = FileValidation(path)
@@ -53,7 +57,7 @@ def validate_file(
     envelope = kind.envelope("0" * 26)
     try:
         with open_directory(path.parent) as directory, directory.open_file(path.name) as file:
-            items = parse_file(file.reader(), fmt, limits, delimiter=delimiter)
+            items = parse_file(file.reader(), fmt, limits, 0, 0, delimiter, encoding)
             for item in batches(items, envelope, kind.limits):
                 if isinstance(item, Reject):
                     result.rejects.append(item)
@@ -72,20 +76,24 @@ def validate_path(target: Path) -> Validation:
     """``ingestor validate``: a data file, or an import folder (config.json included). A
     file in an import folder with a valid config.json is read with its CSV delimiter."""
     result = Validation(target)
-    delimiter = ","
+    delimiter, encoding = ",", "utf-8"
     folder_path = target.parent if target.is_file() else target
     try:
         folder = locate_import_folder(folder_path)
         with open_directory(folder.path) as directory:
             config = load_folder_config(directory, folder.kind)
-        result.data_source_id, delimiter = config.target_id, config.delimiter
+        result.data_source_id = config.target_id
+        delimiter, encoding = config.delimiter, config.encoding
     except LayoutError as exc:
         result.folder_error = str(exc)
     if target.is_file():
-        return Validation(target, files=[validate_file(target, delimiter=delimiter)])
+        checked = validate_file(target, delimiter=delimiter, encoding=encoding)
+        return Validation(target, files=[checked])
     if target.is_dir():
         with open_directory(target) as directory:
             listing = list_folder(directory)
         result.ignored = listing.ignored
-        result.files = [validate_file(p, delimiter=delimiter) for p in listing.data_files]
+        result.files = [
+            validate_file(p, delimiter=delimiter, encoding=encoding) for p in listing.data_files
+        ]
     return result

@@ -7,10 +7,11 @@ one record's worth of a file in memory.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ingestor.parsers.common import ParseLimits
 from ingestor.parsers.csv import parse_csv, parse_csv_blocks
+from ingestor.parsers.encoding import Transcoded, same_encoding
 from ingestor.parsers.jsonl import parse_jsonl, parse_jsonl_blocks
 from ingestor.records import LineRun, Record, Reject
 
@@ -31,11 +32,16 @@ def parse_file(
     start_offset: int = 0,
     start_line: int = 0,
     delimiter: str = ",",
+    encoding: str = "utf-8",
 ) -> Iterator[LineRun | Record | Reject]:
     """Parse an open file as ``fmt`` ('csv' or 'jsonl') from a checkpoint. The parser's own
     generator is returned (no wrapper in between); it closes ``handle`` when done. JSONL
     comes a block at a time where it can (``parse_jsonl_blocks``), CSV a chunk of rows at
-    a time (``parse_csv_blocks``), its fields separated by ``delimiter``."""
+    a time (``parse_csv_blocks``), its fields separated by ``delimiter``. A file in another
+    ``encoding`` than UTF-8 is read as UTF-8 text (``Transcoded``): offsets are then in
+    that text."""
+    if not same_encoding(encoding, "utf-8"):
+        handle = cast(BinaryIO, Transcoded(handle, encoding))
     if fmt == "csv":
         return parse_csv_blocks(handle, limits, start_offset, start_line, True, delimiter)
     if fmt == "jsonl":

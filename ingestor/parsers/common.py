@@ -18,8 +18,12 @@ def check_not_utf16(handle: BinaryIO, what: str) -> None:
     so say once, for the whole file, what it is and how to save it instead."""
     handle.seek(0)
     if handle.read(2) in _UTF16_BOMS:
+        excel = ""
+        if what == "CSV":
+            excel = ' (and "delimiter": "\\t" if it is Excel\'s "Unicode Text")'
         raise ParseError(
-            f"the file is UTF-16 text, not UTF-8; save it as {what} (UTF-8) and upload it again"
+            f"the file is UTF-16 text, not UTF-8; save it as {what} (UTF-8) and upload it "
+            f'again, or declare "encoding": "utf-16"{excel} in the folder\'s config.json'
         )
 
 
