@@ -54,7 +54,11 @@ def test_validate_lists_what_would_be_sent_and_skipped() -> None:
     assert by_name["orders.csv"]["records"] == 197
     assert [(s["line"], s["reason"]) for s in by_name["orders.csv"]["skipped"]] == [
         (18, "row has 5 cells but the header has 4 columns"),
-        (59, "row is not valid UTF-8"),
+        (
+            59,
+            'row is not valid UTF-8 (it is valid Windows-1252: if the file is, declare "encoding"'
+            ': "windows-1252" in the folder\'s config.json)',
+        ),
         (121, "row has no values (every cell empty)"),
     ]
     assert report["ignored"] == ["README.txt (only .csv and .jsonl are processed)"]

@@ -107,7 +107,11 @@ def test_bad_rows_are_skipped_with_line_numbers() -> None:
     items = parse(data)
     got = [(i.line, i.reason) for i in items if isinstance(i, Reject)]
     assert got[0] == (3, "row has 3 cells but the header has 2 columns")
-    assert got[1] == (4, "row is not valid UTF-8")
+    assert got[1] == (
+        4,
+        'row is not valid UTF-8 (it is valid Windows-1252: if the file is, declare "encoding": '
+        '"windows-1252" in the folder\'s config.json)',
+    )
     assert got[2][0] == 5 and got[2][1].startswith("malformed CSV")
     assert got[-1] == (7, "row has no values (every cell empty)")
     assert [orjson.loads(i.json)["id"] for i in items if isinstance(i, Record)] == ["1", "5"]
@@ -285,3 +289,8 @@ def test_any_table_reads_the_same_whatever_delimiter_it_was_written_and_declared
     comma = parse(_written(rows, ","))
     other = list(parse_csv(io.BytesIO(_written(rows, delimiter)), LIMITS, delimiter=delimiter))
     assert seen(other) == seen(comma)
+
+
+def test_a_row_that_is_neither_utf8_nor_windows_1252_gets_no_encoding_hint() -> None:
+    (reject,) = [i for i in parse(b"id,name\n1,bad\x81\xe9\n") if isinstance(i, Reject)]
+    assert reject.reason == "row is not valid UTF-8"
