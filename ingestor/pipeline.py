@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -38,7 +39,7 @@ from ingestor.layout import (
     load_folder_config,
 )
 from ingestor.ledger import FileRun, FileState, Ledger
-from ingestor.parsers import ParseLimits, parse_file
+from ingestor.parsers import HEAD_BYTES, ParseLimits, assumptions, parse_file
 from ingestor.ratelimit import AccountLimiter
 from ingestor.records import FileCounts, Reject
 from ingestor.reports import RejectsFile, Report, report_dir, run_stem, write_report
@@ -363,11 +364,16 @@ class Pipeline:
             max_record_bytes=kind.limits.max_record_bytes,
             max_excerpt=self._settings.max_raw_excerpt,
         )
+        read_as: dict[str, str] = {}  # how it is read, for its report: filled once it is
+        close = partial(self._close, read_as=read_as)
         counts = replace(run.counts)
         pending = FileCounts()
         rejects = RejectsFile(rejects_path, run.rejects_bytes)
         checkpoint = run.offset  # the byte offset after the last acknowledged batch
         try:
+            with file.reader() as head:
+                head_bytes = head.read(HEAD_BYTES)
+            read_as.update(assumptions(head_bytes, fmt, config.delimiter, config.encoding))
             start = (run.offset, run.line, config.delimiter, config.encoding)
             items = parse_file(file.reader(), fmt, limits, *start)
             for item in batches(items, sender.envelope, kind.limits):
@@ -404,27 +410,27 @@ class Pipeline:
                 _check_unchanged(file)
             _check_unchanged(file)
         except ParseError as exc:
-            return self._close(run, FileState.REJECTED, str(exc), ignored, counts, exc.code)
+            return close(run, FileState.REJECTED, str(exc), ignored, counts, exc.code)
         except FileChanged as exc:
             bound.warning("file_changed", reason=str(exc))
-            closed = self._close(run, FileState.FAILED, str(exc), ignored, counts, exc.code)
+            closed = close(run, FileState.FAILED, str(exc), ignored, counts, exc.code)
             return replace(closed, changed=True)
         except SystemicRejection as exc:
             bound.error("file_paused", reason=str(exc))
-            return self._close(run, FileState.FAILED, str(exc), ignored, counts, exc.code)
+            return close(run, FileState.FAILED, str(exc), ignored, counts, exc.code)
         except AuthError as exc:
-            self._close(run, FileState.FAILED, str(exc), ignored, counts, exc.code)
+            close(run, FileState.FAILED, str(exc), ignored, counts, exc.code)
             raise
         except OSError as exc:
             reason = f"cannot read {path.name}: {exc.strerror or exc}"
-            return self._close(run, FileState.FAILED, reason, ignored, counts, READ_FAILED)
+            return close(run, FileState.FAILED, reason, ignored, counts, READ_FAILED)
         except Interrupted:
             bound.info("file_interrupted", offset=checkpoint)
             raise
         finally:
             rejects.close()
         counts.add(pending)
-        result = self._close(run, FileState.DONE, "", ignored, counts)
+        result = close(run, FileState.DONE, "", ignored, counts)
         bound.info(
             "file_done",
             read=counts.read,
@@ -443,9 +449,10 @@ class Pipeline:
         ignored: tuple[str, ...],
         counts: FileCounts | None = None,
         code: str = "",
+        read_as: dict[str, str] | None = None,
     ) -> FileResult:
         """Write the report first, then the final state: a crash between the two only
-        repeats the (idempotent) report."""
+        repeats the (idempotent) report. ``read_as``: how the file was read, if it was."""
         final = replace(
             run,
             state=state,
@@ -459,6 +466,7 @@ class Pipeline:
             self._settings.state_dir,
             ignored=ignored,
             samples=self._settings.report_skip_samples,
+            read_as=read_as,
         )
         final = replace(final, report_path=str(report.path))
         crashpoints.reached("report.unrecorded")

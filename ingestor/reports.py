@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -121,7 +121,7 @@ def first_rejects(path: str, limit: int) -> list[dict[str, Any]]:
     return found
 
 
-REPORT_SCHEMA = 1  # the "schema" of a report file; bump with any change of its fields
+REPORT_SCHEMA = 2  # the "schema" of a report file; bump with any change of its fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +156,8 @@ class FileReport:
     skipped_samples: tuple[dict[str, Any], ...]
     rejected_rows_file: str
     ignored_files: tuple[str, ...]
+    # How the file was read (format, encoding, delimiter...); {} if it was not read.
+    read_as: dict[str, str] = field(default_factory=dict)
     schema: int = REPORT_SCHEMA
 
     def as_dict(self) -> dict[str, Any]:
@@ -173,6 +175,7 @@ class FileReport:
             "reason_code": "",
             "records_maybe_resent": 0,
             "kind": "custom_objects",
+            "read_as": {},
             "schema": REPORT_SCHEMA,
         }
         values = {**defaults, **{k: v for k, v in data.items() if k in cls.__dataclass_fields__}}
@@ -200,7 +203,12 @@ class Report:
 
 
 def write_report(
-    run: FileRun, state_dir: Path, *, ignored: tuple[str, ...] = (), samples: int = 20
+    run: FileRun,
+    state_dir: Path,
+    *,
+    ignored: tuple[str, ...] = (),
+    samples: int = 20,
+    read_as: dict[str, str] | None = None,
 ) -> Report:
     """Write the run's JSON report next to its rejects file (atomically) and return it."""
     ident = run.identity
@@ -235,6 +243,7 @@ def write_report(
         skipped_samples=tuple(first_rejects(run.rejects_path, samples)),
         rejected_rows_file=run.rejects_path if counts.skipped else "",
         ignored_files=ignored,
+        read_as=read_as or {},
     )
     data = report.as_dict()
     directory = report_dir(state_dir, ident.company)

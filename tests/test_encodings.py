@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from ingestor.errors import LayoutError, ParseError
 from ingestor.layout import parse_folder_config
 from ingestor.ledger import FileState
+from ingestor.notify.content import file_facts, read_as_line
 from ingestor.parsers import ParseLimits, parse_file
 from ingestor.parsers import encoding as encoding_module
 from ingestor.parsers.encoding import Transcoded
 from ingestor.records import LineRun, Record, Reject
+from ingestor.reports import FileReport
 from ingestor.simulator import Simulator
 from tests.conftest import make_folder
 from tests.service_helpers import running_service, write_settings
@@ -127,6 +129,22 @@ def test_a_windows_export_and_an_excel_unicode_text_are_sent_as_declared(
         "a.csv": FileState.DONE,
         "b.csv": FileState.DONE,
     }
+    read_as = {name: FileReport.load(run.report_path).read_as for name, run in runs.items()}  # type: ignore[union-attr]
+    assert read_as == {
+        "a.csv": {"format": "CSV", "encoding": "cp1252", "byte_order_mark": "none",
+                  "line_ends": "LF", "delimiter": "comma",
+                  "header": "the first row names the fields"},
+        "b.csv": {"format": "CSV", "encoding": "utf-16",
+                  "byte_order_mark": "present, not part of the data", "line_ends": "CRLF",
+                  "delimiter": "tab", "header": "the first row names the fields"},
+    }  # fmt: skip
+    report = FileReport.load(runs["b.csv"].report_path)
+    assert report is not None and ("Read as", read_as_line(read_as["b.csv"])) in (
+        file_facts(report).facts  # the e-mail's facts
+    )
+    assert read_as_line(read_as["b.csv"]) == (
+        "CSV, utf-16, tab-separated, CRLF line ends, header row, byte-order mark"
+    )
     assert sorted(sim.records("acme"), key=lambda r: str(r["id"])) == [
         {"id": "1", "name": "Müller \u2013 5 €"},
         {"id": "2", "name": "Łódź"},

@@ -95,16 +95,18 @@ def test_a_report_is_typed_versioned_and_reads_back_as_written(tmp_path: Path) -
                   path="/a", sha256="", data_source_id="", state="done", reason="",
                   reason_code="", rejected_rows_file="", records_per_second=None,
                   skipped_samples=({"line": 3, "reason": "x", "raw": "r"},),
-                  ignored_files=("notes.txt",), schema=REPORT_SCHEMA)  # fmt: skip
+                  ignored_files=("notes.txt",), schema=REPORT_SCHEMA,
+                  read_as={"format": "CSV", "encoding": "cp1252"})  # fmt: skip
     report = FileReport(**fields)  # type: ignore[arg-type]
     path.write_bytes(orjson.dumps(report.as_dict()))
     assert FileReport.load(str(path)) == report
     older = report.as_dict()
-    for added in ("reason_code", "records_maybe_resent", "schema"):
+    for added in ("reason_code", "records_maybe_resent", "schema", "read_as"):
         del older[added]
     path.write_bytes(orjson.dumps(older))
     loaded = FileReport.load(str(path))
     assert loaded is not None and loaded.reason_code == "" and loaded.records_maybe_resent == 0
+    assert loaded.read_as == {}
     assert FileReport.load(str(tmp_path / "missing.json")) is None
 
 

@@ -161,6 +161,19 @@ class FileFacts:
     ignored_files: list[str]
 
 
+def read_as_line(read_as: dict[str, str]) -> str:
+    """``CSV, windows-1252, semicolon-separated, CRLF line ends, header row, byte-order mark``"""
+    parts = [read_as.get("format", "?"), read_as.get("encoding", "?")]
+    if "delimiter" in read_as:
+        parts.append(f"{read_as['delimiter']}-separated")
+    parts.append(f"{read_as.get('line_ends', '?')} line ends")
+    if "header" in read_as:
+        parts.append("header row")
+    if read_as.get("byte_order_mark", "none") != "none":
+        parts.append("byte-order mark")
+    return ", ".join(parts)
+
+
 def file_facts(report: FileReport) -> FileFacts:
     rate = report.records_per_second
     facts = [
@@ -181,6 +194,8 @@ def file_facts(report: FileReport) -> FileFacts:
         ("Waited for rate limits", f"{report.throttled_seconds:,.1f} s"),
         ("Records/s", f"{rate:,.0f}" if rate else "-"),
     ]
+    if report.read_as:
+        facts.append(("Read as", read_as_line(report.read_as)))
     if report.reason:
         facts.append(("Reason", report.reason))
     skipped = [

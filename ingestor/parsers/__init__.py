@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO, cast
 
-from ingestor.parsers.common import ParseLimits
+from ingestor.parsers.common import HEAD_BYTES, ParseLimits, assumptions
 from ingestor.parsers.csv import parse_csv, parse_csv_blocks
 from ingestor.parsers.encoding import Transcoded, same_encoding
 from ingestor.parsers.jsonl import parse_jsonl, parse_jsonl_blocks
 from ingestor.records import LineRun, Record, Reject
 
 __all__ = [
+    "HEAD_BYTES",
     "ParseLimits",
+    "assumptions",
     "parse_csv",
     "parse_csv_blocks",
     "parse_file",

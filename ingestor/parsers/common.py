@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ingestor.errors import ParseError
-from ingestor.kinds import KIB
+from ingestor.kinds import CSV_DELIMITERS, KIB
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # what Excel's "Unicode Text" export starts with
@@ -35,6 +35,27 @@ class ParseLimits:
     max_record_bytes: int = 512 * KIB
     max_line_bytes: int = 1024 * KIB
     max_excerpt: int = 2048
+
+
+HEAD_BYTES = 64 * KIB  # what ``assumptions`` looks at
+
+
+def assumptions(head: bytes, fmt: str, delimiter: str, encoding: str) -> dict[str, str]:
+    """How a file is read, for its report and e-mail: format, encoding, byte-order mark,
+    line ends (from its first ``HEAD_BYTES``), and for CSV the delimiter and header."""
+    text = head.decode(encoding, "replace")
+    bom = head.startswith(UTF8_BOM) or head[:2] in _UTF16_BOMS
+    ends = "CRLF" if "\r\n" in text else "LF" if "\n" in text else "none in the first 64 KiB"
+    read_as = {
+        "format": "CSV" if fmt == "csv" else "JSON Lines",
+        "encoding": encoding,
+        "byte_order_mark": "present, not part of the data" if bom else "none",
+        "line_ends": ends,
+    }
+    if fmt == "csv":
+        read_as["delimiter"] = CSV_DELIMITERS.get(delimiter, delimiter)
+        read_as["header"] = "the first row names the fields"
+    return read_as
 
 
 def excerpt(raw: bytes, limit: int) -> str:
