@@ -174,3 +174,12 @@ def test_an_undeclared_utf16_file_is_rejected_with_how_to_declare_it() -> None:
     assert 'or declare "encoding": "utf-16" (and "delimiter": "\\t" if it is Excel' in str(
         raised.value
     )
+
+
+def test_an_undeclared_windows_jsonl_line_says_how_to_declare_the_encoding() -> None:
+    data = b'{"name": "caf\xe9"}\n{"name": oops}\n'
+    reasons = [i.reason for i in parse_file(io.BytesIO(data), "jsonl", LIMITS)]  # type: ignore[union-attr]
+    assert reasons[0].startswith("invalid UTF-8") and reasons[0].endswith(
+        'declare "encoding": "windows-1252" in the folder\'s config.json)'
+    )
+    assert reasons[1].startswith("invalid JSON") and "Windows-1252" not in reasons[1]

@@ -38,6 +38,24 @@ class ParseLimits:
 
 
 HEAD_BYTES = 64 * KIB  # what ``assumptions`` looks at
+WINDOWS_HINT = (
+    ' (it is valid Windows-1252: if the file is, declare "encoding": "windows-1252" in '
+    "the folder's config.json)"
+)
+
+
+def windows_hint(raw: bytes) -> str:
+    """``WINDOWS_HINT`` for a line that is not UTF-8 but is Windows-1252 (what an undeclared
+    Excel export gives), else ''."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        try:
+            raw.decode("cp1252")
+        except UnicodeDecodeError:
+            return ""
+        return WINDOWS_HINT
+    return ""
 
 
 def assumptions(head: bytes, fmt: str, delimiter: str, encoding: str) -> dict[str, str]:

@@ -26,11 +26,13 @@ from ingestor.errors import ParseError
 from ingestor.kinds import CSV_DELIMITERS, KIB
 from ingestor.parsers.common import (
     UTF8_BOM,
+    WINDOWS_HINT,
     ParseLimits,
     check_not_utf16,
     excerpt,
     read_span,
     skip_long_line,
+    windows_hint,
 )
 from ingestor.records import LineRun, Record, Reject
 
@@ -46,18 +48,6 @@ csv.field_size_limit(FIELD_LIMIT)
 CHUNK_ROWS = 64
 TOO_LONG, BAD_UTF8 = "too long", "bad UTF-8"
 BAD_UTF8_WINDOWS = "bad UTF-8, good Windows-1252"  # what an undeclared Excel export gives
-_WINDOWS_HINT = (
-    ' (it is valid Windows-1252: if the file is, declare "encoding": "windows-1252" in '
-    "the folder's config.json)"
-)
-
-
-def _is_windows(line: bytes) -> bool:
-    try:
-        line.decode("cp1252")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 class _Feed:
@@ -151,7 +141,7 @@ class _Feed:
             try:
                 text.append(line.decode("utf-8"))
             except UnicodeDecodeError:
-                self.bad[number] = BAD_UTF8_WINDOWS if _is_windows(line) else BAD_UTF8
+                self.bad[number] = BAD_UTF8_WINDOWS if windows_hint(line) else BAD_UTF8
                 text.append(line.decode("utf-8", "replace"))
         return raw, text
 
@@ -224,7 +214,7 @@ def _read_header(
     if problem == TOO_LONG:
         raise ParseError(f"the header row is over {limits.max_line_bytes:,} bytes")
     if problem in (BAD_UTF8, BAD_UTF8_WINDOWS):
-        hint = _WINDOWS_HINT if problem == BAD_UTF8_WINDOWS else ""
+        hint = WINDOWS_HINT if problem == BAD_UTF8_WINDOWS else ""
         raise ParseError(f"the header row is not valid UTF-8{hint}; save the file as UTF-8")
     if header and header[0].startswith(UTF8_BOM.decode("utf-8")):
         header[0] = header[0][1:]
@@ -381,7 +371,7 @@ class _Rows:
                 f"a line of this row is over {max_line:,} bytes; skipped unread", last
             )
         elif problem in (BAD_UTF8, BAD_UTF8_WINDOWS):
-            hint = _WINDOWS_HINT if problem == BAD_UTF8_WINDOWS else ""
+            hint = WINDOWS_HINT if problem == BAD_UTF8_WINDOWS else ""
             yield self._reject(f"row is not valid UTF-8{hint}", last)
         elif len(row) > width:
             yield self._reject(f"row has {len(row)} cells but the header has {width} columns", last)

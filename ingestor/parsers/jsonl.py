@@ -21,6 +21,7 @@ from ingestor.parsers.common import (
     check_not_utf16,
     excerpt,
     skip_long_line,
+    windows_hint,
 )
 from ingestor.records import LineRun, Record, Reject
 
@@ -191,7 +192,7 @@ def _line_by_line(
                 line_no,
                 line_no,
                 offset,
-                _invalid_reason(exc),
+                _invalid_reason(exc) + windows_hint(body),
                 excerpt(body, limits.max_excerpt),
             )
             continue
