@@ -11,7 +11,13 @@ from ingestor.batcher import batches
 from ingestor.dropfile import open_directory
 from ingestor.errors import LayoutError, ParseError
 from ingestor.kinds import CUSTOM_OBJECTS, ImportKind
-from ingestor.layout import data_format, list_folder, load_folder_config, locate_import_folder
+from ingestor.layout import (
+    FolderConfig,
+    data_format,
+    list_folder,
+    load_folder_config,
+    locate_import_folder,
+)
 from ingestor.parsers import ParseLimits, parse_file
 from ingestor.records import Reject
 
@@ -74,26 +80,29 @@ def validate_file(
 
 def validate_path(target: Path) -> Validation:
     """``ingestor validate``: a data file, or an import folder (config.json included). A
-    file in an import folder with a valid config.json is read with its CSV delimiter."""
-    result = Validation(target)
-    delimiter, encoding = ",", "utf-8"
-    folder_path = target.parent if target.is_file() else target
-    try:
-        folder = locate_import_folder(folder_path)
-        with open_directory(folder.path) as directory:
-            config = load_folder_config(directory, folder.kind)
-        result.data_source_id = config.target_id
-        delimiter, encoding = config.delimiter, config.encoding
-    except LayoutError as exc:
-        result.folder_error = str(exc)
+    file in an import folder with a valid config.json is read as the folder declares."""
+    config, problem = _folder_config(target.parent if target.is_file() else target)
+    read = config or FolderConfig("")  # the defaults: UTF-8, commas
     if target.is_file():
-        checked = validate_file(target, delimiter=delimiter, encoding=encoding)
+        checked = validate_file(target, delimiter=read.delimiter, encoding=read.encoding)
         return Validation(target, files=[checked])
+    result = Validation(target, folder_error=problem, data_source_id=read.target_id)
     if target.is_dir():
         with open_directory(target) as directory:
             listing = list_folder(directory)
         result.ignored = listing.ignored
         result.files = [
-            validate_file(p, delimiter=delimiter, encoding=encoding) for p in listing.data_files
+            validate_file(p, delimiter=read.delimiter, encoding=read.encoding)
+            for p in listing.data_files
         ]
     return result
+
+
+def _folder_config(folder: Path) -> tuple[FolderConfig | None, str]:
+    """The import folder's config.json, or why there is none to use."""
+    try:
+        located = locate_import_folder(folder)
+        with open_directory(located.path) as directory:
+            return load_folder_config(directory, located.kind), ""
+    except LayoutError as exc:
+        return None, str(exc)

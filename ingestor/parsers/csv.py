@@ -48,6 +48,8 @@ csv.field_size_limit(FIELD_LIMIT)
 CHUNK_ROWS = 64
 TOO_LONG, BAD_UTF8 = "too long", "bad UTF-8"
 BAD_UTF8_WINDOWS = "bad UTF-8, good Windows-1252"  # what an undeclared Excel export gives
+# A line that is not UTF-8, by what its reason adds.
+_NOT_UTF8 = {BAD_UTF8: "", BAD_UTF8_WINDOWS: WINDOWS_HINT}
 
 
 class _Feed:
@@ -213,9 +215,10 @@ def _read_header(
     problem = feed.problem(reader.line_num)
     if problem == TOO_LONG:
         raise ParseError(f"the header row is over {limits.max_line_bytes:,} bytes")
-    if problem in (BAD_UTF8, BAD_UTF8_WINDOWS):
-        hint = WINDOWS_HINT if problem == BAD_UTF8_WINDOWS else ""
-        raise ParseError(f"the header row is not valid UTF-8{hint}; save the file as UTF-8")
+    if problem in _NOT_UTF8:
+        raise ParseError(
+            f"the header row is not valid UTF-8{_NOT_UTF8[problem]}; save the file as UTF-8"
+        )
     if header and header[0].startswith(UTF8_BOM.decode("utf-8")):
         header[0] = header[0][1:]
     if not header or all(not name.strip() for name in header):
@@ -370,9 +373,8 @@ class _Rows:
             yield self._reject(
                 f"a line of this row is over {max_line:,} bytes; skipped unread", last
             )
-        elif problem in (BAD_UTF8, BAD_UTF8_WINDOWS):
-            hint = WINDOWS_HINT if problem == BAD_UTF8_WINDOWS else ""
-            yield self._reject(f"row is not valid UTF-8{hint}", last)
+        elif problem in _NOT_UTF8:
+            yield self._reject(f"row is not valid UTF-8{_NOT_UTF8[problem]}", last)
         elif len(row) > width:
             yield self._reject(f"row has {len(row)} cells but the header has {width} columns", last)
         else:  # a blank line
