@@ -17,7 +17,7 @@ import httpx
 from ingestor.config import ApiKey, ApiSettings, Settings
 from ingestor.dropfile import walk
 from ingestor.errors import ConfigError, LayoutError
-from ingestor.kinds import CUSTOM_OBJECTS
+from ingestor.kinds import KINDS
 from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import (
     FOLDER_DEPTH,
@@ -82,8 +82,9 @@ def scan_drop(drop_root: Path) -> DropScan:
     for path, info, _depth in sorted(walk(drop_root, FOLDER_DEPTH), key=lambda e: e[0]):
         parts = path.relative_to(drop_root).parts
         if stat.S_ISDIR(info.st_mode) and len(parts) == FOLDER_DEPTH:
-            if parts[1] == "imports" and parts[2] == CUSTOM_OBJECTS.folder:
-                folders.append(ImportFolder(path, parts[0], CUSTOM_OBJECTS, path.name, drop_root))
+            if parts[1] == "imports" and parts[2] in KINDS:
+                kind = KINDS[parts[2]]
+                folders.append(ImportFolder(path, parts[0], kind, path.name, drop_root))
         elif stat.S_ISREG(info.st_mode) and place(PurePosixPath(*parts)).placement is STRAY:
             strays.append(path)
     return DropScan(folders, strays)
@@ -222,7 +223,9 @@ def run_demo(
     with Simulator(keys) as sim:
         for folder in scan.folders:
             with contextlib.suppress(LayoutError):  # the demo shows how it is reported
-                sim.add_data_source(folder.company, read_folder_config(folder.path).target_id)
+                if folder.kind.has_data_source:
+                    target = read_folder_config(folder.path, folder.kind).target_id
+                    sim.add_data_source(folder.company, target)
         on_start(sim.url, len(scan.folders))
         settings = Settings(state_dir=state_dir, api=ApiSettings(base_url=sim.url))
         limiters: dict[str, AccountLimiter] = {}
@@ -269,8 +272,10 @@ def start_simulator(
     sources = list(data_sources or [])
     if drop is not None:
         for folder in scan_drop(drop).folders:
+            if not folder.kind.has_data_source:
+                continue
             with contextlib.suppress(LayoutError):
-                target = read_folder_config(folder.path).target_id
+                target = read_folder_config(folder.path, folder.kind).target_id
                 sources += [(account, target) for account in sorted(set(keys.values()))]
     for account, ds_id in sources:
         sim.add_data_source(account, ds_id)

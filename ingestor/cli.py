@@ -218,6 +218,8 @@ def _print_validation(result: Validation) -> None:
     lines: list[str] = []
     if result.data_source_id:
         lines.append(f"config.json: data source {bold}{result.data_source_id}{plain}")
+    if result.metric:
+        lines.append(f"config.json: events of the metric {bold}{result.metric}{plain}")
     if result.folder_error:
         lines.append(f"{red}folder would not be processed:{plain} {result.folder_error}")
     for file in result.files:
@@ -241,6 +243,7 @@ def _validation_json(result: Validation) -> dict[str, Any]:
         "ok": result.ok,
         "folder_error": result.folder_error,
         "data_source_id": result.data_source_id,
+        "metric": result.metric,
         "ignored": list(result.ignored),
         "files": [
             {
@@ -325,11 +328,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for stray in demo.strays:
         out.print(
             f"[red]rejected[/] {stray.relative_to(drop)}: files directly under "
-            "custom_objects/ are not processed; move it into a named subfolder"
+            f"{stray.parent.name}/ are not processed; move it into a named subfolder"
         )
     stats = demo.stats
     out.print(
-        f"simulator received {stats['records']:,} records in {stats['requests']} requests "
+        f"simulator received {stats['records']:,} records and {stats['events']:,} events in "
+        f"{stats['requests']} requests "
         f"(statuses {stats['statuses']}); every body validated against Klaviyo's OpenAPI "
         f"({stats['schema_failures']} failures)"
     )
@@ -363,7 +367,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
 DESCRIPTION = """\
 Import CSV and JSONL files dropped into folders into Klaviyo, as Klaviyo's own SFTP import
-does: <drop_root>/<company>/imports/custom_objects/<folder>/config.json + *.csv / *.jsonl.
+does: <drop_root>/<company>/imports/<kind>/<folder>/config.json + *.csv / *.jsonl, where
+<kind> is custom_objects (records of a data source) or events (a profile's events).
 
 Start here:
   ingestor demo                      see it work end to end on a built-in simulator

@@ -1,4 +1,4 @@
-"""Import kinds: what differs between `custom_objects/`, and later `events/` and `profiles/`.
+"""Import kinds: what differs between `custom_objects/`, `events/` and, later, `profiles/`.
 
 A kind names its drop folder, its endpoint, its size limits and how records are wrapped
 into a request body. Parsers, batcher, sender, ledger and reports are shared by all kinds.
@@ -65,9 +65,26 @@ class ImportKind:
     endpoint: str
     limits: BatchLimits
     target_key: str  # the config.json key naming where the records go
+    # The endpoint's published rate limits (requests per second, per minute), for kinds
+    # whose limiter is not a setting of its own yet.
+    burst: int = 3
+    steady: int = 60
+    # Whether the target is a data source that must exist (checked before sending).
+    has_data_source: bool = False
+    # Whether each row is made into the endpoint's item (``mapping``), not sent as it is.
+    maps_rows: bool = False
 
     def envelope(self, target_id: str) -> Envelope:
-        if self.folder != CUSTOM_OBJECTS.folder:  # pragma: no cover - future kinds
+        if self.folder == EVENTS_FOLDER:
+            # Each item (a profile and its event) is built whole by ``mapping``.
+            return Envelope(
+                prefix=b'{"data":{"type":"event-bulk-create-job",'
+                b'"attributes":{"events-bulk-create":{"data":[',
+                item_prefix=b"",
+                item_suffix=b"",
+                suffix=b"]}}}}",
+            )
+        if self.folder != CUSTOM_OBJECTS_FOLDER:  # pragma: no cover - future kinds
             raise NotImplementedError(f"no envelope for import kind {self.folder!r} yet")
         return Envelope(
             prefix=b'{"data":{"type":"data-source-record-bulk-create-job",'
@@ -80,15 +97,36 @@ class ImportKind:
         )
 
 
+CUSTOM_OBJECTS_FOLDER = "custom_objects"
+EVENTS_FOLDER = "events"
+
 CUSTOM_OBJECTS = ImportKind(
-    folder="custom_objects",
+    folder=CUSTOM_OBJECTS_FOLDER,
     endpoint="/api/data-source-record-bulk-create-jobs",
     # Klaviyo's published limits: 500 records, 4 MB payload, 512 KB per record (decimal).
     limits=BatchLimits(max_records=500, max_body_bytes=4 * MB, max_record_bytes=512 * KB),
     target_key="data_source_id",
+    has_data_source=True,
 )
 
-# Folders reserved for later kinds (bulk events: 1,000 / 5 MB; profiles: 10,000 / 5 MB).
-RESERVED_FOLDERS = ("profiles", "events")
+# A string in an event may be at most this long (the spec: "a single string cannot exceed
+# 100KB"; the decimal reading, as for the other limits).
+MAX_EVENT_STRING_BYTES = 100 * KB
+MAX_METRIC_NAME = 127  # "must be less than 128 characters"
 
-KINDS: dict[str, ImportKind] = {CUSTOM_OBJECTS.folder: CUSTOM_OBJECTS}
+EVENTS = ImportKind(
+    folder=EVENTS_FOLDER,
+    endpoint="/api/event-bulk-create-jobs",
+    # Published: 1,000 events and 5 MB per request; no per-event limit but the body's (each
+    # string at most 100 KB, checked when a row is made an event).
+    limits=BatchLimits(max_records=1000, max_body_bytes=5 * MB, max_record_bytes=5 * MB),
+    target_key="metric",
+    burst=10,
+    steady=150,
+    maps_rows=True,
+)
+
+# Folders reserved for later kinds (profiles: 10,000 / 5 MB).
+RESERVED_FOLDERS = ("profiles",)
+
+KINDS: dict[str, ImportKind] = {kind.folder: kind for kind in (CUSTOM_OBJECTS, EVENTS)}

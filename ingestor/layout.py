@@ -19,7 +19,14 @@ import orjson
 
 from ingestor.dropfile import Directory, open_directory
 from ingestor.errors import LayoutError
-from ingestor.kinds import CSV_DELIMITERS, CUSTOM_OBJECTS, KINDS, RESERVED_FOLDERS, ImportKind
+from ingestor.kinds import (
+    CSV_DELIMITERS,
+    CUSTOM_OBJECTS,
+    KINDS,
+    MAX_METRIC_NAME,
+    RESERVED_FOLDERS,
+    ImportKind,
+)
 
 CONFIG_NAME = "config.json"
 # company (1) / imports (2) / kind (3) / folder (4): an import folder's depth below the drop
@@ -107,15 +114,19 @@ class FolderConfig:
     """A valid config.json: where the folder's records go, and how its CSV files are
     written."""
 
-    target_id: str
+    target_id: str  # custom objects: the data source's id; events: the metric's name
     delimiter: str = ","  # between a CSV file's fields
     encoding: str = "utf-8"  # the data files' text encoding, as declared
+    backfill: bool = False  # events: recorded without triggering flows
+
+
+_EXAMPLES = {"data_source_id": "01KTMWCZ8ZMNZS0HG5HQNX0H6E", "metric": "Placed Order"}
 
 
 def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:
     """Validate config.json bytes; raise LayoutError saying exactly what is wrong."""
     key = kind.target_key
-    example = f'{{"{key}": "01KTMWCZ8ZMNZS0HG5HQNX0H6E"}}'
+    example = f'{{"{key}": "{_EXAMPLES[key]}"}}'
     if len(data) > MAX_CONFIG_BYTES:
         raise LayoutError(
             f"config.json is {len(data):,} bytes, over the {MAX_CONFIG_BYTES:,}-byte limit; "
@@ -134,6 +145,13 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
     target = value[key]
     if not isinstance(target, str):
         raise LayoutError(f'config.json "{key}" must be a string, got {type(target).__name__}')
+    if key == "metric":
+        return FolderConfig(
+            target_id=_metric_name(target),
+            delimiter=_delimiter(value),
+            encoding=_encoding(value),
+            backfill=_backfill(value),
+        )
     if not is_ulid(target):
         shown = target if len(target) <= 40 else target[:40] + "…"
         raise LayoutError(
@@ -143,6 +161,27 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
     return FolderConfig(
         target_id=target.upper(), delimiter=_delimiter(value), encoding=_encoding(value)
     )
+
+
+def _metric_name(name: str) -> str:
+    """config.json's "metric" of an events folder: the name every row's event is under."""
+    if not name.strip():
+        raise LayoutError('config.json "metric" is empty; name the metric, e.g. "Placed Order"')
+    if len(name) > MAX_METRIC_NAME:
+        raise LayoutError(
+            f'config.json "metric" is {len(name)} characters; the API takes at most '
+            f"{MAX_METRIC_NAME}"
+        )
+    return name
+
+
+def _backfill(config: dict[str, Any]) -> bool:
+    """config.json's optional "backfill" (events): record without triggering flows."""
+    backfill = config.get("backfill", False)
+    if not isinstance(backfill, bool):
+        shown = orjson.dumps(backfill).decode()[:20]
+        raise LayoutError(f'config.json "backfill" must be true or false, got {shown}')
+    return backfill
 
 
 def _is_encoding(name: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -29,6 +29,7 @@ from ingestor.errors import (
     SystemicRejection,
 )
 from ingestor.identity import KnownHashes, identify, unopened_identity
+from ingestor.kinds import ImportKind
 from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import (
     FolderConfig,
@@ -39,9 +40,10 @@ from ingestor.layout import (
     load_folder_config,
 )
 from ingestor.ledger import FileRun, FileState, Ledger
+from ingestor.mapping import map_rows, row_mapper
 from ingestor.parsers import HEAD_BYTES, ParseLimits, assumptions, parse_file
 from ingestor.ratelimit import AccountLimiter
-from ingestor.records import FileCounts, Reject
+from ingestor.records import FileCounts, LineRun, Record, Reject
 from ingestor.reports import RejectsFile, Report, report_dir, run_stem, write_report
 from ingestor.sender import Sender
 
@@ -113,6 +115,7 @@ class Pipeline:
         self._ledger = ledger
         self._client = client
         self._limiter = limiter
+        self._kind_limiters: dict[str, AccountLimiter] = {}  # other kinds' endpoints
         self._stop = stop or threading.Event()
         self._progress = progress
         self._verified: dict[str, float] = {}  # data source id → when a GET last found it
@@ -200,16 +203,19 @@ class Pipeline:
         kind = folder.kind
         sender = Sender(
             self._client,
-            self._limiter,
+            self._limiter_for(kind),
             kind.endpoint,
             kind.envelope(config.target_id),
             self._settings.api.retry,
             self._stop,
-            probe=lambda: self._client.get_data_source(config.target_id),
+            probe=(lambda: self._client.get_data_source(config.target_id))
+            if kind.has_data_source
+            else None,
         )
         bound = log.bind(company=folder.company, folder=folder.name)
         try:
-            self._check_data_source(sender, config.target_id)
+            if kind.has_data_source:
+                self._check_data_source(sender, config.target_id)
         except NotFound:
             reason = (
                 f"data source {config.target_id} (from config.json) does not exist in this "
@@ -330,6 +336,19 @@ class Pipeline:
         log.warning("stray_file_rejected", company=company, file=path.name, reason=reason)
         return self._close(run, FileState.REJECTED, reason, (), code=STRAY_FILE)
 
+    def _limiter_for(self, kind: ImportKind) -> AccountLimiter:
+        """The account's limiter for the kind's endpoint (Klaviyo limits each endpoint on its
+        own): custom objects' is the setting; another kind's has its published limits."""
+        if kind.has_data_source:
+            return self._limiter
+        limiter = self._kind_limiters.get(kind.folder)
+        if limiter is None:
+            base = self._settings.api.rate_limit
+            limiter = self._kind_limiters[kind.folder] = AccountLimiter(
+                replace(base, burst=kind.burst, steady=kind.steady)
+            )
+        return limiter
+
     def _check_data_source(self, sender: Sender, target_id: str) -> None:
         checked = self._verified.get(target_id)
         if checked is not None and time.monotonic() - checked < DATA_SOURCE_TTL:
@@ -375,7 +394,12 @@ class Pipeline:
                 head_bytes = head.read(HEAD_BYTES)
             read_as.update(assumptions(head_bytes, fmt, config.delimiter, config.encoding))
             start = (run.offset, run.line, config.delimiter, config.encoding)
-            items = parse_file(file.reader(), fmt, limits, *start)
+            items: Iterable[LineRun | Record | Reject] = parse_file(
+                file.reader(), fmt, limits, *start
+            )
+            if kind.maps_rows:
+                mapper = row_mapper(kind, config.target_id, config.backfill, run.identity.sha256)
+                items = map_rows(items, mapper)
             for item in batches(items, sender.envelope, kind.limits):
                 if type(item) is Reject:
                     rejects.write(item)

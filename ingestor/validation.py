@@ -4,6 +4,7 @@ would, with nothing sent. Kept apart from ``app`` so the command loads only the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from ingestor.layout import (
     load_folder_config,
     locate_import_folder,
 )
+from ingestor.mapping import map_rows, row_mapper
 from ingestor.parsers import ParseLimits, parse_file
-from ingestor.records import Reject
+from ingestor.records import LineRun, Record, Reject
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Validation:
     target: Path
     folder_error: str = ""
     data_source_id: str = ""
+    metric: str = ""  # an events folder's
     files: list[FileValidation] = field(default_factory=list)
     ignored: tuple[str, ...] = ()
 
@@ -52,8 +55,10 @@ def validate_file(
     preview: int = 3,
     delimiter: str = ",",
     encoding: str = "utf-8",
+    config: FolderConfig | None = None,
 ) -> FileValidation:
-    """Parse and batch a file exactly as ingestion would, without sending anything."""
+    """Parse and batch a file exactly as ingestion would, without sending anything (an
+    events row is made its event, with the folder's ``config``)."""
     result = FileValidation(path)
     fmt = data_format(path.name)
     if fmt is None:
@@ -63,7 +68,13 @@ def validate_file(
     envelope = kind.envelope("0" * 26)
     try:
         with open_directory(path.parent) as directory, directory.open_file(path.name) as file:
-            items = parse_file(file.reader(), fmt, limits, 0, 0, delimiter, encoding)
+            items: Iterable[LineRun | Record | Reject] = parse_file(
+                file.reader(), fmt, limits, 0, 0, delimiter, encoding
+            )
+            if kind.maps_rows:
+                target = config.target_id if config else "(the folder's metric)"
+                backfill = config.backfill if config else False
+                items = map_rows(items, row_mapper(kind, target, backfill, "0" * 16))
             for item in batches(items, envelope, kind.limits):
                 if isinstance(item, Reject):
                     result.rejects.append(item)
@@ -81,28 +92,34 @@ def validate_file(
 def validate_path(target: Path) -> Validation:
     """``ingestor validate``: a data file, or an import folder (config.json included). A
     file in an import folder with a valid config.json is read as the folder declares."""
-    config, problem = _folder_config(target.parent if target.is_file() else target)
+    kind, config, problem = _folder_config(target.parent if target.is_file() else target)
     read = config or FolderConfig("")  # the defaults: UTF-8, commas
+
+    def check(path: Path) -> FileValidation:
+        return validate_file(path, kind, 3, read.delimiter, read.encoding, config)
+
     if target.is_file():
-        checked = validate_file(target, delimiter=read.delimiter, encoding=read.encoding)
-        return Validation(target, files=[checked])
-    result = Validation(target, folder_error=problem, data_source_id=read.target_id)
+        return Validation(target, files=[check(target)])
+    result = Validation(target, folder_error=problem)
+    if kind.has_data_source:
+        result.data_source_id = read.target_id
+    else:
+        result.metric = read.target_id
     if target.is_dir():
         with open_directory(target) as directory:
             listing = list_folder(directory)
         result.ignored = listing.ignored
-        result.files = [
-            validate_file(p, delimiter=read.delimiter, encoding=read.encoding)
-            for p in listing.data_files
-        ]
+        result.files = [check(p) for p in listing.data_files]
     return result
 
 
-def _folder_config(folder: Path) -> tuple[FolderConfig | None, str]:
-    """The import folder's config.json, or why there is none to use."""
+def _folder_config(folder: Path) -> tuple[ImportKind, FolderConfig | None, str]:
+    """The import folder's kind and config.json, or why there is no config to use."""
+    kind = CUSTOM_OBJECTS
     try:
         located = locate_import_folder(folder)
+        kind = located.kind
         with open_directory(located.path) as directory:
-            return load_folder_config(directory, located.kind), ""
+            return kind, load_folder_config(directory, kind), ""
     except LayoutError as exc:
-        return None, str(exc)
+        return kind, None, str(exc)

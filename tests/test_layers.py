@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ingestor"
 LAYERS: list[set[str]] = [
     {"errors", "kinds", "records", "crashpoints", "toml_reader", "logs"},
     {"config", "dropfile"},
-    {"layout", "parsers", "batcher", "ledger", "ratelimit", "klaviyo"},
+    {"layout", "parsers", "mapping", "batcher", "ledger", "ratelimit", "klaviyo"},
     {"identity", "reports", "sender", "discovery", "simulator", "validation"},
     {"notify", "sftp", "pipeline"},
     {"service_config"},

@@ -16,7 +16,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from ingestor.ledger import FileState
+from ingestor.ledger import FileRun, FileState
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID
 from tests.service_helpers import (
@@ -383,3 +383,54 @@ def test_upload_temporaries_left_by_a_dead_process_are_removed_at_start(
     with running_service(sftp_settings(tmp_path, sim, keys)):
         assert not orphan.exists()
         assert unrelated.exists()
+
+
+@pytest.mark.skipif(shutil.which("sftp") is None, reason="needs OpenSSH's sftp")
+def test_openssh_uploads_events_beside_custom_objects_and_each_is_emailed(
+    service: Running, sim, keys, tmp_path
+) -> None:
+    endpoint = service.service.sftp
+    assert endpoint is not None
+    known_hosts = tmp_path / "known_hosts"
+    host_key = endpoint.host_key
+    known_hosts.write_text(
+        f"[127.0.0.1]:{endpoint.port} {host_key.get_name()} {host_key.get_base64()}\n"
+    )
+    (tmp_path / "events.json").write_bytes(b'{"metric": "Placed Order"}')
+    (tmp_path / "orders.csv").write_bytes(
+        b"email,time,value\n"
+        + b"".join(b"c%d@x.io,2024-05-01,%d\n" % (i, i) for i in range(40))
+        + b"nobody,,\n"
+    )
+    (tmp_path / "config.json").write_bytes(CONFIG)
+    (tmp_path / "pets.csv").write_bytes(PETS_CSV)
+    result = sftp_batch(
+        endpoint.port,
+        known_hosts,
+        keys["acme"],
+        "mkdir imports/events/orders\n"
+        f"put {tmp_path / 'events.json'} imports/events/orders/config.json\n"
+        f"put {tmp_path / 'orders.csv'} imports/events/orders/orders.csv\n"
+        "mkdir imports/custom_objects/pets\n"
+        f"put {tmp_path / 'config.json'} imports/custom_objects/pets/config.json\n"
+        f"put {tmp_path / 'pets.csv'} imports/custom_objects/pets/pets.csv\n",
+        "acme",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    runs: dict[str, FileRun] = {}
+    while len(runs) < 2:  # in whichever order the lane finishes them
+        run = service.next_run()
+        runs[run.identity.name] = run
+    orders, pets = runs["orders.csv"], runs["pets.csv"]
+    assert (orders.state, orders.counts.sent, orders.counts.skipped) == (FileState.DONE, 40, 1)
+    assert (pets.state, pets.counts.sent) == (FileState.DONE, 300)
+    assert len(sim.events("acme")) == 40 and len(sim.records("acme")) == 300
+    subjects = sorted(
+        email.message_from_bytes(eml.read_bytes(), policy=default)["Subject"]
+        for eml in (tmp_path / "state" / "outbox").glob("*.eml")
+    )
+    assert subjects == [
+        "[ingestor] acme / orders / orders.csv: 40 imported, 1 skipped",
+        "[ingestor] acme / pets / pets.csv: 300 imported, 0 skipped",
+    ]

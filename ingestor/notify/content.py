@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from ingestor.dropfile import Unreadable
 from ingestor.errors import STRAY_FILE, AuthError, FileChanged, LayoutError, NotFound
+from ingestor.kinds import EVENTS
 from ingestor.reports import FileReport, folder_label
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
@@ -180,7 +181,7 @@ def file_facts(report: FileReport) -> FileFacts:
         ("Company", report.company),
         ("Folder", folder_label(report.folder, report.kind)),
         ("File", f"{report.file} ({_size(report.size)})"),
-        ("Data source", report.data_source_id or "-"),
+        ("Metric" if report.kind == EVENTS.folder else "Data source", report.data_source_id or "-"),
         ("Outcome", report.state),
         ("Started", _when(report.started_at)),
         ("Finished", _when(report.finished_at)),

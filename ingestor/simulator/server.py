@@ -21,19 +21,23 @@ import orjson
 from ulid import ULID
 
 from ingestor.config import RateLimitSettings
-from ingestor.kinds import CUSTOM_OBJECTS, BatchLimits
+from ingestor.kinds import CUSTOM_OBJECTS, EVENTS, MAX_EVENT_STRING_BYTES, BatchLimits
 from ingestor.simulator.schema import first_error, request_validator
 from ingestor.simulator.state import (
     DATA_SOURCE_LIMITS,
+    EVENT_LIMITS,
     GUIDE_BULK_LIMITS,
     Account,
     RequestLog,
+    ServerWindows,
     SimulatorState,
 )
 
 REVISION = re.compile(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?")
 JSON_TYPES = ("application/vnd.api+json",)  # the only request media type the spec lists
 RECORDS_POINTER = "/data/attributes/data-source-records/data"
+EVENTS_POINTER = "/data/attributes/events-bulk-create/data"
+IDENTIFIER_KEYS = ("email", "phone_number", "external_id", "anonymous_id")
 
 
 def _error(status: int, code: str, title: str, detail: str, pointer: str = "") -> bytes:
@@ -114,6 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             if method == "POST" and path == CUSTOM_OBJECTS.endpoint:
                 sim.bulk_create(self, account, body)
+            elif method == "POST" and path == EVENTS.endpoint:
+                sim.bulk_create_events(self, account, body)
             elif method == "GET" and path.startswith("/api/data-sources/"):
                 sim.get_data_source(account, path.rsplit("/", 1)[1])
             elif path == "/api/data-sources" and method == "POST":
@@ -188,6 +194,34 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(answer.body)
 
 
+def _event_problem(item: dict[str, Any]) -> str | None:
+    """What the API would refuse in one profile-and-events item, if anything."""
+    profile = item["attributes"]["profile"]["data"]
+    attributes = profile.get("attributes") or {}
+    if not profile.get("id") and not any(attributes.get(key) for key in IDENTIFIER_KEYS):
+        return "a profile identifier (id, email, phone_number, external_id) is required"
+    for event in item["attributes"]["events"]["data"]:
+        name = event["attributes"]["metric"]["data"]["attributes"]["name"]
+        if not name or len(name) >= 128:
+            return "the metric name must be 1 to 127 characters"
+    if _longest_string(item) > MAX_EVENT_STRING_BYTES:
+        return f"a string is over {MAX_EVENT_STRING_BYTES} bytes"
+    return None
+
+
+def _longest_string(node: Any) -> int:
+    todo, longest = [node], 0
+    while todo:
+        value = todo.pop()
+        if isinstance(value, str):
+            longest = max(longest, len(value.encode("utf-8")))
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+    return longest
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -210,6 +244,7 @@ class Simulator:
         port: int = 0,
         bulk_limits: RateLimitSettings = GUIDE_BULK_LIMITS,
         read_limits: RateLimitSettings = DATA_SOURCE_LIMITS,
+        event_limits: RateLimitSettings = EVENT_LIMITS,
         clock_factor: float = 1.0,
         batch_limits: BatchLimits = CUSTOM_OBJECTS.limits,
         success_status: int = 204,
@@ -234,6 +269,7 @@ class Simulator:
             bulk_limits.scaled(clock_factor),
             read_limits.scaled(clock_factor),
             integer_retry_after if integer_retry_after is not None else clock_factor == 1.0,
+            event_limits.scaled(clock_factor),
         )
         self.batch_limits = batch_limits
         self.success_status = success_status
@@ -297,6 +333,12 @@ class Simulator:
             }
         return ds_id
 
+    def events(self, account: str) -> list[dict[str, Any]]:
+        """The events ``account`` keeps (one per profile, metric and unique_id), each as
+        {"profile": attributes, "metric": name, **event attributes}."""
+        with self.state.lock:
+            return list(self.state.account(account).events.values())
+
     def records(self, account: str) -> list[dict[str, Any]]:
         with self.state.lock:
             return [record for _, record in self.state.account(account).records]
@@ -323,16 +365,17 @@ class Simulator:
                 "requests": len(self.state.requests),
                 "statuses": statuses,
                 "records": sum(a.stored for a in self.state._accounts_by_key.values()),
+                "events": sum(a.events_received for a in self.state._accounts_by_key.values()),
                 "schema_failures": len(self.state.schema_failures),
             }
 
     # --- endpoints ---
 
-    def _admit(self, account: Account, bulk: bool) -> dict[str, str]:
-        """Count the request against the account's windows: the RateLimit-* headers for its
-        answer, or a 429."""
+    def _admit(self, account: Account, windows: ServerWindows | None = None) -> dict[str, str]:
+        """Count the request against one of the account's windows (its reads' by default):
+        the RateLimit-* headers for its answer, or a 429."""
         state = self.state
-        windows = account.bulk_windows if bulk else account.read_windows
+        windows = windows or account.read_windows
         with state.lock:
             wait = windows.admit(state.now())
         if wait is not None:
@@ -349,7 +392,20 @@ class Simulator:
         return state.rate_limit_headers(windows) if self.rate_limit_headers else {}
 
     def bulk_create(self, handler: _Handler, account: Account, body: bytes) -> None:
-        faults, state, limits = self.state.faults, self.state, self.batch_limits
+        limits = self.batch_limits
+        limit_headers, hang = self._bulk_faults(account, account.bulk_windows)
+        self._check_body(handler, body, limits.max_body_bytes)
+        document = self._parse_and_validate(
+            body,
+            "bulk_create_data_source_records",
+            validate=next(self._bodies) % self.validate_every == 0,
+        )
+        self._store_records(account, document, limits, hang, limit_headers)
+
+    def _bulk_faults(self, account: Account, windows: ServerWindows) -> tuple[dict[str, str], bool]:
+        """The faults a bulk request may meet before its body is read, and its admission:
+        the RateLimit-* headers for its answer, and whether to hang after storing it."""
+        faults, state = self.state.faults, self.state
         with state.lock:  # at most one injected fault per request, in this order
             throttle = faults.take("throttle_next")
             fail = not throttle and faults.take("fail_next")
@@ -368,7 +424,7 @@ class Simulator:
                 else {"Retry-After": state.retry_after_header(retry_after)}
             )
             raise _Answer(429, _error(429, "throttled", "Request was throttled.", "storm"), headers)
-        limit_headers = self._admit(account, bulk=True)
+        limit_headers = self._admit(account, windows)
         if fail:
             raise _Answer(
                 faults.fail_status,
@@ -376,14 +432,18 @@ class Simulator:
             )
         if drop:
             raise _Answer(-1)
-        if len(body) > limits.max_body_bytes:
+        return limit_headers, hang
+
+    @staticmethod
+    def _check_body(handler: _Handler, body: bytes, max_body_bytes: int) -> None:
+        if len(body) > max_body_bytes:
             raise _Answer(
                 413,
                 _error(
                     413,
                     "payload_too_large",
                     "Payload too large",
-                    f"payload is {len(body)} bytes; the maximum is {limits.max_body_bytes}",
+                    f"payload is {len(body)} bytes; the maximum is {max_body_bytes}",
                 ),
             )
         content_type = handler.headers.get("content-type", "").split(";")[0].strip()
@@ -397,11 +457,16 @@ class Simulator:
                     f"content-type {content_type!r}",
                 ),
             )
-        document = self._parse_and_validate(
-            body,
-            "bulk_create_data_source_records",
-            validate=next(self._bodies) % self.validate_every == 0,
-        )
+
+    def _store_records(
+        self,
+        account: Account,
+        document: dict[str, Any],
+        limits: BatchLimits,
+        hang: bool,
+        limit_headers: dict[str, str],
+    ) -> None:
+        faults, state = self.state.faults, self.state
         attributes = document["data"]["attributes"]["data-source-records"] or {"data": []}
         items = attributes["data"]
         if len(items) > limits.max_records:
@@ -452,6 +517,70 @@ class Simulator:
             time.sleep(faults.hang_seconds)
         raise _Answer(self.success_status, headers=limit_headers, records=len(records))
 
+    def bulk_create_events(self, handler: _Handler, account: Account, body: bytes) -> None:
+        """POST /api/event-bulk-create-jobs: at most 1,000 events and 5 MB, no string over
+        100 KB, a profile identifier and a metric name each; an event whose profile, metric
+        and unique_id were seen before is kept once (Klaviyo de-duplicates on them), the
+        same one twice in a request fails the request. 202, no body."""
+        faults, state, limits = self.state.faults, self.state, EVENTS.limits
+        limit_headers, hang = self._bulk_faults(account, account.event_windows)
+        self._check_body(handler, body, limits.max_body_bytes)
+        document = self._parse_and_validate(
+            body, "bulk_create_events", validate=next(self._bodies) % self.validate_every == 0
+        )
+        items = document["data"]["attributes"]["events-bulk-create"]["data"]
+        if sum(len(item["attributes"]["events"]["data"]) for item in items) > limits.max_records:
+            raise _Answer(
+                400,
+                _error(
+                    400,
+                    "invalid",
+                    "Invalid input.",
+                    f"at most {limits.max_records} events per request",
+                    EVENTS_POINTER,
+                ),
+            )
+        kept: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for index, item in enumerate(items):
+            pointer = f"{EVENTS_POINTER}/{index}"
+            detail = _event_problem(item) or (faults.refuse(item) if faults.refuse else None)
+            if detail:
+                shown = pointer if faults.refuse_with_pointer else ""
+                raise _Answer(400, _error(400, "invalid", "Invalid input.", detail, shown))
+            profile = item["attributes"]["profile"]["data"]
+            who = profile.get("id") or next(
+                f"{key}:{profile['attributes'][key]}"
+                for key in IDENTIFIER_KEYS
+                if profile["attributes"].get(key)
+            )
+            for event in item["attributes"]["events"]["data"]:
+                attributes = event["attributes"]
+                metric = attributes["metric"]["data"]["attributes"]["name"]
+                key = (who, metric, str(attributes.get("unique_id") or attributes.get("time")))
+                if key in kept:
+                    raise _Answer(
+                        400,
+                        _error(
+                            400,
+                            "invalid",
+                            "Invalid input.",
+                            f"unique_id {key[2]!r} is repeated for the same profile and metric",
+                            pointer,
+                        ),
+                    )
+                kept[key] = {"profile": profile["attributes"], "metric": metric, **attributes}
+        if faults.drop_when is not None and any(map(faults.drop_when, items)):
+            raise _Answer(-1)
+        with state.lock:
+            account.events_received += len(kept)
+            if self.keep_records:
+                for key, event in kept.items():
+                    account.events.setdefault(key, event)
+            state.stored.notify_all()
+        if hang:
+            time.sleep(faults.hang_seconds)
+        raise _Answer(202, headers=limit_headers, records=len(kept))
+
     def _parse_and_validate(
         self, body: bytes, operation: str, validate: bool = True
     ) -> dict[str, Any]:
@@ -477,7 +606,7 @@ class Simulator:
         }
 
     def get_data_source(self, account: Account, ds_id: str) -> None:
-        limit_headers = self._admit(account, bulk=False)
+        limit_headers = self._admit(account)
         attrs = account.data_sources.get(ds_id)
         if attrs is None:
             raise _Answer(
@@ -498,14 +627,14 @@ class Simulator:
         )
 
     def list_data_sources(self, account: Account) -> None:
-        self._admit(account, bulk=False)
+        self._admit(account)
         data = [self._resource(i, a) for i, a in account.data_sources.items()]
         raise _Answer(
             200, orjson.dumps({"data": data, "links": {"self": f"{self.url}/api/data-sources"}})
         )
 
     def create_data_source(self, account: Account, body: bytes) -> None:
-        self._admit(account, bulk=False)
+        self._admit(account)
         document = self._parse_and_validate(body, "create_data_source")
         attributes = document["data"]["attributes"]
         title = attributes["title"]

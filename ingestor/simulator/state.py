@@ -16,6 +16,8 @@ from ingestor.config import RateLimitSettings
 GUIDE_BULK_LIMITS = RateLimitSettings(burst=3, burst_window=1.0, steady=60, steady_window=60.0)
 SPEC_BULK_LIMITS = RateLimitSettings(burst=3, burst_window=1.0, steady=15, steady_window=60.0)
 DATA_SOURCE_LIMITS = RateLimitSettings(burst=3, burst_window=1.0, steady=60, steady_window=60.0)
+# The bulk events endpoint's published limits.
+EVENT_LIMITS = RateLimitSettings(burst=10, burst_window=1.0, steady=150, steady_window=60.0)
 
 RecordRefusal = Callable[[dict[str, Any]], str | None]
 
@@ -67,9 +69,13 @@ class Account:
     name: str
     bulk_windows: ServerWindows
     read_windows: ServerWindows
+    event_windows: ServerWindows
     data_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     stored: int = 0  # records accepted (kept in ``records`` unless the simulator discards them)
+    # Events kept, one per (profile, metric, unique_id): Klaviyo keeps one of each.
+    events: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    events_received: int = 0  # events accepted, duplicates included
 
 
 @dataclass
@@ -119,6 +125,7 @@ class SimulatorState:
         bulk_limits: RateLimitSettings,
         read_limits: RateLimitSettings,
         integer_retry_after: bool,
+        event_limits: RateLimitSettings = EVENT_LIMITS,
     ) -> None:
         self.lock = threading.Lock()
         # Notified whenever records are stored or a request is logged.
@@ -129,6 +136,7 @@ class SimulatorState:
         self.schema_failures: list[str] = []
         self._bulk_limits = bulk_limits
         self._read_limits = read_limits
+        self._event_limits = event_limits
         self._accounts_by_key: dict[str, Account] = {}
         for key, name in keys.items():
             self.add_account(key, name)
@@ -136,7 +144,10 @@ class SimulatorState:
     def add_account(self, key: str, name: str) -> Account:
         with self.lock:
             account = Account(
-                name, ServerWindows(self._bulk_limits), ServerWindows(self._read_limits)
+                name,
+                ServerWindows(self._bulk_limits),
+                ServerWindows(self._read_limits),
+                ServerWindows(self._event_limits),
             )
             self._accounts_by_key[key] = account
             return account
