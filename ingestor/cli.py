@@ -332,8 +332,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     stats = demo.stats
     out.print(
-        f"simulator received {stats['records']:,} records and {stats['events']:,} events in "
-        f"{stats['requests']} requests "
+        f"simulator received {stats['records']:,} records, {stats['events']:,} events and "
+        f"{stats['profiles']:,} profiles in {stats['requests']} requests "
         f"(statuses {stats['statuses']}); every body validated against Klaviyo's OpenAPI "
         f"({stats['schema_failures']} failures)"
     )
@@ -368,7 +368,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 DESCRIPTION = """\
 Import CSV and JSONL files dropped into folders into Klaviyo, as Klaviyo's own SFTP import
 does: <drop_root>/<company>/imports/<kind>/<folder>/config.json + *.csv / *.jsonl, where
-<kind> is custom_objects (records of a data source) or events (a profile's events).
+<kind> is custom_objects (records of a data source), events or profiles.
 
 Start here:
   ingestor demo                      see it work end to end on a built-in simulator

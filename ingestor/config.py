@@ -100,6 +100,13 @@ class ApiSettings:
     revision: str = knob(DEFAULT_REVISION, "the API revision header", flag=True)
     connect_timeout: float = knob(10.0, "seconds", key="connect_timeout_seconds", check=positive)
     read_timeout: float = knob(60.0, "seconds", key="read_timeout_seconds", check=positive)
+    job_poll_interval: float = knob(
+        2.0,
+        "seconds between two looks at an import job still running (profiles)",
+        key="job_poll_seconds",
+        check=positive,
+        flag=True,
+    )
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
 

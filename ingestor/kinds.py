@@ -1,4 +1,4 @@
-"""Import kinds: what differs between `custom_objects/`, `events/` and, later, `profiles/`.
+"""Import kinds: what differs between `custom_objects/`, `events/` and `profiles/`.
 
 A kind names its drop folder, its endpoint, its size limits and how records are wrapped
 into a request body. Parsers, batcher, sender, ledger and reports are shared by all kinds.
@@ -73,8 +73,26 @@ class ImportKind:
     has_data_source: bool = False
     # Whether each row is made into the endpoint's item (``mapping``), not sent as it is.
     maps_rows: bool = False
+    # Whether an accepted request is an asynchronous job whose outcome is read back later.
+    makes_jobs: bool = False
 
     def envelope(self, target_id: str) -> Envelope:
+        if self.folder == PROFILES_FOLDER:
+            # Each item is a profile built by ``mapping``; the list, if any, for them all.
+            lists = (
+                b',"relationships":{"lists":{"data":[{"type":"list","id":"'
+                + target_id.encode("ascii")
+                + b'"}]}}'
+                if target_id
+                else b""
+            )
+            return Envelope(
+                prefix=b'{"data":{"type":"profile-bulk-import-job",'
+                b'"attributes":{"profiles":{"data":[',
+                item_prefix=b"",
+                item_suffix=b"",
+                suffix=b"]}}" + lists + b"}}",
+            )
         if self.folder == EVENTS_FOLDER:
             # Each item (a profile and its event) is built whole by ``mapping``.
             return Envelope(
@@ -99,6 +117,7 @@ class ImportKind:
 
 CUSTOM_OBJECTS_FOLDER = "custom_objects"
 EVENTS_FOLDER = "events"
+PROFILES_FOLDER = "profiles"
 
 CUSTOM_OBJECTS = ImportKind(
     folder=CUSTOM_OBJECTS_FOLDER,
@@ -126,7 +145,16 @@ EVENTS = ImportKind(
     maps_rows=True,
 )
 
-# Folders reserved for later kinds (profiles: 10,000 / 5 MB).
-RESERVED_FOLDERS = ("profiles",)
+PROFILES = ImportKind(
+    folder=PROFILES_FOLDER,
+    endpoint="/api/profile-bulk-import-jobs",
+    # Published: 10,000 profiles, 5 MB per request, 100 KB per profile.
+    limits=BatchLimits(max_records=10_000, max_body_bytes=5 * MB, max_record_bytes=100 * KB),
+    target_key="list_id",
+    burst=10,
+    steady=150,
+    maps_rows=True,
+    makes_jobs=True,
+)
 
-KINDS: dict[str, ImportKind] = {kind.folder: kind for kind in (CUSTOM_OBJECTS, EVENTS)}
+KINDS: dict[str, ImportKind] = {kind.folder: kind for kind in (CUSTOM_OBJECTS, EVENTS, PROFILES)}

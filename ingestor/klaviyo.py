@@ -122,6 +122,7 @@ class _Stateless(httpx.Client):
 class Answer:
     status: int
     headers: dict[str, str]
+    body: bytes = b""  # e.g. the job a profile import created
 
 
 class KlaviyoClient:
@@ -172,9 +173,23 @@ class KlaviyoClient:
         result: dict[str, Any] = orjson.loads(response.content)
         return result
 
+    def get_import_job(self, endpoint: str, job_id: str) -> dict[str, Any]:
+        """GET a bulk import job (``endpoint``/{id}): its JSON:API document."""
+        return self._get_json(f"{endpoint}/{job_id}")
+
+    def get_import_errors(self, endpoint: str, job_id: str, cursor: str = "") -> dict[str, Any]:
+        """One page (100) of a bulk import job's errors; ``links.next`` names the next."""
+        page = f"page[size]=100&page[cursor]={cursor}" if cursor else "page[size]=100"
+        return self._get_json(f"{endpoint}/{job_id}/import-errors?{page}")
+
+    def _get_json(self, path: str) -> dict[str, Any]:
+        result: dict[str, Any] = orjson.loads(self._send("GET", path).content)
+        return result
+
     def _request(self, method: str, path: str, content: bytes | None = None) -> Answer:
         response = self._send(method, path, content)
-        return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()})
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        return Answer(response.status_code, headers, response.content)
 
     def _send(self, method: str, path: str, content: bytes | None = None) -> httpx.Response:
         try:

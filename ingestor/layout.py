@@ -24,7 +24,6 @@ from ingestor.kinds import (
     CUSTOM_OBJECTS,
     KINDS,
     MAX_METRIC_NAME,
-    RESERVED_FOLDERS,
     ImportKind,
 )
 
@@ -120,7 +119,13 @@ class FolderConfig:
     backfill: bool = False  # events: recorded without triggering flows
 
 
-_EXAMPLES = {"data_source_id": "01KTMWCZ8ZMNZS0HG5HQNX0H6E", "metric": "Placed Order"}
+_EXAMPLES = {
+    "data_source_id": "01KTMWCZ8ZMNZS0HG5HQNX0H6E",
+    "metric": "Placed Order",
+    "list_id": "VRgFBd",
+}
+# A list id: Klaviyo's are short base62 strings; anything else cannot be one.
+_LIST_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 
 
 def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:
@@ -139,6 +144,12 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
     if not isinstance(value, dict):
         raise LayoutError(
             f"config.json must be a JSON object, got {type(value).__name__}; expected {example}"
+        )
+    if key == "list_id":  # profiles: the list is optional
+        return FolderConfig(
+            target_id=_list_id(value.get("list_id")),
+            delimiter=_delimiter(value),
+            encoding=_encoding(value),
         )
     if key not in value:
         raise LayoutError(f'config.json has no "{key}" key; expected {example}')
@@ -173,6 +184,19 @@ def _metric_name(name: str) -> str:
             f"{MAX_METRIC_NAME}"
         )
     return name
+
+
+def _list_id(value: object) -> str:
+    """config.json's optional "list_id" (profiles): the list every profile is added to."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not _LIST_ID.fullmatch(value):
+        shown = orjson.dumps(value).decode()[:40]
+        raise LayoutError(
+            f'config.json "list_id" {shown} is not a list id (letters and digits, e.g. '
+            '"VRgFBd"); leave it out to import the profiles without adding them to a list'
+        )
+    return value
 
 
 def _backfill(config: dict[str, Any]) -> bool:
@@ -225,8 +249,13 @@ def load_folder_config(folder: Directory, kind: ImportKind = CUSTOM_OBJECTS) -> 
     try:
         folder.lstat(CONFIG_NAME)
     except FileNotFoundError:
+        wanted = (
+            'one holding {} (or {"list_id": "…"} to add the profiles to a list)'
+            if kind.target_key == "list_id"
+            else f"one naming the {kind.target_key}"
+        )
         raise LayoutError(
-            f"{CONFIG_NAME} is missing in {folder.path.name}/; add one naming the {kind.target_key}"
+            f"{CONFIG_NAME} is missing in {folder.path.name}/; add {wanted}"
         ) from None
     try:
         config = folder.open_file(CONFIG_NAME, MAX_CONFIG_BYTES)
@@ -270,7 +299,7 @@ def locate_import_folder(path: Path, company: str | None = None) -> ImportFolder
     if len(parts) >= 4 and parts[-3] == "imports" and parts[-2] in KINDS:
         kind = KINDS[parts[-2]]
         return ImportFolder(resolved, company or parts[-4], kind, parts[-1], resolved.parents[3])
-    if len(parts) >= 3 and parts[-2] == "imports" and parts[-1] in (*KINDS, *RESERVED_FOLDERS):
+    if len(parts) >= 3 and parts[-2] == "imports" and parts[-1] in KINDS:
         raise LayoutError(
             f"{path} is the {parts[-1]}/ folder itself; files must sit in a named subfolder "
             f"such as {parts[-1]}/pets/"

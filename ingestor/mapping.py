@@ -1,6 +1,7 @@
 """What a row becomes for a kind whose endpoint wants more than the row itself.
 
-Custom objects send each row as it is. An events row becomes one item of the bulk events
+Custom objects send each row as it is. A profiles row becomes one profile (``profile_row``).
+An events row becomes one item of the bulk events
 endpoint: a profile (its identifiers) and one event (metric, time, value, unique id and
 properties). A row that cannot become a valid item is skipped with its line and the reason,
 like any bad row; nothing is guessed.
@@ -29,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from ingestor.kinds import EVENTS, MAX_EVENT_STRING_BYTES, MAX_METRIC_NAME, ImportKind
+from ingestor.kinds import EVENTS, MAX_EVENT_STRING_BYTES, MAX_METRIC_NAME, PROFILES, ImportKind
 from ingestor.records import LineRun, Record, Reject
 
 # A row made an item: its JSON, or why it cannot be one.
@@ -45,7 +46,61 @@ def row_mapper(kind: ImportKind, target: str, backfill: bool, file_sha256: str) 
     """The mapper for a kind whose rows are made items (``kind.maps_rows``)."""
     if kind is EVENTS:
         return EventRows(target, backfill, file_sha256[:16])
+    if kind is PROFILES:
+        return profile_row
     raise ValueError(f"rows of {kind.folder!r} are sent as they are")
+
+
+PROFILE_IDENTIFIERS = ("email", "phone_number", "external_id")
+PROFILE_ATTRIBUTES = ("first_name", "last_name", "organization", "title", "locale", "image")
+LOCATION_FIELDS = (
+    "address1", "address2", "city", "country", "latitude", "longitude", "region", "zip",
+    "timezone", "ip",
+)  # fmt: skip
+
+
+def profile_row(record: Record) -> bytes | str:
+    """One row as an item of ``POST /api/profile-bulk-import-jobs``: the identifiers and
+    standard attributes where the API wants them, ``location.<field>`` columns (or a
+    ``location`` object) as the location, and every other column a custom property."""
+    row: dict[str, Any] = orjson.loads(record.json)
+    attributes: dict[str, Any] = {}
+    for key in (*PROFILE_IDENTIFIERS, *PROFILE_ATTRIBUTES):
+        value = row.pop(key, None)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            return f"{key} must be text, got {_shown(value)}"
+        attributes[key] = str(value)
+    if not any(key in attributes for key in PROFILE_IDENTIFIERS):
+        return "no profile identifier: the row needs an email, phone_number or external_id"
+    location = row.pop("location", None)
+    if location is None:
+        location = {}
+    elif not isinstance(location, dict):
+        return f"location must be a JSON object, got {_shown(location)}"
+    for field in LOCATION_FIELDS:
+        value = row.pop(f"location.{field}", None)
+        if value is not None and value != "":
+            location[field] = value
+    unknown = sorted(set(location) - set(LOCATION_FIELDS))
+    if unknown:
+        return f"location has no field {unknown[0]!r}; it takes {', '.join(LOCATION_FIELDS)}"
+    for field, value in location.items():
+        number = field in ("latitude", "longitude")
+        if not isinstance(value, str) and not (number and _number(value) is not None):
+            return f"location.{field} must be text, got {_shown(value)}"
+    if location:
+        attributes["location"] = location
+    properties = row.pop("properties", None)
+    if properties is None:
+        properties = {}
+    elif not isinstance(properties, dict):
+        return f"properties must be a JSON object, got {_shown(properties)}"
+    properties.update(row)  # every other column is a custom property
+    if properties:
+        attributes["properties"] = properties
+    return orjson.dumps({"type": "profile", "attributes": attributes})
 
 
 def map_rows(

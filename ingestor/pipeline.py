@@ -4,13 +4,17 @@ checkpoint → report. The only module that knows all the stages; each stage kno
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import orjson
 import structlog
 
 from ingestor import crashpoints
@@ -20,6 +24,7 @@ from ingestor.dropfile import Directory, DropFile, Unreadable, UnsafeEntry, open
 from ingestor.errors import (
     READ_FAILED,
     STRAY_FILE,
+    ApiError,
     AuthError,
     FileChanged,
     Interrupted,
@@ -336,18 +341,79 @@ class Pipeline:
         log.warning("stray_file_rejected", company=company, file=path.name, reason=reason)
         return self._close(run, FileState.REJECTED, reason, (), code=STRAY_FILE)
 
-    def _limiter_for(self, kind: ImportKind) -> AccountLimiter:
+    def _limiter_for(self, kind: ImportKind, jobs: bool = False) -> AccountLimiter:
         """The account's limiter for the kind's endpoint (Klaviyo limits each endpoint on its
-        own): custom objects' is the setting; another kind's has its published limits."""
+        own): custom objects' is the setting; another kind's has its published limits, as
+        have the reads of its ``jobs``."""
         if kind.has_data_source:
             return self._limiter
-        limiter = self._kind_limiters.get(kind.folder)
+        key = f"{kind.folder}/jobs" if jobs else kind.folder
+        limiter = self._kind_limiters.get(key)
         if limiter is None:
             base = self._settings.api.rate_limit
-            limiter = self._kind_limiters[kind.folder] = AccountLimiter(
+            limiter = self._kind_limiters[key] = AccountLimiter(
                 replace(base, burst=kind.burst, steady=kind.steady)
             )
         return limiter
+
+    def _read_jobs(
+        self,
+        run: FileRun,
+        kind: ImportKind,
+        rejects: RejectsFile,
+        counts: FileCounts,
+        at: tuple[int, int],
+    ) -> None:
+        """Wait for each import job the file's requests created (the ledger keeps them across
+        restarts) and bring its errors back to their lines: each refused record becomes a
+        skipped row, with Klaviyo's detail, moved from sent to skipped. Each job's errors
+        are checkpointed before it is marked done; a crash in between is recognised by the
+        rejects file having grown past where they began, so nothing is counted twice."""
+        reader = Sender(
+            self._client,
+            self._limiter_for(kind, jobs=True),
+            kind.endpoint,
+            kind.envelope(""),
+            self._settings.api.retry,
+            self._stop,
+        )
+        offset, line = at
+        errors_page = partial(self._client.get_import_errors, kind.endpoint)
+        for job in self._ledger.jobs(run.id):
+            if job.done:
+                continue
+            if job.rejects_at is not None and rejects.sync() > job.rejects_at:
+                self._ledger.job_done(job.id, 0)  # its errors were checkpointed: a crash
+                continue
+            status = self._wait_for_job(reader, kind, job.job_id)
+            self._ledger.job_reading(job.id, rejects.sync())
+            refused = 0
+            cursor = ""
+            while True:
+                page = reader.call(partial(errors_page, job.job_id, cursor))
+                for error in page.get("data") or []:
+                    rejects.write(_import_error(error, job.lines))
+                    refused += 1
+                cursor = _next_cursor(page)
+                if not cursor:
+                    break
+            if status == "cancelled":
+                log.warning("import_job_cancelled", company=run.identity.company, job=job.job_id)
+            refused = min(refused, counts.sent)
+            counts.sent -= refused
+            counts.skipped += refused
+            self._ledger.checkpoint(run.id, offset, line, rejects.sync(), counts)
+            self._ledger.job_done(job.id, refused)
+
+    def _wait_for_job(self, reader: Sender, kind: ImportKind, job_id: str) -> str:
+        """Look at the job until it is complete or cancelled; its final status."""
+        while True:
+            document = reader.call(lambda: self._client.get_import_job(kind.endpoint, job_id))
+            status = str(((document.get("data") or {}).get("attributes") or {}).get("status"))
+            if status in ("complete", "cancelled"):
+                return status
+            if self._stop.wait(self._settings.api.job_poll_interval):
+                raise Interrupted("stop requested while an import job ran; it is read on resume")
 
     def _check_data_source(self, sender: Sender, target_id: str) -> None:
         checked = self._verified.get(target_id)
@@ -374,6 +440,8 @@ class Pipeline:
         # batch in flight: the API may have stored it, and it is sent again now.
         repeats_first_batch = run.state is FileState.PROCESSING and bool(run.rejects_path)
         run = self._ledger.start(run.id, config.target_id, str(rejects_path))
+        if folder.kind.makes_jobs:  # the batch after the checkpoint is sent again
+            self._ledger.forget_unsent_jobs(run.id, run.line)
         resumed = run.offset > 0
         bound.info("file_started", resume_offset=run.offset, resumed=resumed, version=run.version)
         fmt = data_format(path.name)
@@ -389,6 +457,7 @@ class Pipeline:
         pending = FileCounts()
         rejects = RejectsFile(rejects_path, run.rejects_bytes)
         checkpoint = run.offset  # the byte offset after the last acknowledged batch
+        last_line = run.line
         try:
             with file.reader() as head:
                 head_bytes = head.read(HEAD_BYTES)
@@ -410,6 +479,9 @@ class Pipeline:
                 if item.records:
                     crashpoints.reached("batch.parsed")
                     outcome = sender.send(item.records)
+                    for body, part in outcome.answers if kind.makes_jobs else ():
+                        lines = [record.line for record in part]
+                        self._ledger.add_job(run.id, _job_id(body), lines)
                     crashpoints.reached("batch.acknowledged")
                     for refused in outcome.refused:
                         rejects.write(refused)
@@ -428,11 +500,15 @@ class Pipeline:
                 self._ledger.checkpoint(
                     run.id, item.end_offset, item.end_line, rejects.sync(), counts
                 )
-                checkpoint = item.end_offset
+                checkpoint, last_line = item.end_offset, item.end_line
                 if self._progress:
                     self._progress(run, item.end_offset, counts)
                 _check_unchanged(file)
             _check_unchanged(file)
+            if kind.makes_jobs:
+                counts.add(pending)
+                pending = FileCounts()
+                self._read_jobs(run, kind, rejects, counts, (checkpoint, last_line))
         except ParseError as exc:
             return close(run, FileState.REJECTED, str(exc), ignored, counts, exc.code)
         except FileChanged as exc:
@@ -498,6 +574,43 @@ class Pipeline:
         if not self._emails:
             self._ledger.mark_announced([run.id])
         return FileResult(final, report)
+
+
+def _job_id(body: bytes) -> str:
+    """The id of the import job an accepted request's answer names."""
+    try:
+        job = orjson.loads(body)["data"]["id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise ApiError(f"the API accepted an import but named no job: {body[:200]!r}") from None
+    return str(job)
+
+
+# "/data/attributes/profiles/data/12/attributes/email" → 12: the record's place in the request
+_ITEM_POINTER = re.compile(r"/data/attributes/[a-z-]+/data/(\d+)")
+
+
+def _import_error(error: dict[str, Any], lines: list[int]) -> Reject:
+    """An import job's error as the skipped row it is about (line 0 if it names none)."""
+    attributes = error.get("attributes") or {}
+    pointer = str((attributes.get("source") or {}).get("pointer") or "")
+    match = _ITEM_POINTER.match(pointer)
+    index = int(match.group(1)) if match else -1
+    line = lines[index] if 0 <= index < len(lines) else 0
+    field = pointer[match.end() :].removeprefix("/attributes/") if match else ""
+    detail = str(attributes.get("detail") or attributes.get("title") or "no detail")
+    where = f" ({field})" if field else ""
+    payload = attributes.get("original_payload")
+    raw = orjson.dumps(payload).decode()[:2048] if payload is not None else ""
+    return Reject(line, line, 0, f"Klaviyo refused the record after import{where}: {detail}", raw)
+
+
+def _next_cursor(page: dict[str, Any]) -> str:
+    """The page[cursor] of ``links.next``, "" on the last page."""
+    link = str((page.get("links") or {}).get("next") or "")
+    if not link:
+        return ""
+    values = parse_qs(urlsplit(link).query).get("page[cursor]") or [""]
+    return values[0]
 
 
 def _check_unchanged(file: DropFile) -> None:

@@ -87,6 +87,8 @@ class SendOutcome:
     throttled_seconds: float = 0.0
     status_counts: dict[int, int] = field(default_factory=dict)
     maybe_resent: int = 0  # records re-sent after an answer was lost (see FileCounts)
+    # Each accepted request whose answer had a body (an import job), with its records.
+    answers: tuple[tuple[bytes, Sequence[Record]], ...] = ()
 
 
 class LineRun(Sequence[Record]):

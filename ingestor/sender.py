@@ -75,6 +75,7 @@ class _Tally:
     statuses: dict[int, int] = field(default_factory=dict)
     lost_answers: int = 0  # requests sent whose answer never came (timeout, dropped)
     maybe_resent: int = 0
+    answers: list[tuple[bytes, Sequence[Record]]] = field(default_factory=list)
 
     def count(self, status: int) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
@@ -171,6 +172,7 @@ class Sender:
             retries=tally.retries,
             throttled_seconds=tally.throttled,
             status_counts=tally.statuses,
+            answers=tuple(tally.answers),
         )
 
     def _isolate(
@@ -209,6 +211,8 @@ class Sender:
                 tally.maybe_resent += len(part)  # was lost: what follows may repeat it
         self._bulk_successes += 1
         tally.count(answer.status)
+        if answer.body:  # an import job to follow (custom objects and events answer empty)
+            tally.answers.append((answer.body, part))
 
     def call(
         self,

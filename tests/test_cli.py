@@ -133,9 +133,9 @@ def test_ingest_without_the_key_variable_says_so(tmp_path: Path) -> None:
 def test_demo_ingests_the_sample_drop(tmp_path: Path) -> None:
     result = ingestor("demo", "--drop", str(SAMPLE), "--state-dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
-    assert "simulator received 2,267 records and 6 events" in result.stdout
+    assert "simulator received 2,267 records, 6 events and 4 profiles" in result.stdout
     assert "(0 failures)" in result.stdout and "stray.csv" in result.stdout
-    assert len(list((tmp_path / "demo" / "reports" / "acme").glob("*.report.json"))) == 10
+    assert len(list((tmp_path / "demo" / "reports" / "acme").glob("*.report.json"))) == 11
 
 
 def test_demo_twice_in_its_own_directory_starts_afresh(tmp_path: Path) -> None:
@@ -143,8 +143,8 @@ def test_demo_twice_in_its_own_directory_starts_afresh(tmp_path: Path) -> None:
     for _ in range(2):
         result = ingestor("demo", "--state-dir", str(state), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        assert "simulator received 2,267 records and 6 events" in result.stdout
-    assert len(list((state / "reports" / "acme").glob("*.report.json"))) == 10
+        assert "simulator received 2,267 records, 6 events and 4 profiles" in result.stdout
+    assert len(list((state / "reports" / "acme").glob("*.report.json"))) == 11
 
 
 def test_demo_refuses_a_state_dir_it_did_not_make_and_deletes_nothing(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_valid_config_and_missing_config(tmp_path: Path) -> None:
         ("acme/imports/custom_objects/pets/notes.txt", Placement.IGNORED),
         ("acme/imports/custom_objects/pets/upload.csv.part", Placement.WAITING),
         ("acme/imports/custom_objects/pets/.hidden.csv", Placement.WAITING),
-        ("acme/imports/profiles/x/a.csv", Placement.OUTSIDE),
+        ("acme/imports/contacts/x/a.csv", Placement.OUTSIDE),
         ("acme/other/a.csv", Placement.OUTSIDE),
     ],
 )

@@ -83,7 +83,7 @@ def test_demo_works_from_the_installed_wheel_in_any_directory(
     """Before: FileNotFoundError: 'sample_drop' (it was looked for in the working dir)."""
     result = run(installed, "demo", "--state-dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
-    assert "simulator received 2,267 records and 6 events" in result.stdout
+    assert "simulator received 2,267 records, 6 events and 4 profiles" in result.stdout
 
 
 def events(log: Path) -> list[dict[str, object]]:

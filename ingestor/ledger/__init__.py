@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from ingestor.errors import ConfigError
-from ingestor.ledger.base import FileIdentity, FileRun, FileState, Ledger, Ledgers
+from ingestor.ledger.base import FileIdentity, FileRun, FileState, ImportJob, Ledger, Ledgers
 from ingestor.ledger.sqlite import SqliteLedger, SqliteLedgers
 
 LEDGER_NAME = "ledger.sqlite3"  # inside the state directory
@@ -39,6 +39,7 @@ __all__ = [
     "FileIdentity",
     "FileRun",
     "FileState",
+    "ImportJob",
     "Ledger",
     "Ledgers",
     "SqliteLedger",

@@ -57,6 +57,21 @@ class FileRun:
     finished_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ImportJob:
+    """An asynchronous import job a run's accepted request created, and how far reading its
+    outcome got: ``rejects_at`` is the rejects file's size when its errors began to be
+    written (None before), ``done`` once they are written and checkpointed."""
+
+    id: int
+    run_id: int
+    job_id: str
+    lines: list[int]  # the line of each record of the request, in request order
+    rejects_at: int | None = None
+    done: bool = False
+    failed: int = 0  # records the job refused
+
+
 class Ledger(Protocol):
     """What the worker needs from durable state: the protocol a second backend (PostgreSQL,
     shared by several workers) implements. Nothing outside ``ledger/`` knows the backend.
@@ -91,6 +106,25 @@ class Ledger(Protocol):
         reason_code: str = "",
     ) -> None:
         """Record a run's final state; it is then unannounced until marked."""
+
+    def add_job(self, run_id: int, job_id: str, lines: list[int]) -> None:
+        """Remember an import job an accepted request created (before that batch's
+        checkpoint: a job is never forgotten, though a batch re-sent after a crash may
+        make a second one for the same lines)."""
+
+    def jobs(self, run_id: int) -> list[ImportJob]:
+        """The run's import jobs, oldest first."""
+
+    def forget_unsent_jobs(self, run_id: int, line: int) -> None:
+        """Forget the run's unread jobs for records after ``line`` (its checkpoint): their
+        batch was accepted but not checkpointed, so a resume sends it again and records the
+        job that makes; the first would refuse the same records a second time."""
+
+    def job_reading(self, row_id: int, rejects_at: int) -> None:
+        """The job's errors are about to be appended to the rejects file, now this long."""
+
+    def job_done(self, row_id: int, failed: int) -> None:
+        """The job's errors are written and checkpointed."""
 
     def get(self, run_id: int) -> FileRun | None: ...
 

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ingestor import crashpoints
 from ingestor.errors import LedgerError, StateUnwritable, state_problem
-from ingestor.ledger.base import FileIdentity, FileRun, FileState
+from ingestor.ledger.base import FileIdentity, FileRun, FileState, ImportJob
 from ingestor.records import FileCounts
 
 # The schema is built by numbered migrations, each applied once and recorded in
@@ -88,6 +90,17 @@ def _m6_told(db: sqlite3.Connection) -> None:
     db.execute("UPDATE file_runs SET told=reason WHERE announced=1")
 
 
+def _m7_import_jobs(db: sqlite3.Connection) -> None:
+    # The asynchronous import jobs a run's accepted requests created (profiles), each with
+    # the line of every record it holds, until its errors are read back to those lines.
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS import_jobs (id INTEGER PRIMARY KEY, "
+        "run_id INTEGER NOT NULL, job_id TEXT NOT NULL, lines TEXT NOT NULL, "
+        "rejects_at INTEGER, done INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS import_jobs_run ON import_jobs (run_id)")
+
+
 MIGRATIONS = (
     _m1_base,
     _m2_announced_and_swept,
@@ -95,6 +108,7 @@ MIGRATIONS = (
     _m4_reason_code,
     _m5_no_queue_mirror,
     _m6_told,
+    _m7_import_jobs,
 )
 
 
@@ -511,6 +525,36 @@ class SqliteLedger:
                 run_id,
             ),
         )
+
+    def add_job(self, run_id: int, job_id: str, lines: list[int]) -> None:
+        self._write(
+            "INSERT INTO import_jobs (run_id, job_id, lines) VALUES (?,?,?)",
+            (run_id, job_id, orjson.dumps(lines).decode()),
+        )
+
+    def jobs(self, run_id: int) -> list[ImportJob]:
+        rows = self._execute(
+            "SELECT id, job_id, lines, rejects_at, done, failed FROM import_jobs "
+            "WHERE run_id=? ORDER BY id",
+            (run_id,),
+        ).fetchall()
+        return [
+            ImportJob(row_id, run_id, job, orjson.loads(lines), at, bool(done), failed)
+            for row_id, job, lines, at, done, failed in rows
+        ]
+
+    def forget_unsent_jobs(self, run_id: int, line: int) -> None:
+        self._write(
+            "DELETE FROM import_jobs WHERE run_id=? AND done=0 AND rejects_at IS NULL "
+            "AND json_extract(lines, '$[0]') > ?",
+            (run_id, line),
+        )
+
+    def job_reading(self, row_id: int, rejects_at: int) -> None:
+        self._write("UPDATE import_jobs SET rejects_at=? WHERE id=?", (rejects_at, row_id))
+
+    def job_done(self, row_id: int, failed: int) -> None:
+        self._write("UPDATE import_jobs SET done=1, failed=? WHERE id=?", (failed, row_id))
 
     def get(self, run_id: int) -> FileRun | None:
         return self._one(f"SELECT {_COLUMNS} FROM file_runs WHERE id=?", (run_id,))

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from ingestor.dropfile import Unreadable
 from ingestor.errors import STRAY_FILE, AuthError, FileChanged, LayoutError, NotFound
-from ingestor.kinds import EVENTS
+from ingestor.kinds import EVENTS, PROFILES
 from ingestor.reports import FileReport, folder_label
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
@@ -175,13 +175,17 @@ def read_as_line(read_as: dict[str, str]) -> str:
     return ", ".join(parts)
 
 
+# What a report's data_source_id names, by kind (custom objects: the data source).
+_TARGET_LABELS = {EVENTS.folder: "Metric", PROFILES.folder: "List"}
+
+
 def file_facts(report: FileReport) -> FileFacts:
     rate = report.records_per_second
     facts = [
         ("Company", report.company),
         ("Folder", folder_label(report.folder, report.kind)),
         ("File", f"{report.file} ({_size(report.size)})"),
-        ("Metric" if report.kind == EVENTS.folder else "Data source", report.data_source_id or "-"),
+        (_TARGET_LABELS.get(report.kind, "Data source"), report.data_source_id or "-"),
         ("Outcome", report.state),
         ("Started", _when(report.started_at)),
         ("Finished", _when(report.finished_at)),

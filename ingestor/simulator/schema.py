@@ -17,6 +17,7 @@ from jsonschema_rs import Draft7Validator
 SPEC_FILES = {
     "bulk_create_data_source_records": "bulk_create_data_source_records.json",
     "bulk_create_events": "bulk_create_events.json",
+    "bulk_import_profiles": "bulk_import_profiles.json",
     "create_data_source": "create_data_source.json",
     "get_data_source": "get_data_source.json",
     "get_data_sources": "get_data_sources.json",

@@ -14,20 +14,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from ulid import ULID
 
 from ingestor.config import RateLimitSettings
-from ingestor.kinds import CUSTOM_OBJECTS, EVENTS, MAX_EVENT_STRING_BYTES, BatchLimits
+from ingestor.kinds import CUSTOM_OBJECTS, EVENTS, MAX_EVENT_STRING_BYTES, PROFILES, BatchLimits
 from ingestor.simulator.schema import first_error, request_validator
 from ingestor.simulator.state import (
     DATA_SOURCE_LIMITS,
     EVENT_LIMITS,
     GUIDE_BULK_LIMITS,
     Account,
+    ImportJobState,
     RequestLog,
     ServerWindows,
     SimulatorState,
@@ -37,6 +40,9 @@ REVISION = re.compile(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?")
 JSON_TYPES = ("application/vnd.api+json",)  # the only request media type the spec lists
 RECORDS_POINTER = "/data/attributes/data-source-records/data"
 EVENTS_POINTER = "/data/attributes/events-bulk-create/data"
+PROFILES_POINTER = "/data/attributes/profiles/data"
+E164 = re.compile(r"\+[1-9]\d{1,14}")
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 IDENTIFIER_KEYS = ("email", "phone_number", "external_id", "anonymous_id")
 
 
@@ -120,6 +126,10 @@ class _Handler(BaseHTTPRequestHandler):
                 sim.bulk_create(self, account, body)
             elif method == "POST" and path == EVENTS.endpoint:
                 sim.bulk_create_events(self, account, body)
+            elif method == "POST" and path == PROFILES.endpoint:
+                sim.bulk_import_profiles(self, account, body)
+            elif method == "GET" and path.startswith(PROFILES.endpoint + "/"):
+                sim.import_job(account, path.removeprefix(PROFILES.endpoint + "/"), self.path)
             elif method == "GET" and path.startswith("/api/data-sources/"):
                 sim.get_data_source(account, path.rsplit("/", 1)[1])
             elif path == "/api/data-sources" and method == "POST":
@@ -194,6 +204,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(answer.body)
 
 
+def _profile_problem(attributes: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, detail) of what Klaviyo's import would refuse in a profile, if anything."""
+    if not any(attributes.get(key) for key in ("email", "phone_number", "external_id")):
+        return "email", "A profile identifier (email, phone_number or external_id) is required."
+    email = attributes.get("email")
+    if email is not None and not EMAIL.fullmatch(str(email)):
+        return "email", f"Invalid email address: {email!r}"
+    phone = attributes.get("phone_number")
+    if phone is not None and not E164.fullmatch(str(phone)):
+        return "phone_number", f"Invalid phone number {phone!r}: E.164 expected (+15005550006)"
+    return None
+
+
 def _event_problem(item: dict[str, Any]) -> str | None:
     """What the API would refuse in one profile-and-events item, if anything."""
     profile = item["attributes"]["profile"]["data"]
@@ -253,13 +276,16 @@ class Simulator:
         rate_limit_headers: bool = True,
         validate_every: int = 1,
         reuse_port: bool = False,
+        profile_job_seconds: float = 0.2,
     ) -> None:
         """``keep_records=False`` only counts what is stored (long benchmarks);
         ``rate_limit_headers=False`` leaves out the RateLimit-* headers Klaviyo sends (a
         server that declares nothing, whose limit a client must learn from its 429s);
         ``validate_every=N`` checks one bulk body in N against the spec (the others are
         parsed only: benchmarks that must measure the client, and say so);
-        ``reuse_port`` lets several simulator processes share one port (SO_REUSEPORT)."""
+        ``reuse_port`` lets several simulator processes share one port (SO_REUSEPORT);
+        ``profile_job_seconds``: how long a profile import job runs before it completes."""
+        self.profile_job_seconds = profile_job_seconds
         self.keep_records = keep_records
         self.validate_every = validate_every
         self._bodies = itertools.count()
@@ -366,6 +392,11 @@ class Simulator:
                 "statuses": statuses,
                 "records": sum(a.stored for a in self.state._accounts_by_key.values()),
                 "events": sum(a.events_received for a in self.state._accounts_by_key.values()),
+                "profiles": sum(
+                    len(job.profiles)
+                    for a in self.state._accounts_by_key.values()
+                    for job in a.jobs.values()
+                ),
                 "schema_failures": len(self.state.schema_failures),
             }
 
@@ -580,6 +611,133 @@ class Simulator:
         if hang:
             time.sleep(faults.hang_seconds)
         raise _Answer(202, headers=limit_headers, records=len(kept))
+
+    def profiles(self, account: str) -> dict[str, dict[str, Any]]:
+        """The profiles ``account`` holds (imported by complete jobs), by first identifier."""
+        with self.state.lock:
+            state = self.state.account(account)
+            for job in state.jobs.values():
+                self._settle(state, job)
+            return dict(state.profiles)
+
+    def bulk_import_profiles(self, handler: _Handler, account: Account, body: bytes) -> None:
+        """POST /api/profile-bulk-import-jobs: at most 10,000 profiles, 5 MB, 100 KB each;
+        202 with a job that completes ``profile_job_seconds`` later, importing each valid
+        profile and recording an import error (with its pointer) for each invalid one."""
+        faults, state, limits = self.state.faults, self.state, PROFILES.limits
+        limit_headers, hang = self._bulk_faults(account, account.profile_windows)
+        self._check_body(handler, body, limits.max_body_bytes)
+        document = self._parse_and_validate(
+            body, "bulk_import_profiles", validate=next(self._bodies) % self.validate_every == 0
+        )
+        items = document["data"]["attributes"]["profiles"]["data"]
+        if len(items) > limits.max_records:
+            raise _Answer(
+                400,
+                _error(
+                    400, "invalid", "Invalid input.",
+                    f"at most {limits.max_records} profiles per request", PROFILES_POINTER,
+                ),
+            )  # fmt: skip
+        for index, item in enumerate(items):
+            size = _serialized_size(item)
+            detail = (
+                f"profile is {size} bytes; the maximum is {limits.max_record_bytes}"
+                if size > limits.max_record_bytes
+                else faults.refuse(item)
+                if faults.refuse
+                else None
+            )
+            if detail:
+                pointer = f"{PROFILES_POINTER}/{index}" if faults.refuse_with_pointer else ""
+                raise _Answer(400, _error(400, "invalid", "Invalid input.", detail, pointer))
+        if faults.drop_when is not None and any(map(faults.drop_when, items)):
+            raise _Answer(-1)
+        job = ImportJobState(
+            str(ULID()), time.time(), time.monotonic() + self.profile_job_seconds, items
+        )
+        with state.lock:
+            account.jobs[job.id] = job
+            state.stored.notify_all()
+        if hang:
+            time.sleep(faults.hang_seconds)
+        raise _Answer(
+            202,
+            orjson.dumps({"data": self._job_resource(job)}),
+            limit_headers,
+            records=len(items),
+        )
+
+    def import_job(self, account: Account, rest: str, raw_path: str) -> None:
+        """GET a profile import job, or a page of its import errors."""
+        limit_headers = self._admit(account, account.job_windows)
+        job_id, _, tail = rest.partition("/")
+        with self.state.lock:
+            job = account.jobs.get(job_id)
+            if job is not None:
+                self._settle(account, job)
+        if job is None or tail not in ("", "import-errors"):
+            raise _Answer(404, _error(404, "not_found", "Not found", f"no import job {job_id}"))
+        if not tail:
+            raise _Answer(200, orjson.dumps({"data": self._job_resource(job)}), limit_headers)
+        query = parse_qs(urlsplit(raw_path).query)
+        size = min(100, int((query.get("page[size]") or ["20"])[0]))
+        start = int((query.get("page[cursor]") or ["0"])[0] or 0)
+        page = job.errors[start : start + size] if job.complete else []
+        base = f"{self.url}{PROFILES.endpoint}/{job.id}/import-errors"
+        links = {"self": f"{base}?page[size]={size}&page[cursor]={start}"}
+        if job.complete and start + size < len(job.errors):
+            links["next"] = f"{base}?page[size]={size}&page[cursor]={start + size}"
+        raise _Answer(200, orjson.dumps({"data": page, "links": links}), limit_headers)
+
+    def _job_resource(self, job: ImportJobState) -> dict[str, Any]:
+        created = datetime.fromtimestamp(job.created, UTC).isoformat()
+        failed = len(job.errors) if job.complete else 0
+        return {
+            "type": "profile-bulk-import-job",
+            "id": job.id,
+            "attributes": {
+                "status": "complete" if job.complete else "processing",
+                "created_at": created,
+                "total_count": len(job.profiles),
+                "completed_count": len(job.profiles) - failed if job.complete else 0,
+                "failed_count": failed,
+                "started_at": created,
+                "completed_at": datetime.now(UTC).isoformat() if job.complete else None,
+            },
+            "links": {"self": f"{self.url}{PROFILES.endpoint}/{job.id}"},
+        }
+
+    def _settle(self, account: Account, job: ImportJobState) -> None:
+        """Complete a job that is due (under the state's lock)."""
+        if job.complete or time.monotonic() < job.due:
+            return
+        job.complete = True
+        for index, item in enumerate(job.profiles):
+            attributes = item.get("attributes") or {}
+            problem = _profile_problem(attributes)
+            if problem:
+                field, detail = problem
+                job.errors.append(
+                    {
+                        "type": "import-error",
+                        "id": str(ULID()),
+                        "attributes": {
+                            "code": "invalid",
+                            "title": "Invalid input",
+                            "detail": detail,
+                            "source": {"pointer": f"{PROFILES_POINTER}/{index}/attributes/{field}"},
+                            "original_payload": attributes,
+                        },
+                    }
+                )
+                continue
+            key = next(
+                f"{name}:{attributes[name]}"
+                for name in ("email", "phone_number", "external_id")
+                if attributes.get(name)
+            )
+            account.profiles[key] = {**account.profiles.get(key, {}), **attributes}
 
     def _parse_and_validate(
         self, body: bytes, operation: str, validate: bool = True

@@ -70,12 +70,29 @@ class Account:
     bulk_windows: ServerWindows
     read_windows: ServerWindows
     event_windows: ServerWindows
+    profile_windows: ServerWindows  # POST profile-bulk-import-jobs
+    job_windows: ServerWindows  # GET a profile import job, or its errors
     data_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     stored: int = 0  # records accepted (kept in ``records`` unless the simulator discards them)
     # Events kept, one per (profile, metric, unique_id): Klaviyo keeps one of each.
     events: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     events_received: int = 0  # events accepted, duplicates included
+    # Profiles imported, by their first identifier; and the import jobs, by id.
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, ImportJobState] = field(default_factory=dict)
+
+
+@dataclass
+class ImportJobState:
+    """A profile import job: its profiles are imported once it is due, each one valid."""
+
+    id: str
+    created: float  # wall clock
+    due: float  # monotonic: when it completes
+    profiles: list[dict[str, Any]]
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = False
 
 
 @dataclass
@@ -147,6 +164,8 @@ class SimulatorState:
                 name,
                 ServerWindows(self._bulk_limits),
                 ServerWindows(self._read_limits),
+                ServerWindows(self._event_limits),
+                ServerWindows(self._event_limits),  # the profile endpoints publish the same
                 ServerWindows(self._event_limits),
             )
             self._accounts_by_key[key] = account
