@@ -1,12 +1,11 @@
 """The events and profiles kinds against their endpoints' rate-limit bounds.
 
-    python bench/kinds_bench.py --kind events [--rows 200000] [--clock-factor 3]
-    python bench/kinds_bench.py --kind profiles [--rows 2000000] [--clock-factor 3]
+    python bench/kinds_bench.py --kind events [--rows 200000]
+    python bench/kinds_bench.py --kind profiles [--rows 1700000]
 
 ``ingestor ingest`` sends a folder of ``--rows`` rows (JSONL) to the simulator enforcing the
-endpoint's published limits (both: burst 10/s, steady 150/min) on a clock ``--clock-factor``
-times faster; the worker's limiter for that endpoint has the same published limits on the same
-clock (its windows are the settings' windows, given here scaled). The minimum time places
+endpoint's published limits (both: burst 10/s, steady 150/min), in real time: the worker's
+limiter for that endpoint has its defaults, the published limits. The minimum time places
 every request at the earliest moment the server's sliding windows allow. Reported: time ÷
 minimum, achieved ÷ allowed request rate, rows per request ÷ the kind's maximum, 429s, and
 what the account received. Profiles: the time is the POSTs' (following the jobs comes after).
@@ -52,20 +51,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kind", choices=("events", "profiles"), default="events")
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--clock-factor", type=float, default=3.0)
     args = parser.parse_args()
     kind = KINDS[args.kind]
-    limits = EVENT_LIMITS.scaled(args.clock_factor)  # the profile endpoints publish the same
+    limits = EVENT_LIMITS  # the profile endpoints publish the same
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder = kind_folder(root, kind, args.rows)
-        with Simulator(
-            {KEY: "acme"}, clock_factor=args.clock_factor, keep_records=False, validate_every=1
-        ) as sim:
+        with Simulator({KEY: "acme"}, keep_records=False, validate_every=1) as sim:
             began = time.monotonic()
-            # The flags set the custom-objects limiter; the kind's limiter takes their windows
-            # with the endpoint's published counts.
-            ingest(folder, sim, root / "state", GUIDE_BULK_LIMITS.scaled(args.clock_factor))
+            ingest(folder, sim, root / "state", GUIDE_BULK_LIMITS)  # custom objects' flags
             wall = time.monotonic() - began
             with sim.state.lock:
                 posts = [r for r in sim.state.requests if r.path == kind.endpoint]
@@ -78,7 +72,7 @@ def main() -> None:
     best = minimum_span(len(accepted), limits)
     per_request = sum(r.records for r in accepted) / len(accepted)
     print(
-        f"{args.rows:,} {kind.folder} at the endpoint's limits x{args.clock_factor:g} "
+        f"{args.rows:,} {kind.folder} at the endpoint's published limits "
         f"(burst {limits.burst}/{limits.burst_window:g} s, steady {limits.steady}/"
         f"{limits.steady_window:g} s): {len(accepted)} requests in {span:.2f} s (minimum "
         f"{best:.2f} s), {wall:.1f} s wall for the whole command; every body validated "

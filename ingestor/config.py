@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ingestor.errors import ConfigError
+from ingestor.kinds import KINDS
 from ingestor.toml_reader import knob, positive
 
 DEFAULT_BASE_URL = "https://a.klaviyo.com"
@@ -89,6 +90,14 @@ class RetrySettings:
     multiplier: float = 2.0
 
 
+# The published limits of the endpoints of the kinds whose limits are not [rate_limit]'s.
+PUBLISHED_KIND_LIMITS: Mapping[str, RateLimitSettings] = {
+    kind.folder: RateLimitSettings(burst=kind.burst, steady=kind.steady)
+    for kind in KINDS.values()
+    if not kind.has_data_source
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     base_url: str = knob(
@@ -108,6 +117,10 @@ class ApiSettings:
         flag=True,
     )
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    # Each other kind's endpoint has limits of its own (by the kind's folder name).
+    kind_rate_limits: Mapping[str, RateLimitSettings] = field(
+        default_factory=lambda: dict(PUBLISHED_KIND_LIMITS)
+    )
     retry: RetrySettings = field(default_factory=RetrySettings)
 
 

@@ -19,7 +19,7 @@ import structlog
 
 from ingestor import crashpoints
 from ingestor.batcher import batches
-from ingestor.config import Settings
+from ingestor.config import RateLimitSettings, Settings
 from ingestor.dropfile import Directory, DropFile, Unreadable, UnsafeEntry, open_directory
 from ingestor.errors import (
     READ_FAILED,
@@ -350,10 +350,10 @@ class Pipeline:
         key = f"{kind.folder}/jobs" if jobs else kind.folder
         limiter = self._kind_limiters.get(key)
         if limiter is None:
-            base = self._settings.api.rate_limit
-            limiter = self._kind_limiters[key] = AccountLimiter(
-                replace(base, burst=kind.burst, steady=kind.steady)
-            )
+            limits = self._settings.api.kind_rate_limits.get(kind.folder)
+            if limits is None:  # a settings object built without it: the published ones
+                limits = RateLimitSettings(burst=kind.burst, steady=kind.steady)
+            limiter = self._kind_limiters[key] = AccountLimiter(limits)
         return limiter
 
     def _read_jobs(

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ingestor.config import ApiSettings, RateLimitSettings, RetrySettings, SecretSource, Settings
+from ingestor.config import (
+    PUBLISHED_KIND_LIMITS,
+    ApiSettings,
+    RateLimitSettings,
+    RetrySettings,
+    SecretSource,
+    Settings,
+)
 from ingestor.errors import ConfigError
 from ingestor.logs import LOG_FORMATS, LOG_LEVELS
 from ingestor.notify.notifier import NotifySettings, address_problem
@@ -200,8 +207,19 @@ Per-account limits for the bulk endpoint, the default for every company. Klaviyo
 burst 3/s, steady 60/min; its newer published spec says 15/min. The sender also adapts to
 429 + Retry-After, so a limit set too high costs retries, not data. A server stricter than
 these is learned: from its RateLimit-Limit header at once, or by counting at its first 429;
-the limit then probes upward only after two clean windows.""",
+the limit then probes upward only after two clean windows. The bulk events and profile
+import endpoints have limits of their own (published: burst 10/s, steady 150/min, the
+defaults), set in [rate_limit.events] and [rate_limit.profiles] with the same keys.""",
         knobs=((RateLimitSettings, ""),),
+        after=tuple(
+            Extra(
+                name,
+                f"{{ burst = {limits.burst}, steady = {limits.steady} }}",
+                f"the {name} endpoint's own limits (the published ones)",
+                commented=True,
+            )
+            for name, limits in PUBLISHED_KIND_LIMITS.items()
+        ),
     ),
     Section("reports", knobs=((ServiceSettings, "reports"),)),
     Section(
@@ -459,7 +477,14 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
     settings = read_knobs(r, *service, settings, "service")
     settings = read_knobs(r, *reports, settings, "reports")
     default_limits = read_knobs(r, *limits, RateLimitSettings())
-    api_settings = read_knobs(r, *api, ApiSettings(rate_limit=default_limits))
+    kind_limits: dict[str, RateLimitSettings] = {}
+    for name, published in PUBLISHED_KIND_LIMITS.items():  # [rate_limit.events], ...
+        sub, sub_prefix = r.table(limits[0], name, "rate_limit."), f"rate_limit.{name}."
+        r.known(sub, knob_keys((RateLimitSettings, "")), sub_prefix)
+        kind_limits[name] = read_knobs(r, sub, sub_prefix, published)
+    api_settings = read_knobs(
+        r, *api, ApiSettings(rate_limit=default_limits, kind_rate_limits=kind_limits)
+    )
     api_settings = replace(api_settings, retry=read_knobs(r, *api, RetrySettings(), "api"))
     notify_settings = replace(read_knobs(r, *notify, NotifySettings()), smtp=_smtp(r, data, base))
     company_defaults = CompanySettings(

@@ -48,6 +48,7 @@ def write_settings(
         "read_timeout_seconds = 5.0",
         "retry_initial_seconds = 0.01",
         "retry_max_seconds = 0.1",
+        "job_poll_seconds = 0.05",
         "[rate_limit]",
         "burst = 50",
         "steady = 3000",

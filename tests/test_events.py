@@ -234,7 +234,7 @@ def test_a_batch_sent_again_after_a_kill_creates_no_duplicate_event(tmp_path: Pa
         )
 
 
-def test_the_service_watching_the_tree_ingests_events_beside_custom_objects(
+def test_the_service_watching_the_tree_ingests_events_and_profiles_beside_custom_objects(
     sim: Simulator, tmp_path: Path
 ) -> None:
     drop, state = tmp_path / "drop", tmp_path / "state"
@@ -249,8 +249,12 @@ def test_the_service_watching_the_tree_ingests_events_beside_custom_objects(
         os.rename(folder / "orders.tmp", folder / "orders.jsonl")  # an atomic upload
         pets = make_folder(drop)
         (pets / "pets.jsonl").write_bytes(b'{"id": 1}\n{"id": 2}\n')
+        customers = drop / "acme" / "imports" / "profiles" / "customers"
+        customers.mkdir(parents=True)
+        (customers / "config.json").write_text("{}")
+        (customers / "c.csv").write_text("email,tier\na@x.io,gold\nbad-address,gold\n")
         found: dict[str, FileRun] = {}
-        while len(found) < 2:
+        while len(found) < 3:
             run = svc.next_run()
             found[run.identity.name] = run
     orders = found["orders.jsonl"]
@@ -258,3 +262,12 @@ def test_the_service_watching_the_tree_ingests_events_beside_custom_objects(
     assert orders.identity.kind == "events"
     assert sorted(e["properties"]["n"] for e in sim.events("acme")) == list(range(1200))
     assert found["pets.jsonl"].state is FileState.DONE and len(sim.records("acme")) == 2
+    profiles = found["c.csv"]
+    assert (profiles.state, profiles.counts.sent, profiles.counts.skipped) == (
+        FileState.DONE,
+        1,
+        1,
+    )
+    assert sim.profiles("acme") == {
+        "email:a@x.io": {"email": "a@x.io", "properties": {"tier": "gold"}}
+    }

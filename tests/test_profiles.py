@@ -168,8 +168,9 @@ def test_profiles_klaviyo_refuses_come_back_at_their_lines_across_jobs_and_pages
     assert json.loads(by_line[2]["raw"])["first_name"] == "N2"  # Klaviyo's original payload
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_a_job_still_running_when_the_worker_stops_is_followed_after_restart(
-    tmp_path: Path,
+    tmp_path: Path, stop: signal.Signals
 ) -> None:
     with Simulator(
         {KEY: "acme"}, bulk_limits=FAST_LIMITS, read_limits=FAST_LIMITS, profile_job_seconds=3600
@@ -184,7 +185,7 @@ def test_a_job_still_running_when_the_worker_stops_is_followed_after_restart(
         env = {**os.environ, "KLAVIYO_KEY": KEY}
         worker = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
         assert sim.wait_for_requests(lambda rs: any(r.path.startswith(JOBS + "/") for r in rs), 30)
-        worker.send_signal(signal.SIGTERM)  # while it waits for the job
+        worker.send_signal(stop)  # while it waits for the job
         worker.communicate(timeout=30)
         with SqliteLedger(state / LEDGER_NAME) as ledger:
             (run,) = ledger.runs()

@@ -345,3 +345,28 @@ def test_a_key_with_a_line_break_inside_is_refused_at_load(key: str) -> None:
     with pytest.raises(ConfigError, match="line break, space or other control character"):
         SecretSource(env="K").load({"K": key})
     assert SecretSource(env="K").load({"K": " pk_test_fine \n"}).value == "pk_test_fine"
+
+
+def test_the_events_and_profiles_endpoints_have_limits_of_their_own(tmp_path: Path) -> None:
+    settings = tmp_path / "kinds.toml"
+    settings.write_text(
+        """
+drop_root = "."
+state_dir = "."
+[rate_limit]
+steady = 15
+[rate_limit.events]
+steady = 100
+[companies.acme]
+api_key_env = "A"
+"""
+    )
+    loaded = load_service_settings(settings)
+    api = loaded.pipeline_settings(loaded.companies["acme"]).api
+    assert (api.rate_limit.burst, api.rate_limit.steady) == (3, 15)  # custom objects
+    events, profiles = api.kind_rate_limits["events"], api.kind_rate_limits["profiles"]
+    assert (events.burst, events.steady) == (10, 100)  # set; the burst stays the published
+    assert (profiles.burst, profiles.steady) == (10, 150)  # the published limits
+    settings.write_text(settings.read_text().replace("steady = 100", "stedy = 100"))
+    result = check_config(settings, A="k")
+    assert "rate_limit.events.stedy: unknown key; did you mean 'steady'?" in result.stderr

@@ -386,7 +386,7 @@ def test_upload_temporaries_left_by_a_dead_process_are_removed_at_start(
 
 
 @pytest.mark.skipif(shutil.which("sftp") is None, reason="needs OpenSSH's sftp")
-def test_openssh_uploads_events_beside_custom_objects_and_each_is_emailed(
+def test_openssh_uploads_events_and_profiles_beside_custom_objects_and_each_is_emailed(
     service: Running, sim, keys, tmp_path
 ) -> None:
     endpoint = service.service.sftp
@@ -404,6 +404,11 @@ def test_openssh_uploads_events_beside_custom_objects_and_each_is_emailed(
     )
     (tmp_path / "config.json").write_bytes(CONFIG)
     (tmp_path / "pets.csv").write_bytes(PETS_CSV)
+    (tmp_path / "profiles.json").write_bytes(b'{"list_id": "Y6nRLr"}')
+    (tmp_path / "customers.jsonl").write_bytes(
+        b'{"email": "a@x.io", "first_name": "A"}\n{"email": "not-an-email"}\n'
+        b'{"phone_number": "+15005550006"}\n'
+    )
     result = sftp_batch(
         endpoint.port,
         known_hosts,
@@ -413,24 +418,35 @@ def test_openssh_uploads_events_beside_custom_objects_and_each_is_emailed(
         f"put {tmp_path / 'orders.csv'} imports/events/orders/orders.csv\n"
         "mkdir imports/custom_objects/pets\n"
         f"put {tmp_path / 'config.json'} imports/custom_objects/pets/config.json\n"
-        f"put {tmp_path / 'pets.csv'} imports/custom_objects/pets/pets.csv\n",
+        f"put {tmp_path / 'pets.csv'} imports/custom_objects/pets/pets.csv\n"
+        "mkdir imports/profiles/customers\n"
+        f"put {tmp_path / 'profiles.json'} imports/profiles/customers/config.json\n"
+        f"put {tmp_path / 'customers.jsonl'} imports/profiles/customers/customers.jsonl\n",
         "acme",
         tmp_path,
     )
     assert result.returncode == 0, result.stderr
     runs: dict[str, FileRun] = {}
-    while len(runs) < 2:  # in whichever order the lane finishes them
+    while len(runs) < 3:  # in whichever order the lane finishes them
         run = service.next_run()
         runs[run.identity.name] = run
     orders, pets = runs["orders.csv"], runs["pets.csv"]
     assert (orders.state, orders.counts.sent, orders.counts.skipped) == (FileState.DONE, 40, 1)
     assert (pets.state, pets.counts.sent) == (FileState.DONE, 300)
+    customers = runs["customers.jsonl"]
+    assert (customers.state, customers.counts.sent, customers.counts.skipped) == (
+        FileState.DONE,
+        2,
+        1,
+    )
     assert len(sim.events("acme")) == 40 and len(sim.records("acme")) == 300
+    assert sorted(sim.profiles("acme")) == ["email:a@x.io", "phone_number:+15005550006"]
     subjects = sorted(
         email.message_from_bytes(eml.read_bytes(), policy=default)["Subject"]
         for eml in (tmp_path / "state" / "outbox").glob("*.eml")
     )
     assert subjects == [
+        "[ingestor] acme / customers / customers.jsonl: 2 imported, 1 skipped",
         "[ingestor] acme / orders / orders.csv: 40 imported, 1 skipped",
         "[ingestor] acme / pets / pets.csv: 300 imported, 0 skipped",
     ]
