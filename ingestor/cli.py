@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(handler=cmd_ingest)
 
     validate = command("validate", "parse without sending: what would be sent, what skipped")
-    validate.add_argument("path", help="an import folder, or one .csv or .jsonl file")
+    validate.add_argument("path", help="an import folder, or one data file (.csv, .jsonl, .gz)")
     validate.add_argument("--json", action="store_true", help="print the result as JSON")
     add_log_options(validate)
     validate.set_defaults(handler=cmd_validate)

@@ -132,6 +132,8 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     report_skip_samples: int = 20
     max_raw_excerpt: int = 2048
+    max_uncompressed_bytes: int = 64 * 1024**3  # a .gz upload may expand to this much
+    max_compression_ratio: int = 200  # and this many times its size
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -42,9 +42,20 @@ def is_ulid(text: str) -> bool:
     return _ULID.fullmatch(text) is not None
 
 
+COMPRESSED_SUFFIX = ".gz"
+
+
 def data_format(name: str) -> str | None:
-    """'csv' / 'jsonl' for a data file name, else None (case-insensitive extension)."""
+    """'csv' / 'jsonl' for a data file name (``x.csv``, or gzip-compressed ``x.csv.gz``),
+    else None (case-insensitive extensions)."""
+    if is_compressed(name):
+        name = name[: -len(COMPRESSED_SUFFIX)]
     return DATA_FORMATS.get(PurePosixPath(name).suffix.lower())
+
+
+def is_compressed(name: str) -> bool:
+    """Whether a data file's name says it is gzip-compressed (``x.jsonl.gz``)."""
+    return name.lower().endswith(COMPRESSED_SUFFIX)
 
 
 def is_hidden_or_partial(name: str) -> bool:
@@ -326,7 +337,7 @@ def list_folder(folder: Directory) -> FolderListing:
         elif not stat.S_ISREG(info.st_mode):
             ignored.append(f"{name} (not a regular file)")
         elif data_format(name) is None:
-            ignored.append(f"{name} (only .csv and .jsonl are processed)")
+            ignored.append(f"{name} (only .csv, .jsonl, .csv.gz and .jsonl.gz are processed)")
         else:
             data.append(folder.path / name)
     return FolderListing(tuple(data), tuple(ignored))

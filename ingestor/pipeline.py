@@ -41,12 +41,13 @@ from ingestor.layout import (
     FolderListing,
     ImportFolder,
     data_format,
+    is_compressed,
     list_folder,
     load_folder_config,
 )
 from ingestor.ledger import FileRun, FileState, Ledger
 from ingestor.mapping import map_rows, row_mapper
-from ingestor.parsers import HEAD_BYTES, ParseLimits, assumptions, parse_file
+from ingestor.parsers import GzipLimits, ParseLimits, assumptions, parse_file, read_head
 from ingestor.ratelimit import AccountLimiter
 from ingestor.records import FileCounts, LineRun, Record, Reject
 from ingestor.reports import RejectsFile, Report, report_dir, run_stem, write_report
@@ -283,7 +284,8 @@ class Pipeline:
         try:
             found = identify(file, folder.company, kind, name, self._ledger, self._known_hashes)
             run = self._ledger.register(found.identity)
-            if found.appends_to is not None:
+            if found.appends_to is not None and not is_compressed(path.name):
+                # (a compressed file's offsets are not the file's: it starts afresh)
                 run = self._continue(run, found.appends_to, file)
             return run, file, None
         except BaseException:
@@ -385,11 +387,11 @@ class Pipeline:
             if job.rejects_at is not None and rejects.sync() > job.rejects_at:
                 self._ledger.job_done(job.id, 0)  # its errors were checkpointed: a crash
                 continue
-            status = self._wait_for_job(reader, kind, job.job_id)
+            status, failed = self._wait_for_job(reader, kind, job.job_id)
             self._ledger.job_reading(job.id, rejects.sync())
             refused = 0
             cursor = ""
-            while True:
+            while failed != 0:  # unknown (None) or some: read them
                 page = reader.call(partial(errors_page, job.job_id, cursor))
                 for error in page.get("data") or []:
                     rejects.write(_import_error(error, job.lines))
@@ -405,13 +407,17 @@ class Pipeline:
             self._ledger.checkpoint(run.id, offset, line, rejects.sync(), counts)
             self._ledger.job_done(job.id, refused)
 
-    def _wait_for_job(self, reader: Sender, kind: ImportKind, job_id: str) -> str:
-        """Look at the job until it is complete or cancelled; its final status."""
+    def _wait_for_job(
+        self, reader: Sender, kind: ImportKind, job_id: str
+    ) -> tuple[str, int | None]:
+        """Look at the job until it is complete or cancelled: its final status, and how many
+        records it says failed (None if it does not say)."""
         while True:
             document = reader.call(lambda: self._client.get_import_job(kind.endpoint, job_id))
-            status = str(((document.get("data") or {}).get("attributes") or {}).get("status"))
+            attributes = (document.get("data") or {}).get("attributes") or {}
+            status, failed = str(attributes.get("status")), attributes.get("failed_count")
             if status in ("complete", "cancelled"):
-                return status
+                return status, failed if isinstance(failed, int) else None
             if self._stop.wait(self._settings.api.job_poll_interval):
                 raise Interrupted("stop requested while an import job ran; it is read on resume")
 
@@ -450,7 +456,11 @@ class Pipeline:
         limits = ParseLimits(
             max_record_bytes=kind.limits.max_record_bytes,
             max_excerpt=self._settings.max_raw_excerpt,
+            gzip=GzipLimits(
+                self._settings.max_uncompressed_bytes, self._settings.max_compression_ratio
+            ),
         )
+        compressed = is_compressed(path.name)
         read_as: dict[str, str] = {}  # how it is read, for its report: filled once it is
         close = partial(self._close, read_as=read_as)
         counts = replace(run.counts)
@@ -459,10 +469,9 @@ class Pipeline:
         checkpoint = run.offset  # the byte offset after the last acknowledged batch
         last_line = run.line
         try:
-            with file.reader() as head:
-                head_bytes = head.read(HEAD_BYTES)
-            read_as.update(assumptions(head_bytes, fmt, config.delimiter, config.encoding))
-            start = (run.offset, run.line, config.delimiter, config.encoding)
+            head = read_head(file.reader(), compressed, limits)
+            read_as.update(assumptions(head, fmt, config.delimiter, config.encoding, compressed))
+            start = (run.offset, run.line, config.delimiter, config.encoding, compressed)
             items: Iterable[LineRun | Record | Reject] = parse_file(
                 file.reader(), fmt, limits, *start
             )

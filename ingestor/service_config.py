@@ -88,6 +88,18 @@ class ServiceSettings:
         table="service",
         check=positive,
     )
+    max_uncompressed_bytes: int = knob(
+        64 * 1024**3,
+        "a .gz upload expanding to more is rejected (a decompression bomb)",
+        table="service",
+        check=positive,
+    )
+    max_compression_ratio: int = knob(
+        200,
+        "a .gz upload expanding more times than this (past 16 MB) is rejected",
+        table="service",
+        check=positive,
+    )
     retention_days: float = knob(
         30.0,
         "processed files and their reports are deleted after this age",
@@ -140,6 +152,8 @@ class ServiceSettings:
             state_dir=self.state_dir,
             api=replace(self.api, rate_limit=company.rate_limit),
             report_skip_samples=self.report_skip_samples,
+            max_uncompressed_bytes=self.max_uncompressed_bytes,
+            max_compression_ratio=self.max_compression_ratio,
         )
 
 

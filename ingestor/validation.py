@@ -15,6 +15,7 @@ from ingestor.kinds import CUSTOM_OBJECTS, ImportKind
 from ingestor.layout import (
     FolderConfig,
     data_format,
+    is_compressed,
     list_folder,
     load_folder_config,
     locate_import_folder,
@@ -62,14 +63,15 @@ def validate_file(
     result = FileValidation(path)
     fmt = data_format(path.name)
     if fmt is None:
-        result.error = "not a .csv or .jsonl file"
+        result.error = "not a .csv, .jsonl, .csv.gz or .jsonl.gz file"
         return result
     limits = ParseLimits(max_record_bytes=kind.limits.max_record_bytes)
     envelope = kind.envelope("0" * 26)
     try:
         with open_directory(path.parent) as directory, directory.open_file(path.name) as file:
+            compressed = is_compressed(path.name)
             items: Iterable[LineRun | Record | Reject] = parse_file(
-                file.reader(), fmt, limits, 0, 0, delimiter, encoding
+                file.reader(), fmt, limits, 0, 0, delimiter, encoding, compressed
             )
             if kind.maps_rows:
                 target = config.target_id if config else "(the folder's metric)"

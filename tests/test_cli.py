@@ -61,7 +61,9 @@ def test_validate_lists_what_would_be_sent_and_skipped() -> None:
         ),
         (121, "row has no values (every cell empty)"),
     ]
-    assert report["ignored"] == ["README.txt (only .csv and .jsonl are processed)"]
+    assert report["ignored"] == [
+        "README.txt (only .csv, .jsonl, .csv.gz and .jsonl.gz are processed)"
+    ]
     text = ingestor("validate", str(folder))
     assert "line 18: row has 5 cells" in text.stdout
 

@@ -16,7 +16,7 @@ from ingestor.layout import parse_folder_config
 from ingestor.ledger import FileState
 from ingestor.notify.content import file_facts, read_as_line
 from ingestor.parsers import ParseLimits, parse_file
-from ingestor.parsers import encoding as encoding_module
+from ingestor.parsers import views as views_module
 from ingestor.parsers.encoding import Transcoded
 from ingestor.records import LineRun, Record, Reject
 from ingestor.reports import FileReport
@@ -43,8 +43,8 @@ def test_decoded_text_reads_and_seeks_as_the_utf8_bytes_would(
     utf8 = io.BytesIO(text.encode("utf-8"))
     size = len(utf8.getvalue())
     with pytest.MonkeyPatch.context() as patch:  # tiny chunks: every boundary is crossed
-        patch.setattr(encoding_module, "_SOURCE_CHUNK", chunk)
-        patch.setattr(encoding_module, "_KEEP_BEHIND", 3)
+        patch.setattr(views_module, "_SOURCE_CHUNK", chunk)
+        patch.setattr(views_module, "_KEEP_BEHIND", 3)
         decoded = Transcoded(io.BytesIO(text.encode(encoding)), encoding)
         for _ in range(data.draw(st.integers(1, 12))):
             step = data.draw(st.sampled_from(["read", "readline", "seek"]))

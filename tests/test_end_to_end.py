@@ -99,7 +99,9 @@ def test_report_and_rejected_rows_file(sim: Simulator, tmp_path: Path) -> None:
     assert (report["records_read"], report["records_sent"], report["records_skipped"]) == (4, 2, 2)
     assert report["data_source_id"] == DS_ID and report["state"] == "done"
     assert [s["line"] for s in report["skipped_samples"]] == [2, 5]
-    assert report["ignored_files"] == ["notes.txt (only .csv and .jsonl are processed)"]
+    assert report["ignored_files"] == [
+        "notes.txt (only .csv, .jsonl, .csv.gz and .jsonl.gz are processed)"
+    ]
     rejected = Path(report["rejected_rows_file"]).read_text().splitlines()
     assert [json.loads(x)["raw"] for x in rejected] == ["[2]", "{oops"]
     assert str(tmp_path / "drop") not in report["rejected_rows_file"]

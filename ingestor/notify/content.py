@@ -165,6 +165,8 @@ class FileFacts:
 def read_as_line(read_as: dict[str, str]) -> str:
     """``CSV, windows-1252, semicolon-separated, CRLF line ends, header row, byte-order mark``"""
     parts = [read_as.get("format", "?"), read_as.get("encoding", "?")]
+    if "compression" in read_as:
+        parts.insert(1, f"{read_as['compression']}-compressed")
     if "delimiter" in read_as:
         parts.append(f"{read_as['delimiter']}-separated")
     parts.append(f"{read_as.get('line_ends', '?')} line ends")

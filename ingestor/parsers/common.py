@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ingestor.errors import ParseError
 from ingestor.kinds import CSV_DELIMITERS, KIB
+from ingestor.parsers.compressed import GzipLimits
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # what Excel's "Unicode Text" export starts with
@@ -35,6 +36,7 @@ class ParseLimits:
     max_record_bytes: int = 512 * KIB
     max_line_bytes: int = 1024 * KIB
     max_excerpt: int = 2048
+    gzip: GzipLimits = field(default_factory=GzipLimits)  # how far a compressed file expands
 
 
 HEAD_BYTES = 64 * KIB  # what ``assumptions`` looks at
@@ -58,9 +60,12 @@ def windows_hint(raw: bytes) -> str:
     return ""
 
 
-def assumptions(head: bytes, fmt: str, delimiter: str, encoding: str) -> dict[str, str]:
-    """How a file is read, for its report and e-mail: format, encoding, byte-order mark,
-    line ends (from its first ``HEAD_BYTES``), and for CSV the delimiter and header."""
+def assumptions(
+    head: bytes, fmt: str, delimiter: str, encoding: str, compressed: bool = False
+) -> dict[str, str]:
+    """How a file is read, for its report and e-mail: format, compression, encoding,
+    byte-order mark, line ends (from its first ``HEAD_BYTES``, uncompressed), and for CSV
+    the delimiter and header."""
     text = head.decode(encoding, "replace")
     bom = head.startswith(UTF8_BOM) or head[:2] in _UTF16_BOMS
     ends = "CRLF" if "\r\n" in text else "LF" if "\n" in text else "none in the first 64 KiB"
@@ -70,6 +75,8 @@ def assumptions(head: bytes, fmt: str, delimiter: str, encoding: str) -> dict[st
         "byte_order_mark": "present, not part of the data" if bom else "none",
         "line_ends": ends,
     }
+    if compressed:
+        read_as["compression"] = "gzip"
     if fmt == "csv":
         read_as["delimiter"] = CSV_DELIMITERS.get(delimiter, delimiter)
         read_as["header"] = "the first row names the fields"
