@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zlib
@@ -27,6 +28,7 @@ from ingestor.parsers import views as views_module
 from ingestor.parsers.compressed import Gunzipped, GzipLimits
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, FAST_LIMITS, KEY, api_key, make_folder, settings_for
+from tests.service_helpers import running_service, sftp_batch, write_settings
 
 
 @settings(max_examples=150, deadline=None)
@@ -177,3 +179,43 @@ def test_a_decompression_bomb_is_stopped_by_the_ratio_and_by_the_size(
     run = result.files[0].run
     assert run.state is FileState.REJECTED and "decompression bomb" in run.reason
     assert json.dumps(run.reason)  # a reason a person can read, not a traceback
+
+
+@pytest.mark.skipif(shutil.which("sftp") is None, reason="needs OpenSSH's sftp")
+def test_the_service_ingests_a_gzip_upload_from_disk_and_over_openssh_sftp(
+    sim: Simulator, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    drop, state = tmp_path / "drop", tmp_path / "state"
+    drop.mkdir()
+    settings = write_settings(
+        tmp_path / "s.toml",
+        drop,
+        state,
+        sim,
+        company_lines=f'sftp_authorized_keys = "{keys["acme"]}.pub"',
+        extra='[sftp]\nlisten = "127.0.0.1:0"\n',
+    )
+    with running_service(settings) as svc:
+        folder = make_folder(drop)
+        (folder / "disk.csv.tmp").write_bytes(gzip.compress(rows_csv(700)))
+        os.rename(folder / "disk.csv.tmp", folder / "disk.csv.gz")  # an atomic upload
+        on_disk = svc.run_for("disk.csv.gz")
+        endpoint = svc.service.sftp
+        assert endpoint is not None
+        known = tmp_path / "known_hosts"
+        key = endpoint.host_key
+        known.write_text(f"[127.0.0.1]:{endpoint.port} {key.get_name()} {key.get_base64()}\n")
+        (tmp_path / "up.jsonl.gz").write_bytes(gzip.compress(b'{"id": 5000}\n' * 3))
+        upload = sftp_batch(
+            endpoint.port,
+            known,
+            keys["acme"],
+            f"put {tmp_path / 'up.jsonl.gz'} imports/custom_objects/pets/up.jsonl.gz\n",
+            "acme",
+            tmp_path,
+        )
+        assert upload.returncode == 0, upload.stderr
+        over_sftp = svc.run_for("up.jsonl.gz")
+    assert (on_disk.state, on_disk.counts.sent) == (FileState.DONE, 700)
+    assert (over_sftp.state, over_sftp.counts.sent) == (FileState.DONE, 3)
+    assert len(sim.records("acme")) == 703
