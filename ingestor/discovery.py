@@ -172,7 +172,9 @@ class Readiness:
 
 class FoundKind(enum.Enum):
     DATA = "data"  # a complete data file in an import folder
-    CONFIG = "config"  # an import folder's config.json was written (its files: look again)
+    # An import folder's config.json, or a data file's manifest, was written: how the folder's
+    # files are read changed (its files: look again).
+    CONFIG = "config"
     STRAY = "stray"  # a complete file directly under imports/<kind>/
 
 
@@ -249,6 +251,7 @@ class Discovery:
         kind = {
             Placement.DATA_FILE: FoundKind.DATA,
             Placement.CONFIG: FoundKind.CONFIG,
+            Placement.MANIFEST: FoundKind.CONFIG,
             Placement.STRAY: FoundKind.STRAY,
         }[placed.placement]
         return Found(kind, Path(path), placed)
@@ -291,7 +294,7 @@ class Discovery:
         count = 0
         for path in self._files(top or self.drop_root):
             placed = self._placed(path)
-            if placed is None or placed.placement is Placement.CONFIG:
+            if placed is None or placed.placement in (Placement.CONFIG, Placement.MANIFEST):
                 continue
             current = stat_of(path)
             if current is not None:

@@ -7,7 +7,8 @@ the advice a person is given, so nothing is ever decided by matching message tex
     IngestorError
     ├── ConfigError, LedgerError ── StateUnwritable
     ├── LayoutError ("folder_config") ── UnsafeEntry ("unsafe_entry"), Unreadable (dropfile)
-    ├── ParseError ("bad_file"), FileChanged ("file_changed"), Interrupted
+    ├── ParseError ("bad_file") ── ManifestMismatch ("manifest_mismatch"),
+    │   FileChanged ("file_changed"), Interrupted
     └── ApiError ── AuthError ("key_refused"), NotFound ("data_source_missing"),
                     ApiUnreachable, RateLimited, Transient, PayloadTooLarge, Rejected,
                     SystemicRejection ("api_refused_all")
@@ -38,6 +39,13 @@ class ParseError(IngestorError):
     """A whole file cannot be parsed (e.g. a bad CSV header); single bad rows are Rejects."""
 
     code = "bad_file"
+
+
+class ManifestMismatch(ParseError):
+    """A data file does not match its completion manifest (rows or sha256): rejected before
+    anything is sent."""
+
+    code = "manifest_mismatch"
 
 
 class LedgerError(IngestorError):

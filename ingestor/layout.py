@@ -22,6 +22,7 @@ from ingestor.errors import LayoutError
 from ingestor.kinds import (
     CSV_DELIMITERS,
     CUSTOM_OBJECTS,
+    KIB,
     KINDS,
     MAX_METRIC_NAME,
     ImportKind,
@@ -53,6 +54,65 @@ def data_format(name: str) -> str | None:
     return DATA_FORMATS.get(PurePosixPath(name).suffix.lower())
 
 
+MANIFEST_SUFFIX = ".manifest.json"
+MAX_MANIFEST_BYTES = 4 * KIB
+
+
+def manifest_of(name: str) -> str | None:
+    """The data file a manifest's name is for (``x.csv.manifest.json`` → ``x.csv``)."""
+    if not name.endswith(MANIFEST_SUFFIX):
+        return None
+    data = name[: -len(MANIFEST_SUFFIX)]
+    return data if data_format(data) is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What an uploader says a data file holds: its data rows and/or its SHA-256."""
+
+    rows: int | None
+    sha256: str | None
+
+
+def parse_manifest(data: bytes, name: str) -> Manifest:
+    """Validate a manifest's bytes; LayoutError saying exactly what is wrong."""
+    example = '{"rows": 1000, "sha256": "<64 hex digits>"}'
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise LayoutError(f"{name} is not valid JSON ({exc}); expected {example}") from None
+    if not isinstance(value, dict) or not ({"rows", "sha256"} & value.keys()):
+        raise LayoutError(f'{name} must be a JSON object with "rows", "sha256" or both: {example}')
+    unknown = sorted(set(value) - {"rows", "sha256"})
+    if unknown:
+        raise LayoutError(f"{name} has an unknown key {unknown[0]!r}; it takes rows and sha256")
+    rows, sha = value.get("rows"), value.get("sha256")
+    if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 0):
+        raise LayoutError(f'{name}: "rows" must be a whole number of data rows, got {rows!r}')
+    if sha is not None and (not isinstance(sha, str) or not _SHA256.fullmatch(sha)):
+        raise LayoutError(f'{name}: "sha256" must be 64 hex digits, got {str(sha)[:70]!r}')
+    return Manifest(rows, sha.lower() if isinstance(sha, str) else None)
+
+
+def load_manifest(folder: Directory, data_name: str) -> Manifest | None:
+    """The manifest of ``data_name`` in the folder, if one is there (read through the
+    folder's descriptor, as config.json is)."""
+    name = data_name + MANIFEST_SUFFIX
+    try:
+        folder.lstat(name)
+    except FileNotFoundError:
+        return None
+    try:
+        handle = folder.open_file(name, MAX_MANIFEST_BYTES)
+    except LayoutError as exc:
+        raise LayoutError(f"{name} cannot be used: {exc}") from None
+    with handle:
+        return parse_manifest(handle.read_all(MAX_MANIFEST_BYTES), name)
+
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
 def is_compressed(name: str) -> bool:
     """Whether a data file's name says it is gzip-compressed (``x.jsonl.gz``)."""
     return name.lower().endswith(COMPRESSED_SUFFIX)
@@ -65,6 +125,7 @@ def is_hidden_or_partial(name: str) -> bool:
 
 class Placement(enum.Enum):
     DATA_FILE = "data_file"  # a csv/jsonl inside a named import folder
+    MANIFEST = "manifest"  # a data file's completion manifest (x.csv.manifest.json)
     CONFIG = "config"  # an import folder's config.json
     STRAY = "stray"  # a file directly under imports/<kind>/: rejected
     IGNORED = "ignored"  # another extension inside an import folder: listed, not read
@@ -98,6 +159,8 @@ def place(relative: PurePosixPath) -> Placed:
     folder = parts[3]
     if name == CONFIG_NAME:
         return Placed(Placement.CONFIG, company, kind, folder, name)
+    if manifest_of(name) is not None:
+        return Placed(Placement.MANIFEST, company, kind, folder, name)
     if data_format(name) is None:
         return Placed(Placement.IGNORED, company, kind, folder, name)
     return Placed(Placement.DATA_FILE, company, kind, folder, name)
@@ -128,6 +191,7 @@ class FolderConfig:
     delimiter: str = ","  # between a CSV file's fields
     encoding: str = "utf-8"  # the data files' text encoding, as declared
     backfill: bool = False  # events: recorded without triggering flows
+    manifest_required: bool = False  # each data file waits for its x.manifest.json
 
 
 _EXAMPLES = {
@@ -161,6 +225,7 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
             target_id=_list_id(value.get("list_id")),
             delimiter=_delimiter(value),
             encoding=_encoding(value),
+            manifest_required=_manifest_required(value),
         )
     if key not in value:
         raise LayoutError(f'config.json has no "{key}" key; expected {example}')
@@ -173,6 +238,7 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
             delimiter=_delimiter(value),
             encoding=_encoding(value),
             backfill=_backfill(value),
+            manifest_required=_manifest_required(value),
         )
     if not is_ulid(target):
         shown = target if len(target) <= 40 else target[:40] + "…"
@@ -181,7 +247,10 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
             f"e.g. 01KTMWCZ8ZMNZS0HG5HQNX0H6E)"
         )
     return FolderConfig(
-        target_id=target.upper(), delimiter=_delimiter(value), encoding=_encoding(value)
+        target_id=target.upper(),
+        delimiter=_delimiter(value),
+        encoding=_encoding(value),
+        manifest_required=_manifest_required(value),
     )
 
 
@@ -195,6 +264,15 @@ def _metric_name(name: str) -> str:
             f"{MAX_METRIC_NAME}"
         )
     return name
+
+
+def _manifest_required(config: dict[str, Any]) -> bool:
+    """config.json's optional "manifest": "required" (or "optional", the default)."""
+    value = config.get("manifest", "optional")
+    if value not in ("required", "optional"):
+        shown = orjson.dumps(value).decode()[:30]
+        raise LayoutError(f'config.json "manifest" must be "required" or "optional", got {shown}')
+    return bool(value == "required")
 
 
 def _list_id(value: object) -> str:
@@ -330,7 +408,7 @@ def list_folder(folder: Directory) -> FolderListing:
     data: list[Path] = []
     ignored: list[str] = []
     for name, info in sorted(folder.entries(), key=lambda entry: entry[0]):
-        if name == CONFIG_NAME or is_hidden_or_partial(name):
+        if name == CONFIG_NAME or is_hidden_or_partial(name) or manifest_of(name):
             continue
         if stat.S_ISLNK(info.st_mode):
             ignored.append(f"{name} (symlink, not followed)")

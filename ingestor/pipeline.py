@@ -29,6 +29,7 @@ from ingestor.errors import (
     FileChanged,
     Interrupted,
     LayoutError,
+    ManifestMismatch,
     NotFound,
     ParseError,
     SystemicRejection,
@@ -40,10 +41,12 @@ from ingestor.layout import (
     FolderConfig,
     FolderListing,
     ImportFolder,
+    Manifest,
     data_format,
     is_compressed,
     list_folder,
     load_folder_config,
+    load_manifest,
 )
 from ingestor.ledger import FileRun, FileState, Ledger
 from ingestor.mapping import map_rows, row_mapper
@@ -248,7 +251,22 @@ class Pipeline:
                 if run.state is FileState.DONE:  # became a version already done meanwhile
                     results.append(FileResult(run, None, unchanged=True))
                     continue
-                results.append(self._ingest_file(folder, config, sender, run, file, ignored))
+                try:
+                    manifest = load_manifest(directory, entry.path.name)
+                except LayoutError as exc:
+                    code = ManifestMismatch.code
+                    results.append(
+                        self._close(run, FileState.REJECTED, str(exc), ignored, code=code)
+                    )
+                    continue
+                if manifest is None and config.manifest_required:
+                    # Nothing to tell yet: its manifest's arrival brings it back.
+                    bound.info("waiting_for_manifest", file=entry.path.name)
+                    results.append(FileResult(run, None, unchanged=True))
+                    continue
+                results.append(
+                    self._ingest_file(folder, config, sender, run, file, ignored, manifest)
+                )
         return FolderResult(folder, results, "", ignored)
 
     def _reopen(
@@ -436,6 +454,7 @@ class Pipeline:
         run: FileRun,
         file: DropFile,
         ignored: tuple[str, ...],
+        manifest: Manifest | None = None,
     ) -> FileResult:
         path = file.path
         bound = log.bind(company=folder.company, folder=folder.name, file=path.name)
@@ -472,6 +491,8 @@ class Pipeline:
             head = read_head(file.reader(), compressed, limits)
             read_as.update(assumptions(head, fmt, config.delimiter, config.encoding, compressed))
             start = (run.offset, run.line, config.delimiter, config.encoding, compressed)
+            if manifest is not None and run.offset == 0:  # checked before the first batch
+                _check_manifest(manifest, run, parse_file(file.reader(), fmt, limits, *start))
             items: Iterable[LineRun | Record | Reject] = parse_file(
                 file.reader(), fmt, limits, *start
             )
@@ -583,6 +604,28 @@ class Pipeline:
         if not self._emails:
             self._ledger.mark_announced([run.id])
         return FileResult(final, report)
+
+
+def _check_manifest(
+    manifest: Manifest, run: FileRun, items: Iterable[LineRun | Record | Reject]
+) -> None:
+    """ManifestMismatch unless the file is the one its manifest describes: its SHA-256 (of
+    the file as uploaded) and its data rows (every row read, sent or skipped)."""
+    name = f"{run.identity.name}.manifest.json"
+    if manifest.sha256 is not None and manifest.sha256 != run.identity.sha256:
+        raise ManifestMismatch(
+            f"{name} says sha256 {manifest.sha256[:16]}…, the file's is "
+            f"{run.identity.sha256[:16]}…: it is not the file the manifest describes (an "
+            "incomplete upload, or another version); nothing was sent"
+        )
+    if manifest.rows is None:
+        return
+    rows = sum(len(item) if type(item) is LineRun else 1 for item in items)
+    if rows != manifest.rows:
+        raise ManifestMismatch(
+            f"{name} says {manifest.rows:,} data rows, the file has {rows:,} (an incomplete "
+            "upload, or the manifest of another version); nothing was sent"
+        )
 
 
 def _job_id(body: bytes) -> str:

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ingestor.dropfile import Unreadable
-from ingestor.errors import STRAY_FILE, AuthError, FileChanged, LayoutError, NotFound
+from ingestor.errors import (
+    STRAY_FILE,
+    AuthError,
+    FileChanged,
+    LayoutError,
+    ManifestMismatch,
+    NotFound,
+)
 from ingestor.kinds import EVENTS, PROFILES
 from ingestor.reports import FileReport, folder_label
 
@@ -119,6 +126,12 @@ def next_steps(report: FileReport) -> list[str]:
         return [
             sentence,
             "Then save config.json again (even unchanged) to have the folder retried.",
+        ]
+    if code == ManifestMismatch.code:
+        return [
+            sentence,
+            "Nothing was imported. Upload the complete file again, then its manifest (the "
+            "same names are fine); it is imported once the two agree.",
         ]
     if code == FileChanged.code:
         return [
