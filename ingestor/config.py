@@ -17,6 +17,53 @@ from ingestor.kinds import KINDS
 from ingestor.toml_reader import knob, positive
 
 DEFAULT_BASE_URL = "https://a.klaviyo.com"
+DEFAULT_MAX_SKIPPED = "50%"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How many of a file's rows may be skipped before it is quarantined instead of sent:
+    a share (``"5%"``) or a count (``100``); ``"none"`` for no limit."""
+
+    share: float | None = None  # percent of the rows read
+    count: int | None = None
+
+    @classmethod
+    def parse(cls, value: object) -> Budget | str:
+        """The budget ``value`` says, or why it says none."""
+        if value == "none":
+            return cls()
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return cls(count=value)
+        if isinstance(value, str) and value.endswith("%"):
+            try:
+                share = float(value[:-1])
+            except ValueError:
+                share = -1.0
+            if 0 <= share <= 100:
+                return cls(share=share)
+        return 'must be a share such as "5%", a number of rows such as 100, or "none"'
+
+    def exceeded(self, skipped: int, rows: int) -> bool:
+        if self.count is not None:
+            return skipped > self.count
+        if self.share is not None:
+            return rows > 0 and skipped * 100 > self.share * rows
+        return False
+
+    def __str__(self) -> str:
+        if self.count is not None:
+            return f"{self.count:,} rows"
+        return f"{self.share:g}%" if self.share is not None else "none"
+
+
+def budget_problem(value: str) -> str | None:
+    problem = Budget.parse(value)
+    return problem if isinstance(problem, str) else None
+
+
 DEFAULT_REVISION = "2025-07-15"
 
 
@@ -134,6 +181,7 @@ class Settings:
     max_raw_excerpt: int = 2048
     max_uncompressed_bytes: int = 64 * 1024**3  # a .gz upload may expand to this much
     max_compression_ratio: int = 200  # and this many times its size
+    max_skipped: str = DEFAULT_MAX_SKIPPED  # a file's error budget (see ``Budget``)
 
 
 @dataclass(frozen=True, slots=True, repr=False)

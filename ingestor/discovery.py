@@ -244,7 +244,8 @@ class Discovery:
             return None
         return placed
 
-    def _found(self, path: str) -> Found | None:
+    def found(self, path: str) -> Found | None:
+        """What a complete file at ``path`` is for the service (None: nothing to do)."""
         placed = self._placed(path)
         if placed is None or has_symlink(self.drop_root, Path(path)):
             return None
@@ -283,7 +284,7 @@ class Discovery:
         return self._ready([path]) if self.readiness.completed(path, stat_of(path), now) else []
 
     def _ready(self, paths: list[str]) -> list[Found]:
-        found = [f for f in map(self._found, paths) if f is not None]
+        found = [f for f in map(self.found, paths) if f is not None]
         return [f for f in found if f.kind is FoundKind.CONFIG or stat_of(str(f.path))]
 
     def scan(self, top: Path | None = None, now: float | None = None) -> int:

@@ -160,3 +160,4 @@ class SystemicRejection(ApiError):
 # Codes for ends that are not an exception of their own.
 STRAY_FILE = "stray_file"  # a file directly under imports/<kind>/
 READ_FAILED = "read_failed"  # an I/O error while reading the file
+OVER_BUDGET = "over_budget"  # quarantined: more rows would be skipped than the budget allows

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from ingestor.config import Budget
 from ingestor.dropfile import Directory, open_directory
 from ingestor.errors import LayoutError
 from ingestor.kinds import (
@@ -55,15 +56,18 @@ def data_format(name: str) -> str | None:
 
 
 MANIFEST_SUFFIX = ".manifest.json"
+APPROVE_SUFFIX = ".approve"  # x.csv.approve: send quarantined x.csv anyway
 MAX_MANIFEST_BYTES = 4 * KIB
 
 
 def manifest_of(name: str) -> str | None:
-    """The data file a manifest's name is for (``x.csv.manifest.json`` → ``x.csv``)."""
-    if not name.endswith(MANIFEST_SUFFIX):
-        return None
-    data = name[: -len(MANIFEST_SUFFIX)]
-    return data if data_format(data) is not None else None
+    """The data file a manifest's or an approval's name is for (``x.csv.manifest.json``,
+    ``x.csv.approve`` → ``x.csv``)."""
+    for suffix in (MANIFEST_SUFFIX, APPROVE_SUFFIX):
+        if name.endswith(suffix):
+            data = name[: -len(suffix)]
+            return data if data_format(data) is not None else None
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +129,7 @@ def is_hidden_or_partial(name: str) -> bool:
 
 class Placement(enum.Enum):
     DATA_FILE = "data_file"  # a csv/jsonl inside a named import folder
-    MANIFEST = "manifest"  # a data file's completion manifest (x.csv.manifest.json)
+    MANIFEST = "manifest"  # a data file's manifest or approval (x.csv.manifest.json, .approve)
     CONFIG = "config"  # an import folder's config.json
     STRAY = "stray"  # a file directly under imports/<kind>/: rejected
     IGNORED = "ignored"  # another extension inside an import folder: listed, not read
@@ -192,6 +196,7 @@ class FolderConfig:
     encoding: str = "utf-8"  # the data files' text encoding, as declared
     backfill: bool = False  # events: recorded without triggering flows
     manifest_required: bool = False  # each data file waits for its x.manifest.json
+    budget: Budget | None = None  # "max_skipped"; None: the settings' default
 
 
 _EXAMPLES = {
@@ -226,6 +231,7 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
             delimiter=_delimiter(value),
             encoding=_encoding(value),
             manifest_required=_manifest_required(value),
+            budget=_budget(value),
         )
     if key not in value:
         raise LayoutError(f'config.json has no "{key}" key; expected {example}')
@@ -239,6 +245,7 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
             encoding=_encoding(value),
             backfill=_backfill(value),
             manifest_required=_manifest_required(value),
+            budget=_budget(value),
         )
     if not is_ulid(target):
         shown = target if len(target) <= 40 else target[:40] + "…"
@@ -251,6 +258,7 @@ def parse_folder_config(data: bytes, kind: ImportKind = CUSTOM_OBJECTS) -> Folde
         delimiter=_delimiter(value),
         encoding=_encoding(value),
         manifest_required=_manifest_required(value),
+        budget=_budget(value),
     )
 
 
@@ -264,6 +272,17 @@ def _metric_name(name: str) -> str:
             f"{MAX_METRIC_NAME}"
         )
     return name
+
+
+def _budget(config: dict[str, Any]) -> Budget | None:
+    """config.json's optional "max_skipped": the files' error budget."""
+    if "max_skipped" not in config:
+        return None
+    budget = Budget.parse(config["max_skipped"])
+    if isinstance(budget, str):
+        shown = orjson.dumps(config["max_skipped"]).decode()[:30]
+        raise LayoutError(f'config.json "max_skipped" {shown} {budget}')
+    return budget
 
 
 def _manifest_required(config: dict[str, Any]) -> bool:

@@ -19,9 +19,10 @@ import structlog
 
 from ingestor import crashpoints
 from ingestor.batcher import batches
-from ingestor.config import RateLimitSettings, Settings
+from ingestor.config import Budget, RateLimitSettings, Settings
 from ingestor.dropfile import Directory, DropFile, Unreadable, UnsafeEntry, open_directory
 from ingestor.errors import (
+    OVER_BUDGET,
     READ_FAILED,
     STRAY_FILE,
     ApiError,
@@ -35,9 +36,10 @@ from ingestor.errors import (
     SystemicRejection,
 )
 from ingestor.identity import KnownHashes, identify, unopened_identity
-from ingestor.kinds import ImportKind
+from ingestor.kinds import Envelope, ImportKind
 from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import (
+    APPROVE_SUFFIX,
     FolderConfig,
     FolderListing,
     ImportFolder,
@@ -202,7 +204,9 @@ class Pipeline:
         for entry in registered:
             if entry.refusal is not None:
                 results.append(self._refused(entry.run, entry.refusal, ignored))
-            elif entry.run.state is FileState.DONE:
+            elif entry.run.state is FileState.DONE or (
+                entry.run.state is FileState.QUARANTINED and not self._released(directory, entry)
+            ):
                 results.append(FileResult(entry.run, None, unchanged=True))
             else:
                 todo.append(entry)
@@ -361,6 +365,36 @@ class Pipeline:
         log.warning("stray_file_rejected", company=company, file=path.name, reason=reason)
         return self._close(run, FileState.REJECTED, reason, (), code=STRAY_FILE)
 
+    def _released(self, directory: Directory, entry: _Registered) -> bool:
+        """Whether a quarantined file is approved: by the operator (``ingestor approve``,
+        in the ledger), or by the uploader putting ``<name>.approve`` beside it."""
+        if entry.run.approved:
+            return True
+        try:
+            directory.lstat(entry.path.name + APPROVE_SUFFIX)
+        except OSError:
+            return False
+        log.info("file_approved", company=entry.run.identity.company, file=entry.path.name)
+        return self._ledger.approve(entry.run.id)
+
+    @staticmethod
+    def _items(
+        file: DropFile,
+        fmt: str,
+        limits: ParseLimits,
+        start: tuple[int, int, str, str, bool],
+        kind: ImportKind,
+        config: FolderConfig,
+        run: FileRun,
+    ) -> Iterable[LineRun | Record | Reject]:
+        """The file's rows from ``start``, each made its endpoint's item where the kind
+        wants (``mapping``)."""
+        items: Iterable[LineRun | Record | Reject] = parse_file(file.reader(), fmt, limits, *start)
+        if kind.maps_rows:
+            mapper = row_mapper(kind, config.target_id, config.backfill, run.identity.sha256)
+            items = map_rows(items, mapper)
+        return items
+
     def _limiter_for(self, kind: ImportKind, jobs: bool = False) -> AccountLimiter:
         """The account's limiter for the kind's endpoint (Klaviyo limits each endpoint on its
         own): custom objects' is the setting; another kind's has its published limits, as
@@ -464,6 +498,7 @@ class Pipeline:
         # A run a process had started and left unfinished (killed, or stopped) may have had a
         # batch in flight: the API may have stored it, and it is sent again now.
         repeats_first_batch = run.state is FileState.PROCESSING and bool(run.rejects_path)
+        released = run.state is FileState.QUARANTINED  # approved: sent as if within budget
         run = self._ledger.start(run.id, config.target_id, str(rejects_path))
         if folder.kind.makes_jobs:  # the batch after the checkpoint is sent again
             self._ledger.forget_unsent_jobs(run.id, run.line)
@@ -482,7 +517,7 @@ class Pipeline:
         compressed = is_compressed(path.name)
         read_as: dict[str, str] = {}  # how it is read, for its report: filled once it is
         close = partial(self._close, read_as=read_as)
-        counts = replace(run.counts)
+        counts = FileCounts() if released else replace(run.counts)
         pending = FileCounts()
         rejects = RejectsFile(rejects_path, run.rejects_bytes)
         checkpoint = run.offset  # the byte offset after the last acknowledged batch
@@ -491,14 +526,26 @@ class Pipeline:
             head = read_head(file.reader(), compressed, limits)
             read_as.update(assumptions(head, fmt, config.delimiter, config.encoding, compressed))
             start = (run.offset, run.line, config.delimiter, config.encoding, compressed)
-            if manifest is not None and run.offset == 0:  # checked before the first batch
-                _check_manifest(manifest, run, parse_file(file.reader(), fmt, limits, *start))
-            items: Iterable[LineRun | Record | Reject] = parse_file(
-                file.reader(), fmt, limits, *start
-            )
-            if kind.maps_rows:
-                mapper = row_mapper(kind, config.target_id, config.backfill, run.identity.sha256)
-                items = map_rows(items, mapper)
+            budget = None if run.approved else config.budget or _budget(self._settings)
+            if run.offset == 0 and (manifest is not None or budget is not None):
+                # Looked at whole before the first batch: its manifest, its error budget.
+                rows, skipped = _look_ahead(
+                    self._items(file, fmt, limits, start, kind, config, run),
+                    sender.envelope,
+                    kind,
+                    rejects,
+                )
+                if budget is not None and budget.exceeded(skipped, rows):
+                    rejects.sync()
+                    seen = FileCounts(read=rows, skipped=skipped)
+                    reason = _over_budget(run, rows, skipped, budget)
+                    bound.warning("file_quarantined", reason=reason)
+                    return close(run, FileState.QUARANTINED, reason, ignored, seen, OVER_BUDGET)
+                rejects.close()  # its rows are skipped again as they are met
+                rejects = RejectsFile(rejects_path, 0)
+                if manifest is not None:
+                    _check_manifest(manifest, run, rows)
+            items = self._items(file, fmt, limits, start, kind, config, run)
             for item in batches(items, sender.envelope, kind.limits):
                 if type(item) is Reject:
                     rejects.write(item)
@@ -606,9 +653,44 @@ class Pipeline:
         return FileResult(final, report)
 
 
-def _check_manifest(
-    manifest: Manifest, run: FileRun, items: Iterable[LineRun | Record | Reject]
-) -> None:
+def _budget(settings: Settings) -> Budget | None:
+    """The settings' default error budget (None: no limit)."""
+    budget = Budget.parse(settings.max_skipped)
+    if isinstance(budget, str) or (budget.share is None and budget.count is None):
+        return None
+    return budget
+
+
+def _look_ahead(
+    items: Iterable[LineRun | Record | Reject],
+    envelope: Envelope,
+    kind: ImportKind,
+    rejects: RejectsFile,
+) -> tuple[int, int]:
+    """Read the whole file as sending would, sending nothing: its rows, and how many would be
+    skipped (each written to ``rejects``)."""
+    rows = skipped = 0
+    for item in batches(items, envelope, kind.limits):
+        if type(item) is Reject:
+            rejects.write(item)
+            skipped += 1
+        else:
+            rows += len(item.records)  # type: ignore[union-attr]
+    return rows + skipped, skipped
+
+
+def _over_budget(run: FileRun, rows: int, skipped: int, budget: Budget) -> str:
+    name = run.identity.name
+    share = f"{skipped * 100 / rows:.1f}%" if rows else "all"
+    return (
+        f"{skipped:,} of its {rows:,} rows would be skipped ({share}), over the folder's error "
+        f"budget of {budget}; nothing was sent. To send its {rows - skipped:,} good rows "
+        f"anyway, put a file named {name}.approve beside it (or the operator runs `ingestor "
+        f"approve {run.id}`); or correct it and upload it again"
+    )
+
+
+def _check_manifest(manifest: Manifest, run: FileRun, rows: int) -> None:
     """ManifestMismatch unless the file is the one its manifest describes: its SHA-256 (of
     the file as uploaded) and its data rows (every row read, sent or skipped)."""
     name = f"{run.identity.name}.manifest.json"
@@ -618,10 +700,7 @@ def _check_manifest(
             f"{run.identity.sha256[:16]}…: it is not the file the manifest describes (an "
             "incomplete upload, or another version); nothing was sent"
         )
-    if manifest.rows is None:
-        return
-    rows = sum(len(item) if type(item) is LineRun else 1 for item in items)
-    if rows != manifest.rows:
+    if manifest.rows is not None and rows != manifest.rows:
         raise ManifestMismatch(
             f"{name} says {manifest.rows:,} data rows, the file has {rows:,} (an incomplete "
             "upload, or the manifest of another version); nothing was sent"

@@ -298,6 +298,16 @@ def add_service_commands(
     )
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.set_defaults(handler=lambda args: cmd_report(args, out))
+    approve = command(
+        "approve", "send a quarantined file (over its error budget) as if it were within it"
+    )
+    approve.add_argument("which", help="a run id (see `status`), or the file's path or name")
+    where = approve.add_mutually_exclusive_group()
+    where.add_argument("--config", help="the service's settings file (for its state dir)")
+    where.add_argument(
+        "--state-dir", default=str(default_state_dir), help="the state directory to write"
+    )
+    approve.set_defaults(handler=lambda args: cmd_approve(args, out))
     notify = command("notify", "e-mail a file's report again")
     notify.add_argument("--resend", required=True, metavar="RUN", help="a run id or file")
     notify.add_argument("--config", required=True, help="the service's settings file")
@@ -346,6 +356,41 @@ def cmd_report(args: argparse.Namespace, out: Console) -> int:
         text, _html = render([report])
         out.print(text, highlight=False, markup=False, soft_wrap=True)
     return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace, out: Console) -> int:
+    """Approve a quarantined run in the ledger; the running service sends it within a
+    second (it looks for approvals as it publishes its status)."""
+    from ingestor.app import find_run
+    from ingestor.ledger import FileState, open_ledger
+
+    state_dir = _state_dir(args)
+    open_existing_ledger_check(state_dir)
+    ledger = open_ledger(state_dir)
+    try:
+        run = find_run(ledger, args.which)
+        if run.state is not FileState.QUARANTINED:
+            raise ConfigError(
+                f"run {run.id} ({run.identity.name}) is {run.state.value}, not quarantined: "
+                "only a file held for its skipped rows waits for an approval"
+            )
+        ledger.approve(run.id)
+    finally:
+        ledger.close()
+    good = run.counts.read - run.counts.skipped
+    out.print(
+        f"approved run {run.id} ({run.identity.company} / {run.identity.folder} / "
+        f"{run.identity.name}): the running service sends its {good:,} good rows now",
+        highlight=False,
+    )
+    return EXIT_OK
+
+
+def open_existing_ledger_check(state_dir: Path) -> None:
+    """ConfigError unless ``state_dir`` holds a ledger (approving never creates one)."""
+    from ingestor.ledger import open_existing_ledger
+
+    open_existing_ledger(state_dir).close()
 
 
 def cmd_notify(args: argparse.Namespace, out: Console, err: Console) -> int:

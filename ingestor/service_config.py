@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ingestor.config import (
+    DEFAULT_MAX_SKIPPED,
     PUBLISHED_KIND_LIMITS,
     ApiSettings,
     RateLimitSettings,
     RetrySettings,
     SecretSource,
     Settings,
+    budget_problem,
 )
 from ingestor.errors import ConfigError
 from ingestor.logs import LOG_FORMATS, LOG_LEVELS
@@ -88,6 +90,13 @@ class ServiceSettings:
         table="service",
         check=positive,
     )
+    max_skipped: str = knob(
+        DEFAULT_MAX_SKIPPED,
+        'a file with more skipped rows is quarantined, not sent: "5%", "100" or "none" '
+        '(config.json "max_skipped" overrides)',
+        table="service",
+        check=budget_problem,
+    )
     max_uncompressed_bytes: int = knob(
         64 * 1024**3,
         "a .gz upload expanding to more is rejected (a decompression bomb)",
@@ -96,7 +105,7 @@ class ServiceSettings:
     )
     max_compression_ratio: int = knob(
         200,
-        "a .gz upload expanding more times than this (past 16 MB) is rejected",
+        "a .gz upload expanding more times than this (past 256 KiB) is rejected",
         table="service",
         check=positive,
     )
@@ -154,6 +163,7 @@ class ServiceSettings:
             report_skip_samples=self.report_skip_samples,
             max_uncompressed_bytes=self.max_uncompressed_bytes,
             max_compression_ratio=self.max_compression_ratio,
+            max_skipped=self.max_skipped,
         )
 
 

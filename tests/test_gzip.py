@@ -150,10 +150,16 @@ def test_a_damaged_gzip_is_rejected_with_why_keeping_what_was_sent(
         packed += b"garbage after the end"
     folder = make_folder(tmp_path / "drop")
     (folder / "pets.jsonl.gz").write_bytes(packed)
+    # Read whole before sending (the error budget's look ahead): found before anything goes.
     result = ingest_folder_once(folder, api_key(), settings_for(sim, tmp_path / "s"))
     run = result.files[0].run
-    assert run.state is FileState.REJECTED
-    assert reason in run.reason
+    assert run.state is FileState.REJECTED and reason in run.reason
+    assert run.counts.sent == 0 and sim.records("acme") == []
+    # Without a budget, nothing is read ahead: the batches before the damage are sent.
+    folder.rename(folder.with_name("again"))
+    settings = replace(settings_for(sim, tmp_path / "s2"), max_skipped="none")
+    run = ingest_folder_once(folder.with_name("again"), api_key(), settings).files[0].run
+    assert run.state is FileState.REJECTED and reason in run.reason
     sent = run.counts.sent
     assert sent == len(sim.records("acme"))
     if damage == "trailing":  # every row came out; the batch being packed when the

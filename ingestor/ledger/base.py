@@ -20,6 +20,7 @@ class FileState(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"  # stopped with its place kept (auth, unreadable, systemic refusal)
     REJECTED = "rejected"  # not processed: bad config.json, unknown data source, bad header
+    QUARANTINED = "quarantined"  # over its error budget: nothing sent until approved
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class FileRun:
     reason: str = ""
     reason_code: str = ""  # stable: what ended the run (ingestor.errors' codes), "" if done
     told: str = ""  # the reason last e-mailed about this run ("" for done, or never told)
+    approved: bool = False  # quarantined, and released to be sent as if within budget
     report_path: str = ""
     rejects_path: str = ""
     started_at: float = 0.0
@@ -125,6 +127,12 @@ class Ledger(Protocol):
 
     def job_done(self, row_id: int, failed: int) -> None:
         """The job's errors are written and checkpointed."""
+
+    def approve(self, run_id: int) -> bool:
+        """Release a quarantined run (True if it is one, now approved)."""
+
+    def approved_waiting(self) -> list[FileRun]:
+        """Quarantined runs approved and not yet sent."""
 
     def get(self, run_id: int) -> FileRun | None: ...
 

@@ -101,6 +101,11 @@ def _m7_import_jobs(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS import_jobs_run ON import_jobs (run_id)")
 
 
+def _m8_approved(db: sqlite3.Connection) -> None:
+    # A quarantined run someone approved: it is sent as if it had been within its budget.
+    db.execute("ALTER TABLE file_runs ADD COLUMN approved INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS = (
     _m1_base,
     _m2_announced_and_swept,
@@ -109,6 +114,7 @@ MIGRATIONS = (
     _m5_no_queue_mirror,
     _m6_told,
     _m7_import_jobs,
+    _m8_approved,
 )
 
 
@@ -150,7 +156,7 @@ _COLUMNS = (
     "id, company, kind, folder, name, path, size, mtime_ns, sha256, version, state, target_id, "
     "byte_offset, line, rejects_bytes, records_read, records_sent, records_skipped, batches, "
     "retries, throttled_seconds, reason, report_path, rejects_path, started_at, updated_at, "
-    "finished_at, maybe_resent, reason_code, told"
+    "finished_at, maybe_resent, reason_code, told, approved"
 )
 
 
@@ -224,6 +230,7 @@ def _run(row: tuple[Any, ...]) -> FileRun:
         maybe_resent,
         reason_code,
         told,
+        approved,
     ) = row
     return FileRun(
         id=id_,
@@ -238,6 +245,7 @@ def _run(row: tuple[Any, ...]) -> FileRun:
         reason=reason,
         reason_code=reason_code,
         told=told,
+        approved=bool(approved),
         report_path=report,
         rejects_path=rejects_path,
         started_at=started,
@@ -555,6 +563,21 @@ class SqliteLedger:
 
     def job_done(self, row_id: int, failed: int) -> None:
         self._write("UPDATE import_jobs SET done=1, failed=? WHERE id=?", (failed, row_id))
+
+    def approve(self, run_id: int) -> bool:
+        self._write(
+            "UPDATE file_runs SET approved=1 WHERE id=? AND state=?",
+            (run_id, FileState.QUARANTINED.value),
+        )
+        run = self.get(run_id)
+        return run is not None and run.approved
+
+    def approved_waiting(self) -> list[FileRun]:
+        rows = self._execute(
+            f"SELECT {_COLUMNS} FROM file_runs WHERE approved=1 AND state=? ORDER BY id",
+            (FileState.QUARANTINED.value,),
+        ).fetchall()
+        return [_run(row) for row in rows]
 
     def get(self, run_id: int) -> FileRun | None:
         return self._one(f"SELECT {_COLUMNS} FROM file_runs WHERE id=?", (run_id,))

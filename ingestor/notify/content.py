@@ -61,6 +61,11 @@ def outcome(report: FileReport) -> str:
         return f"{sent:,} imported, {skipped:,} skipped"
     if code == STRAY_FILE:
         return "not processed: it must be inside a named folder that has a config.json"
+    if state == "quarantined":
+        return (
+            f"quarantined, nothing imported: {skipped:,} of {report.records_read:,} rows "
+            "would be skipped"
+        )
     if state == "rejected":
         return f"not processed: {one_line(report.reason, 90)}"
     if code == AuthError.code:
@@ -126,6 +131,17 @@ def next_steps(report: FileReport) -> list[str]:
         return [
             sentence,
             "Then save config.json again (even unchanged) to have the folder retried.",
+        ]
+    if state == "quarantined":
+        name = report.file
+        return [
+            f"Nothing was imported: {skipped_share(report)} of its rows would have been "
+            "skipped, more than the folder's error budget allows. The first of them are "
+            "listed below.",
+            f"To import its {report.records_read - report.records_skipped:,} good rows as "
+            f"they are, put a file named {name}.approve beside it (any content; the "
+            f"operator can also run `ingestor approve {report.run_id}`). To import them all, "
+            "correct the rows and upload the file again (the same name is fine).",
         ]
     if code == ManifestMismatch.code:
         return [
@@ -235,6 +251,12 @@ def file_facts(report: FileReport) -> FileFacts:
         rejected_rows_file=report.rejected_rows_file,
         ignored_files=list(report.ignored_files),
     )
+
+
+def skipped_share(report: FileReport) -> str:
+    """``900 (90.0%)``: the rows skipped, and their share of those read."""
+    read, skipped = report.records_read, report.records_skipped
+    return f"{skipped:,} ({skipped * 100 / read:.1f}%)" if read else f"{skipped:,}"
 
 
 def subject(reports: list[FileReport]) -> str:

@@ -36,7 +36,7 @@ from ingestor.discovery import (
 from ingestor.errors import ConfigError, LedgerError, StateUnwritable
 from ingestor.identity import KnownHashes, same_version
 from ingestor.klaviyo import SharedTransport
-from ingestor.layout import CONFIG_NAME
+from ingestor.layout import APPROVE_SUFFIX, CONFIG_NAME, MANIFEST_SUFFIX
 from ingestor.ledger import FileState, Ledger, Ledgers, open_ledgers
 from ingestor.service_config import ServiceSettings, load_service_settings
 from ingestor.sftp.server import SftpEndpoint
@@ -263,7 +263,25 @@ class Service:
                 next_ping = now + ping_every
             if now >= next_live:
                 self._publish_live(discovery)
+                self._release_approved(ledger, discovery)
                 next_live = now + LIVE_EVERY
+
+    def _release_approved(self, ledger: Ledger, discovery: Discovery) -> None:
+        """Quarantined files the operator approved (``ingestor approve``, another process):
+        their lanes take them now."""
+        try:
+            approved = ledger.approved_waiting()
+        except LedgerError:
+            return  # the lanes say so loudly
+        for run in approved:
+            path = Path(run.identity.path)
+            found = discovery.found(str(path))
+            if found is not None and not self._lanes_hold(found):
+                self._route(ledger, [found], discovery)
+
+    def _lanes_hold(self, found: Found) -> bool:
+        lane = self._lanes.get(found.placed.company)
+        return lane is not None and lane.holds(found.path)
 
     def _publish_live(self, discovery: Discovery) -> None:
         """Keep the lanes' snapshot for `ingestor status` current (written when it changes)."""
@@ -331,12 +349,15 @@ class Service:
             return True
         if not same_version(current, run.identity):
             return False
+        if run.state is FileState.QUARANTINED:  # until approved, by either means
+            return not run.approved and not _newer(
+                item.path.with_name(item.path.name + APPROVE_SUFFIX), 0.0
+            )
         if run.state is FileState.REJECTED and item.kind is FoundKind.DATA:
-            config = item.path.parent / CONFIG_NAME
-            try:
-                return os.lstat(config).st_mtime <= (run.finished_at or 0)
-            except OSError:
-                return True
+            # Looked at again once its config.json or its manifest is newer.
+            manifest = item.path.with_name(item.path.name + MANIFEST_SUFFIX)
+            since = run.finished_at or 0
+            return not (_newer(item.path.parent / CONFIG_NAME, since) or _newer(manifest, since))
         return True
 
     def _uploaded(self, temporary: Path, final: Path, sha: str | None) -> None:
@@ -441,3 +462,11 @@ def _keep_fixed(fresh: ServiceSettings, old: ServiceSettings) -> ServiceSettings
         metrics_port=old.metrics_port,
         metrics_host=old.metrics_host,
     )
+
+
+def _newer(path: Path, since: float) -> bool:
+    """Whether ``path`` (not followed if a link) exists and was changed after ``since``."""
+    try:
+        return os.lstat(path).st_mtime > since
+    except OSError:
+        return False

@@ -66,7 +66,11 @@ def service_status(ledger: Ledger, now: float, live: ServiceView | None = None) 
             for r in runs
             if r.state is FileState.DONE and r.finished_at and r.finished_at >= now - DAY
         ],
-        failed=[r for r in current if r.state in (FileState.FAILED, FileState.REJECTED)],
+        failed=[
+            r
+            for r in current
+            if r.state in (FileState.FAILED, FileState.REJECTED, FileState.QUARANTINED)
+        ],
     )
 
 
