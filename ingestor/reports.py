@@ -240,7 +240,10 @@ def write_report(
         throttled_seconds=round(counts.throttled_seconds, 3),
         records_maybe_resent=counts.maybe_resent,
         records_per_second=round(counts.sent / duration, 1) if duration > 0 else None,
-        skipped_samples=tuple(first_rejects(run.rejects_path, samples)),
+        # In line order (a profile import's refusals come after the rows skipped locally).
+        skipped_samples=tuple(
+            sorted(first_rejects(run.rejects_path, samples), key=lambda s: s["line"])
+        ),
         rejected_rows_file=run.rejects_path if counts.skipped else "",
         ignored_files=ignored,
         read_as=read_as or {},

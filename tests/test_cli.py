@@ -137,7 +137,7 @@ def test_demo_ingests_the_sample_drop(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "simulator received 2,267 records, 6 events and 4 profiles" in result.stdout
     assert "(0 failures)" in result.stdout and "stray.csv" in result.stdout
-    assert len(list((tmp_path / "demo" / "reports" / "acme").glob("*.report.json"))) == 11
+    assert len(list((tmp_path / "demo" / "reports" / "acme").glob("*.report.json"))) == 12
 
 
 def test_demo_twice_in_its_own_directory_starts_afresh(tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_demo_twice_in_its_own_directory_starts_afresh(tmp_path: Path) -> None:
         result = ingestor("demo", "--state-dir", str(state), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "simulator received 2,267 records, 6 events and 4 profiles" in result.stdout
-    assert len(list((state / "reports" / "acme").glob("*.report.json"))) == 11
+    assert len(list((state / "reports" / "acme").glob("*.report.json"))) == 12
 
 
 def test_demo_refuses_a_state_dir_it_did_not_make_and_deletes_nothing(tmp_path: Path) -> None:

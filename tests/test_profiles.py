@@ -231,3 +231,18 @@ def test_a_batch_sent_again_after_a_kill_does_not_refuse_its_rows_twice(tmp_path
         assert (run.counts.read, run.counts.sent, run.counts.skipped) == (3, 2, 1)
         assert len(jobs) == 1 and jobs[0].done  # the first job was forgotten
         assert len([r for r in sim.state.requests if r.method == "POST"]) == 2
+
+
+def test_the_report_lists_skipped_rows_in_line_order_whoever_skipped_them(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Rows skipped before sending are written first, Klaviyo's refusals after its jobs."""
+    folder = profiles_folder(tmp_path / "drop")
+    (folder / "c.csv").write_text("email,first_name\nnot-an-email,A\n,B\nok@x.io,C\n")
+    result = ingest_folder_once(folder, api_key(), fast(sim, tmp_path / "s"))
+    samples = result.files[0].report.data["skipped_samples"]  # type: ignore[union-attr]
+    assert [s["line"] for s in samples] == [2, 3]
+    assert (
+        "Klaviyo refused" in samples[0]["reason"]
+        and "no profile identifier" in samples[1]["reason"]
+    )
