@@ -104,7 +104,8 @@ def test_a_paramiko_upload_is_ingested_and_emailed(service: Running, sim, keys, 
     assert run.state is FileState.DONE and run.counts.sent == 300
     assert run.identity.sha256 == hashlib.sha256(PETS_CSV).hexdigest()  # hashed in flight
     assert len(sim.records("acme")) == 300
-    assert names == ["config.json", "pet_records.csv"]  # no upload temporaries shown
+    # No upload temporaries shown; the folder's results, read-only, are.
+    assert names == ["_results", "config.json", "pet_records.csv"]
     assert read_back == PETS_CSV
     (eml,) = (tmp_path / "state" / "outbox").glob("*.eml")
     subject = email.message_from_bytes(eml.read_bytes(), policy=default)["Subject"]
@@ -168,7 +169,8 @@ def test_a_company_cannot_reach_another_companys_tree(service: Running, keys, tm
     sftp = client.sftp
     try:
         assert sftp.normalize("/../../..") == "/"
-        assert sorted(sftp.listdir("/../..")) == ["imports"]  # its own root, nothing above
+        # Its own root, nothing above (and its live status).
+        assert sorted(sftp.listdir("/../..")) == ["_status.json", "imports"]
         for path in (
             "/../beta/imports/custom_objects/secret/secret.csv",
             f"{beta_folder}/secret.csv",
@@ -185,7 +187,8 @@ def test_a_company_cannot_reach_another_companys_tree(service: Running, keys, tm
             sftp.symlink("/imports", "/imports/custom_objects/pets/mine")
         with pytest.raises(OSError, match="uploads go to /imports"):
             client.put(b"x", "/outside.csv")
-        assert sorted(sftp.listdir("/imports/custom_objects/pets")) == []  # links hidden
+        # Links hidden (the results are the service's).
+        assert sorted(sftp.listdir("/imports/custom_objects/pets")) == ["_results"]
     finally:
         client.close()
     assert sorted(p.name for p in beta_folder.iterdir()) == ["secret.csv"]
@@ -201,7 +204,7 @@ def test_an_oversize_upload_is_refused_and_nothing_is_processed(tmp_path, sim, k
             client.put(b"id\n1\n", "/imports/custom_objects/pets/small.csv")
             assert svc.run_for("small.csv").state is FileState.DONE
             listed = sorted(client.sftp.listdir("/imports/custom_objects/pets"))
-            assert listed == ["config.json", "small.csv"]
+            assert listed == ["_results", "config.json", "small.csv"]
         finally:
             client.close()
     folder = tmp_path / "drop" / "acme" / "imports" / "custom_objects" / "pets"
@@ -340,7 +343,8 @@ def test_two_sessions_uploading_at_once_cannot_together_exceed_the_quota(
             one.close()
             with contextlib.suppress(OSError):
                 two.close()
-            assert sorted(first.sftp.listdir("/imports/custom_objects/pets")) == ["one.jsonl"]
+            listed = sorted(first.sftp.listdir("/imports/custom_objects/pets"))
+            assert listed == ["_results", "one.jsonl"]
             assert first.sftp.stat("/imports/custom_objects/pets/one.jsonl").st_size == 6000
         finally:
             first.close()
@@ -362,6 +366,7 @@ def test_a_company_over_its_quota_is_refused_with_a_message(tmp_path, sim, keys)
             with pytest.raises(OSError, match="quota exceeded: acme may store at most 6,000 bytes"):
                 client.put(PETS_CSV[:4000], "/imports/custom_objects/pets/second.csv")
             assert sorted(client.sftp.listdir("/imports/custom_objects/pets")) == [
+                "_results",
                 "config.json",
                 "first.csv",
             ]

@@ -18,6 +18,7 @@ import posixpath
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,14 @@ class Company:
     # (temporary, final, sha256 or None) once a file is in place
     on_upload: Callable[[Path, Path, str | None], None]
     busy: Callable[[Path], bool]  # is this file queued or being processed?
+    # The results of an import folder (kind, folder) → {name: the report or rejects file}
+    results: Callable[[str, str], dict[str, Path]] = lambda _kind, _folder: {}
+    status: Callable[[], bytes] | None = None  # /_status.json (None: not served)
+
+
+RESULTS = "_results"  # /imports/<kind>/<folder>/_results/: reports, read-only
+STATUS = "_status.json"  # /_status.json: what the company's files are doing
+_READ_ONLY = "results are written by the service: read or delete them, never write"
 
 
 def _code(exc: OSError) -> int:
@@ -223,6 +232,42 @@ class ReadHandle(paramiko.SFTPHandle):
         os.close(self._fd)
 
 
+class BytesHandle(paramiko.SFTPHandle):
+    """A file made on the spot (``/_status.json``), read-only."""
+
+    def __init__(self, data: bytes, flags: int) -> None:
+        super().__init__(flags)
+        self._data = data
+
+    def read(self, offset: int, length: int) -> bytes | int:
+        return self._data[offset : offset + length]
+
+    def write(self, offset: int, data: Buffer) -> int:
+        return SFTP_PERMISSION_DENIED
+
+    def stat(self) -> paramiko.SFTPAttributes | int:
+        return _virtual_file(STATUS, len(self._data))
+
+    def chattr(self, attr: Any) -> int:
+        return SFTP_PERMISSION_DENIED
+
+
+def _virtual_file(name: str, size: int, mtime: float | None = None) -> paramiko.SFTPAttributes:
+    attrs = paramiko.SFTPAttributes()
+    attrs.filename, attrs.st_size = name, size
+    attrs.st_mode = stat.S_IFREG | 0o440
+    attrs.st_mtime = attrs.st_atime = int(mtime if mtime is not None else time.time())
+    return attrs
+
+
+def _virtual_folder(name: str) -> paramiko.SFTPAttributes:
+    attrs = paramiko.SFTPAttributes()
+    attrs.filename, attrs.st_size = name, 0
+    attrs.st_mode = stat.S_IFDIR | 0o550
+    attrs.st_mtime = attrs.st_atime = int(time.time())
+    return attrs
+
+
 class UploadHandle(paramiko.SFTPHandle):
     """Writes go to a hidden temporary; ``close`` renames it into place, unless the session
     ended without a close or a limit was hit, in which case the temporary is removed."""
@@ -337,7 +382,37 @@ class CompanyFs(paramiko.SFTPServerInterface):
 
     def _local(self, path: str) -> Path:
         self.touch()
+        if self._virtual(path) is not None:
+            raise Refused(SFTP_PERMISSION_DENIED, _READ_ONLY)
         return self.jail.local(path)
+
+    def _virtual(self, path: str) -> tuple[str, ...] | None:
+        """What a path names among the files the service serves: ("status",), ("results",
+        kind, folder) or ("result", kind, folder, name); None for the real tree."""
+        parts = self.jail.parts(path)
+        if parts == [STATUS] and self.company.status is not None:
+            return ("status",)
+        if len(parts) >= 4 and parts[0] == "imports" and parts[3] == RESULTS:
+            if len(parts) == 4:
+                return ("results", parts[1], parts[2])
+            if len(parts) == 5:
+                return ("result", parts[1], parts[2], parts[4])
+        return None
+
+    def _result(self, kind: str, folder: str, name: str) -> Path:
+        found = self.company.results(kind, folder).get(name)
+        if found is None:
+            raise Refused(SFTP_NO_SUCH_FILE, f"no result {name}")
+        return found
+
+    def _virtual_attrs(self, what: tuple[str, ...]) -> paramiko.SFTPAttributes:
+        if what[0] == "status":
+            assert self.company.status is not None
+            return _virtual_file(STATUS, len(self.company.status()))
+        if what[0] == "results":
+            return _virtual_folder(RESULTS)
+        info = os.stat(self._result(*what[1:]))
+        return _virtual_file(what[3], info.st_size, info.st_mtime)
 
     # -- the SFTP operations ---------------------------------------------------------------
 
@@ -349,8 +424,23 @@ class CompanyFs(paramiko.SFTPServerInterface):
 
     @_answers
     def list_folder(self, path: str) -> list[paramiko.SFTPAttributes] | int:
+        self.touch()
+        what = self._virtual(path)
+        if what is not None:
+            if what[0] != "results":
+                return SFTP_FAILURE  # not a folder
+            return [
+                _virtual_file(name, info.st_size, info.st_mtime)
+                for name, real in sorted(self.company.results(what[1], what[2]).items())
+                if (info := _stat_or_none(real)) is not None
+            ]
         local = self._local(path)
+        parts = self.jail.parts(path)
         entries = []
+        if not parts and self.company.status is not None:
+            entries.append(self._virtual_attrs(("status",)))
+        if len(parts) == 3 and parts[0] == "imports":  # an import folder: its results too
+            entries.append(_virtual_folder(RESULTS))
         with os.scandir(local) as listing:
             for entry in listing:
                 if entry.is_symlink() or _is_upload_temp(entry.name):
@@ -364,6 +454,9 @@ class CompanyFs(paramiko.SFTPServerInterface):
 
     @_answers
     def lstat(self, path: str) -> paramiko.SFTPAttributes | int:
+        what = self._virtual(path)
+        if what is not None:
+            return self._virtual_attrs(what)
         local = self._local(path)
         info = os.lstat(local)
         if stat.S_ISLNK(info.st_mode) or _is_upload_temp(local.name):
@@ -372,6 +465,18 @@ class CompanyFs(paramiko.SFTPServerInterface):
 
     @_answers
     def open(self, path: str, flags: int, attr: Any) -> paramiko.SFTPHandle | int:
+        what = self._virtual(path)
+        if what is not None:
+            if flags & _WRITE_FLAGS:
+                return self.refuse(SFTP_PERMISSION_DENIED, _READ_ONLY)
+            if what[0] == "status":
+                assert self.company.status is not None
+                return BytesHandle(self.company.status(), flags)
+            if what[0] == "results":
+                return SFTP_FAILURE  # a folder
+            # The service's own file in its state directory: never a link (O_NOFOLLOW).
+            real = self._result(*what[1:])
+            return ReadHandle(os.open(real, os.O_RDONLY | os.O_NOFOLLOW), flags)
         local = self._local(path)
         if flags & _WRITE_FLAGS:
             return self._upload(path, local, flags)
@@ -418,6 +523,12 @@ class CompanyFs(paramiko.SFTPServerInterface):
 
     @_answers
     def remove(self, path: str) -> int:
+        what = self._virtual(path)
+        if what is not None and what[0] == "result":
+            # The company's own results (its rejected rows hold its data): theirs to delete.
+            os.unlink(self._result(*what[1:]))
+            log.info("sftp_result_deleted", company=self.company.name, result=what[3])
+            return SFTP_OK
         local = self._local(path)
         if not self.jail.writable(path):
             return SFTP_PERMISSION_DENIED
@@ -455,6 +566,8 @@ class CompanyFs(paramiko.SFTPServerInterface):
         local = self._local(path)
         if not self.jail.writable(path):
             return self.refuse(SFTP_PERMISSION_DENIED, "folders go under /imports/<kind>/ only")
+        if self.jail.parts(path)[-1:] == [RESULTS]:
+            return self.refuse(SFTP_PERMISSION_DENIED, f"{RESULTS} is the service's, read-only")
         if not may_create_folder(self.jail.parts(path)):  # an import folder, nothing deeper
             return self.refuse(
                 SFTP_PERMISSION_DENIED,
@@ -506,3 +619,10 @@ class StatusWithReason(paramiko.SFTPServer):
         if desc is None and code != SFTP_OK and isinstance(fs, CompanyFs) and fs.message:
             desc, fs.message = fs.message, None
         super()._send_status(request_number, code, desc)  # type: ignore[misc]
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None

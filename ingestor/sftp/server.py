@@ -8,6 +8,7 @@ in too often is refused outright for a while. No shell, exec, port or agent forw
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import threading
@@ -49,6 +50,12 @@ log = structlog.get_logger("ingestor.sftp")
 
 UploadFn = Callable[[Path, Path, str | None], None]
 BusyFn = Callable[[Path], bool]
+ResultsFn = Callable[[str, str, str], dict[str, Path]]  # (company, kind, folder) → name → file
+StatusFn = Callable[[str], bytes]  # company → its /_status.json
+
+
+def _no_results(_kind: str, _folder: str) -> dict[str, Path]:
+    return {}
 
 
 def load_host_key(path: Path) -> paramiko.PKey:
@@ -187,7 +194,13 @@ class SftpEndpoint:
         *,
         on_upload: UploadFn | None = None,
         busy: BusyFn | None = None,
+        results: ResultsFn | None = None,
+        status: StatusFn | None = None,
     ) -> None:
+        """``results`` (company, kind, folder) and ``status`` (company) serve each company
+        its folders' reports (``_results/``) and its ``/_status.json``."""
+        self._results = results
+        self._status = status
         self.settings = settings
         self._drop_root = drop_root
         self._host_key = load_host_key(state_dir / settings.host_key)
@@ -252,6 +265,8 @@ class SftpEndpoint:
             quota=quota,
             on_upload=self._on_upload,
             busy=self._busy,
+            results=functools.partial(self._results, name) if self._results else _no_results,
+            status=functools.partial(self._status, name) if self._status else None,
         )
 
     def sessions_full(self, company: str) -> bool:

@@ -46,7 +46,13 @@ from ingestor.worker.lock import LOCK_NAME, state_dir_lock
 from ingestor.worker.metrics import Metrics
 from ingestor.worker.retention import sweep
 from ingestor.worker.sdnotify import SystemdNotifier
-from ingestor.worker.status import LIVE_NAME, ServiceView, write_live
+from ingestor.worker.status import (
+    LIVE_NAME,
+    ServiceView,
+    company_status,
+    service_status,
+    write_live,
+)
 
 log = structlog.get_logger("ingestor.service")
 
@@ -164,6 +170,8 @@ class Service:
                 settings.state_dir,
                 on_upload=self._uploaded,
                 busy=self._busy,
+                results=self._results,
+                status=self._company_status,
             ).start()
         readiness = Readiness(settings.quiet_period, observer.reports_close)
         discovery = Discovery(settings.drop_root, readiness)
@@ -367,6 +375,37 @@ class Service:
             info = final.stat()
             self._known_hashes.put(final, info.st_size, info.st_mtime_ns, sha)
         self._inbox.put(FileMovedEvent(str(temporary), str(final)))
+
+    def _results(self, company: str, kind: str, folder: str) -> dict[str, Path]:
+        """An import folder's reports and rejected-rows files, by the names the company
+        sees under ``_results/`` (``pets.csv.v2.report.json``); asked by an SFTP session."""
+        assert self._ledgers is not None
+        ledger = self._ledgers()
+        try:
+            runs = ledger.runs(company=company)
+        finally:
+            ledger.close()
+        found: dict[str, Path] = {}
+        for run in runs:
+            i = run.identity
+            if (i.kind, i.folder) != (kind, folder):
+                continue
+            stem = f"{i.name}.v{run.version}"
+            for suffix, path in ((".report.json", run.report_path),
+                                 (".rejected.jsonl", run.rejects_path)):  # fmt: skip
+                if path and os.path.isfile(path):
+                    found[stem + suffix] = Path(path)
+        return found
+
+    def _company_status(self, company: str) -> bytes:
+        """A company's ``/_status.json``: its part of what ``ingestor status`` shows."""
+        assert self._ledgers is not None
+        ledger = self._ledgers()
+        try:
+            view = service_status(ledger, time.time(), self._live)
+        finally:
+            ledger.close()
+        return company_status(view, company, self.settings.drop_root, time.time())
 
     def _busy(self, path: Path) -> bool:
         """Whether a file is queued or being processed (SFTP refuses to delete it then),

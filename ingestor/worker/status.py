@@ -122,3 +122,50 @@ def read_live(path: Path) -> ServiceView | None:
         return ServiceView(lanes, data["waiting_uploads"])
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
         return None
+
+
+def _company_path(run: FileRun) -> str:
+    """Where the file is in the company's own view of its tree (never a server path)."""
+    i = run.identity
+    return "/" + "/".join(p for p in ("imports", i.kind, i.folder, i.name) if p)
+
+
+def _run_entry(run: FileRun) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "file": _company_path(run),
+        "version": run.version,
+        "state": run.state.value,
+        "read": run.counts.read,
+        "sent": run.counts.sent,
+        "skipped": run.counts.skipped,
+    }
+    if run.state is FileState.PROCESSING:
+        entry["bytes_done"], entry["size"] = run.offset, run.identity.size
+    if run.reason:
+        entry["reason"] = run.reason
+    if run.finished_at:
+        entry["finished_at"] = run.finished_at
+    return entry
+
+
+def company_status(view: StatusView, company: str, drop_root: Path, now: float) -> bytes:
+    """``/_status.json`` as a company reads it over SFTP: its files queued, in flight (with
+    progress), done in the last 24 hours, failed or rejected, and quarantined."""
+    root = drop_root / company
+    mine = [r for r in view.failed if r.identity.company == company]
+    queued = []
+    for item in view.queued:
+        if item.company == company:
+            with contextlib.suppress(ValueError):
+                relative = Path(item.path).relative_to(root)
+                queued.append({"file": f"/{relative.as_posix()}", "queued_at": item.queued_at})
+    data = {
+        "company": company,
+        "generated_at": now,
+        "queued": queued,
+        "in_flight": [_run_entry(r) for r in view.in_flight if r.identity.company == company],
+        "done": [_run_entry(r) for r in view.done if r.identity.company == company],
+        "failed": [_run_entry(r) for r in mine if r.state is not FileState.QUARANTINED],
+        "quarantined": [_run_entry(r) for r in mine if r.state is FileState.QUARANTINED],
+    }
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2)
