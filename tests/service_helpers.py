@@ -184,3 +184,27 @@ def running_service(settings: Path, polling: bool = False) -> Iterator[Running]:
         thread.join(30)
         assert not thread.is_alive(), "the service did not stop"
         assert exit_code == [0]
+
+
+def sftp_service_settings(tmp_path: Path, sim: Simulator, keys: dict[str, Path]) -> Path:
+    """A settings file for acme with the embedded SFTP endpoint on a free port, the drop
+    root and state dir under ``tmp_path``."""
+    drop = tmp_path / "drop"
+    drop.mkdir(exist_ok=True)
+    return write_settings(
+        tmp_path / "s.toml", drop, tmp_path / "state", sim,
+        company_lines=f'sftp_authorized_keys = "{keys["acme"]}.pub"',
+        extra='[sftp]\nlisten = "127.0.0.1:0"\n',
+    )  # fmt: skip
+
+
+def openssh(
+    svc: Running, tmp_path: Path, key: Path, commands: str, user: str = "acme"
+) -> subprocess.CompletedProcess[str]:
+    """One OpenSSH ``sftp -b`` login to the running service's endpoint, its host key known."""
+    endpoint = svc.service.sftp
+    assert endpoint is not None
+    known = tmp_path / f"known_hosts-{uuid.uuid4().hex}"
+    host = endpoint.host_key
+    known.write_text(f"[127.0.0.1]:{endpoint.port} {host.get_name()} {host.get_base64()}\n")
+    return sftp_batch(endpoint.port, known, key, commands, user, tmp_path)

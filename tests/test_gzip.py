@@ -28,7 +28,7 @@ from ingestor.parsers import views as views_module
 from ingestor.parsers.compressed import Gunzipped, GzipLimits
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, FAST_LIMITS, KEY, api_key, make_folder, settings_for
-from tests.service_helpers import running_service, sftp_batch, write_settings
+from tests.service_helpers import openssh, running_service, sftp_service_settings
 
 
 @settings(max_examples=150, deadline=None)
@@ -191,34 +191,19 @@ def test_a_decompression_bomb_is_stopped_by_the_ratio_and_by_the_size(
 def test_the_service_ingests_a_gzip_upload_from_disk_and_over_openssh_sftp(
     sim: Simulator, tmp_path: Path, keys: dict[str, Path]
 ) -> None:
-    drop, state = tmp_path / "drop", tmp_path / "state"
-    drop.mkdir()
-    settings = write_settings(
-        tmp_path / "s.toml",
-        drop,
-        state,
-        sim,
-        company_lines=f'sftp_authorized_keys = "{keys["acme"]}.pub"',
-        extra='[sftp]\nlisten = "127.0.0.1:0"\n',
-    )
+    settings = sftp_service_settings(tmp_path, sim, keys)
+    drop = tmp_path / "drop"
     with running_service(settings) as svc:
         folder = make_folder(drop)
         (folder / "disk.csv.tmp").write_bytes(gzip.compress(rows_csv(700)))
         os.rename(folder / "disk.csv.tmp", folder / "disk.csv.gz")  # an atomic upload
         on_disk = svc.run_for("disk.csv.gz")
-        endpoint = svc.service.sftp
-        assert endpoint is not None
-        known = tmp_path / "known_hosts"
-        key = endpoint.host_key
-        known.write_text(f"[127.0.0.1]:{endpoint.port} {key.get_name()} {key.get_base64()}\n")
         (tmp_path / "up.jsonl.gz").write_bytes(gzip.compress(b'{"id": 5000}\n' * 3))
-        upload = sftp_batch(
-            endpoint.port,
-            known,
+        upload = openssh(
+            svc,
+            tmp_path,
             keys["acme"],
             f"put {tmp_path / 'up.jsonl.gz'} imports/custom_objects/pets/up.jsonl.gz\n",
-            "acme",
-            tmp_path,
         )
         assert upload.returncode == 0, upload.stderr
         over_sftp = svc.run_for("up.jsonl.gz")

@@ -18,7 +18,13 @@ from ingestor.layout import Placement, parse_manifest, place
 from ingestor.ledger import FileState
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, api_key, make_folder, settings_for
-from tests.service_helpers import ledger_runs, running_service, sftp_batch, write_settings
+from tests.service_helpers import (
+    ledger_runs,
+    openssh,
+    running_service,
+    sftp_service_settings,
+    write_settings,
+)
 
 PETS = b"id,name\n" + b"".join(b"%d,pet %d\n" % (i, i) for i in range(1200))
 BULK = "/api/data-source-record-bulk-create-jobs"
@@ -139,31 +145,19 @@ def test_the_service_waits_for_a_manifest_that_comes_after_its_file_or_before(
 def test_an_openssh_upload_then_its_manifest_is_imported(
     sim: Simulator, tmp_path: Path, keys: dict[str, Path]
 ) -> None:
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    settings = write_settings(
-        tmp_path / "s.toml", drop, tmp_path / "state", sim,
-        company_lines=f'sftp_authorized_keys = "{keys["acme"]}.pub"',
-        extra='[sftp]\nlisten = "127.0.0.1:0"\n',
-    )  # fmt: skip
+    settings = sftp_service_settings(tmp_path, sim, keys)
     (tmp_path / "config.json").write_text(
         json.dumps({"data_source_id": DS_ID, "manifest": "required"})
     )
     (tmp_path / "pets.csv").write_bytes(PETS)
     (tmp_path / "m.json").write_text(json.dumps({"rows": 1200}))
     with running_service(settings) as svc:
-        endpoint = svc.service.sftp
-        assert endpoint is not None
-        known = tmp_path / "known_hosts"
-        key = endpoint.host_key
-        known.write_text(f"[127.0.0.1]:{endpoint.port} {key.get_name()} {key.get_base64()}\n")
-        upload = sftp_batch(
-            endpoint.port, known, keys["acme"],
+        upload = openssh(
+            svc, tmp_path, keys["acme"],
             "mkdir imports/custom_objects/pets\n"
             f"put {tmp_path / 'config.json'} imports/custom_objects/pets/config.json\n"
             f"put {tmp_path / 'pets.csv'} imports/custom_objects/pets/pets.csv\n"
             f"put {tmp_path / 'm.json'} imports/custom_objects/pets/pets.csv.manifest.json\n",
-            "acme", tmp_path,
         )  # fmt: skip
         assert upload.returncode == 0, upload.stderr
         run = svc.run_for("pets.csv")

@@ -24,7 +24,13 @@ from ingestor.layout import parse_folder_config
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, FAST_LIMITS, KEY, api_key, make_folder, settings_for
-from tests.service_helpers import ENVIRON, running_service, sftp_batch, write_settings
+from tests.service_helpers import (
+    ENVIRON,
+    openssh,
+    running_service,
+    sftp_service_settings,
+    write_settings,
+)
 
 BULK = "/api/data-source-record-bulk-create-jobs"
 
@@ -186,27 +192,16 @@ def test_a_kill_while_an_approved_file_is_sent_loses_nothing(tmp_path: Path) -> 
 def test_an_approve_file_put_over_openssh_sftp_releases_it(
     sim: Simulator, tmp_path: Path, keys: dict[str, Path]
 ) -> None:
+    settings = sftp_service_settings(tmp_path, sim, keys)
     drop = tmp_path / "drop"
-    drop.mkdir()
-    settings = write_settings(
-        tmp_path / "s.toml", drop, tmp_path / "state", sim,
-        company_lines=f'sftp_authorized_keys = "{keys["acme"]}.pub"',
-        extra='[sftp]\nlisten = "127.0.0.1:0"\n',
-    )  # fmt: skip
     (tmp_path / "approve").write_text("")
     with running_service(settings) as svc:
         folder = make_folder(drop)
         (folder / "orders.csv").write_bytes(messy(900, 100))
         assert svc.run_for("orders.csv").state is FileState.QUARANTINED
-        endpoint = svc.service.sftp
-        assert endpoint is not None
-        known = tmp_path / "known_hosts"
-        key = endpoint.host_key
-        known.write_text(f"[127.0.0.1]:{endpoint.port} {key.get_name()} {key.get_base64()}\n")
-        upload = sftp_batch(
-            endpoint.port, known, keys["acme"],
+        upload = openssh(
+            svc, tmp_path, keys["acme"],
             f"put {tmp_path / 'approve'} imports/custom_objects/pets/orders.csv.approve\n",
-            "acme", tmp_path,
         )  # fmt: skip
         assert upload.returncode == 0, upload.stderr
         run = svc.run_for("orders.csv")

@@ -13,7 +13,7 @@ import pytest
 from ingestor.ledger import FileState
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, make_folder
-from tests.service_helpers import Running, running_service, sftp_batch, write_settings
+from tests.service_helpers import Running, openssh, running_service, sftp_service_settings
 
 pytestmark = pytest.mark.skipif(shutil.which("sftp") is None, reason="needs OpenSSH's sftp")
 
@@ -23,22 +23,13 @@ MESSY = b"id,name\n" + b"".join(
 
 
 def login(svc: Running, tmp_path: Path, keys: dict[str, Path], commands: str) -> str:
-    endpoint = svc.service.sftp
-    assert endpoint is not None
-    known = tmp_path / "known_hosts"
-    key = endpoint.host_key
-    known.write_text(f"[127.0.0.1]:{endpoint.port} {key.get_name()} {key.get_base64()}\n")
-    result = sftp_batch(endpoint.port, known, keys["acme"], commands, "acme", tmp_path)
+    result = openssh(svc, tmp_path, keys["acme"], commands)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def refused(svc: Running, tmp_path: Path, keys: dict[str, Path], command: str) -> str:
-    endpoint = svc.service.sftp
-    assert endpoint is not None
-    result = sftp_batch(
-        endpoint.port, tmp_path / "known_hosts", keys["acme"], command, "acme", tmp_path
-    )
+    result = openssh(svc, tmp_path, keys["acme"], command)
     assert result.returncode != 0
     return result.stderr
 
@@ -46,13 +37,8 @@ def refused(svc: Running, tmp_path: Path, keys: dict[str, Path], command: str) -
 def test_an_uploader_reads_its_results_and_status_and_may_delete_but_never_write(
     sim: Simulator, tmp_path: Path, keys: dict[str, Path]
 ) -> None:
-    drop, state = tmp_path / "drop", tmp_path / "state"
-    drop.mkdir()
-    settings = write_settings(
-        tmp_path / "s.toml", drop, state, sim,
-        company_lines=f'sftp_authorized_keys = "{keys["acme"]}.pub"',
-        extra='[sftp]\nlisten = "127.0.0.1:0"\n',
-    )  # fmt: skip
+    settings = sftp_service_settings(tmp_path, sim, keys)
+    drop = tmp_path / "drop"
     with running_service(settings) as svc:
         folder = make_folder(drop)
         (folder / "pets.csv").write_bytes(MESSY)

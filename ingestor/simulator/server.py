@@ -424,14 +424,27 @@ class Simulator:
 
     def bulk_create(self, handler: _Handler, account: Account, body: bytes) -> None:
         limits = self.batch_limits
-        limit_headers, hang = self._bulk_faults(account, account.bulk_windows)
-        self._check_body(handler, body, limits.max_body_bytes)
-        document = self._parse_and_validate(
-            body,
-            "bulk_create_data_source_records",
-            validate=next(self._bodies) % self.validate_every == 0,
+        document, limit_headers, hang = self._bulk_document(
+            handler, account, account.bulk_windows, body, limits, "bulk_create_data_source_records"
         )
         self._store_records(account, document, limits, hang, limit_headers)
+
+    def _bulk_document(
+        self,
+        handler: _Handler,
+        account: Account,
+        windows: ServerWindows,
+        body: bytes,
+        limits: BatchLimits,
+        operation: str,
+    ) -> tuple[dict[str, Any], dict[str, str], bool]:
+        """A bulk request through its faults, its admission and its body's checks: the body
+        as a document, validated against ``operation``'s spec (one in ``validate_every``),
+        the RateLimit-* headers for its answer, and whether to hang after storing it."""
+        limit_headers, hang = self._bulk_faults(account, windows)
+        self._check_body(handler, body, limits.max_body_bytes)
+        validate = next(self._bodies) % self.validate_every == 0
+        return self._parse_and_validate(body, operation, validate), limit_headers, hang
 
     def _bulk_faults(self, account: Account, windows: ServerWindows) -> tuple[dict[str, str], bool]:
         """The faults a bulk request may meet before its body is read, and its admission:
@@ -525,18 +538,7 @@ class Simulator:
                 404, _error(404, "not_found", "Not found", f"data source {ds_id} does not exist")
             )
         records = [item["attributes"]["record"] for item in items]
-        for index, record in enumerate(records):
-            size = _serialized_size(record)
-            detail = (
-                f"record is {size} bytes; the maximum is {limits.max_record_bytes}"
-                if size > limits.max_record_bytes
-                else faults.refuse(record)
-                if faults.refuse
-                else None
-            )
-            if detail:
-                pointer = f"{RECORDS_POINTER}/{index}" if faults.refuse_with_pointer else ""
-                raise _Answer(400, _error(400, "invalid", "Invalid input.", detail, pointer))
+        self._refuse_any(records, RECORDS_POINTER, limits.max_record_bytes, "record")
         if faults.drop_when is not None and any(map(faults.drop_when, records)):
             raise _Answer(-1)
         with state.lock:
@@ -554,10 +556,8 @@ class Simulator:
         and unique_id were seen before is kept once (Klaviyo de-duplicates on them), the
         same one twice in a request fails the request. 202, no body."""
         faults, state, limits = self.state.faults, self.state, EVENTS.limits
-        limit_headers, hang = self._bulk_faults(account, account.event_windows)
-        self._check_body(handler, body, limits.max_body_bytes)
-        document = self._parse_and_validate(
-            body, "bulk_create_events", validate=next(self._bodies) % self.validate_every == 0
+        document, limit_headers, hang = self._bulk_document(
+            handler, account, account.event_windows, body, limits, "bulk_create_events"
         )
         items = document["data"]["attributes"]["events-bulk-create"]["data"]
         if sum(len(item["attributes"]["events"]["data"]) for item in items) > limits.max_records:
@@ -625,10 +625,8 @@ class Simulator:
         202 with a job that completes ``profile_job_seconds`` later, importing each valid
         profile and recording an import error (with its pointer) for each invalid one."""
         faults, state, limits = self.state.faults, self.state, PROFILES.limits
-        limit_headers, hang = self._bulk_faults(account, account.profile_windows)
-        self._check_body(handler, body, limits.max_body_bytes)
-        document = self._parse_and_validate(
-            body, "bulk_import_profiles", validate=next(self._bodies) % self.validate_every == 0
+        document, limit_headers, hang = self._bulk_document(
+            handler, account, account.profile_windows, body, limits, "bulk_import_profiles"
         )
         items = document["data"]["attributes"]["profiles"]["data"]
         if len(items) > limits.max_records:
@@ -639,18 +637,7 @@ class Simulator:
                     f"at most {limits.max_records} profiles per request", PROFILES_POINTER,
                 ),
             )  # fmt: skip
-        for index, item in enumerate(items):
-            size = _serialized_size(item)
-            detail = (
-                f"profile is {size} bytes; the maximum is {limits.max_record_bytes}"
-                if size > limits.max_record_bytes
-                else faults.refuse(item)
-                if faults.refuse
-                else None
-            )
-            if detail:
-                pointer = f"{PROFILES_POINTER}/{index}" if faults.refuse_with_pointer else ""
-                raise _Answer(400, _error(400, "invalid", "Invalid input.", detail, pointer))
+        self._refuse_any(items, PROFILES_POINTER, limits.max_record_bytes, "profile")
         if faults.drop_when is not None and any(map(faults.drop_when, items)):
             raise _Answer(-1)
         job = ImportJobState(
@@ -738,6 +725,25 @@ class Simulator:
                 if attributes.get(name)
             )
             account.profiles[key] = {**account.profiles.get(key, {}), **attributes}
+
+    def _refuse_any(
+        self, items: list[dict[str, Any]], pointer: str, max_bytes: int, what: str
+    ) -> None:
+        """A 400 pointing at the first item over ``max_bytes`` serialised, or refused by the
+        injected ``faults.refuse``."""
+        faults = self.state.faults
+        for index, item in enumerate(items):
+            size = _serialized_size(item)
+            detail = (
+                f"{what} is {size} bytes; the maximum is {max_bytes}"
+                if size > max_bytes
+                else faults.refuse(item)
+                if faults.refuse
+                else None
+            )
+            if detail:
+                shown = f"{pointer}/{index}" if faults.refuse_with_pointer else ""
+                raise _Answer(400, _error(400, "invalid", "Invalid input.", detail, shown))
 
     def _parse_and_validate(
         self, body: bytes, operation: str, validate: bool = True
