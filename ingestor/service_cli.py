@@ -234,7 +234,7 @@ def cmd_service_status(args: argparse.Namespace, out: Console) -> int:
             _age(now - (run.finished_at or now)) + " ago",
         )
     failed = table(
-        f"failed or rejected ({len(view.failed)})",
+        f"failed, rejected or quarantined ({len(view.failed)})",
         "run",
         "company",
         "folder",

@@ -70,7 +70,7 @@ def test_status_shows_done_and_failed_files_from_the_ledger(tmp_path: Path, sim)
     assert "service: not running" in out
     assert "in flight (0)" in out and "queued (0)" in out, out
     assert "done, last 24 h (1)" in out and "pets.jsonl" in out
-    assert "failed or rejected (1)" in out and "config.json" in out
+    assert "failed, rejected or quarantined (1)" in out and "config.json" in out
 
 
 def test_retention_deletes_old_processed_files_and_reports_only(tmp_path: Path, sim) -> None:
