@@ -64,6 +64,10 @@ class CompanySettings:
     key_source: SecretSource
     recipients: tuple[str, ...] = ()
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    # The events and profile import endpoints' limits ([rate_limit.events], ...).
+    kind_rate_limits: Mapping[str, RateLimitSettings] = field(
+        default_factory=lambda: dict(PUBLISHED_KIND_LIMITS)
+    )
     digest: bool = knob(False, "true: one e-mail per folder run (default: [notify] digest)")
     enabled: bool = knob(True, "false: no lane; the company's files wait, untouched")
 
@@ -159,7 +163,9 @@ class ServiceSettings:
     def pipeline_settings(self, company: CompanySettings) -> Settings:
         return Settings(
             state_dir=self.state_dir,
-            api=replace(self.api, rate_limit=company.rate_limit),
+            api=replace(
+                self.api, rate_limit=company.rate_limit, kind_rate_limits=company.kind_rate_limits
+            ),
             report_skip_samples=self.report_skip_samples,
             max_uncompressed_bytes=self.max_uncompressed_bytes,
             max_compression_ratio=self.max_compression_ratio,
@@ -449,7 +455,9 @@ def _company(
         if problem:
             r.problem(prefix + "recipients", problem)
     limits_table, limits_prefix = r.table(table, "rate_limit", prefix), prefix + "rate_limit."
-    r.known(limits_table, knob_keys((RateLimitSettings, "")), limits_prefix)
+    r.known(
+        limits_table, knob_keys((RateLimitSettings, "")) | set(PUBLISHED_KIND_LIMITS), limits_prefix
+    )
     company = read_knobs(r, table, prefix, defaults)
     return replace(
         company,
@@ -461,7 +469,24 @@ def _company(
         ),
         recipients=tuple(recipients),
         rate_limit=read_knobs(r, limits_table, limits_prefix, defaults.rate_limit),
+        kind_rate_limits=_kind_limits(r, limits_table, limits_prefix, defaults.kind_rate_limits),
     )
+
+
+def _kind_limits(
+    r: TableReader,
+    limits_table: dict[str, Any],
+    prefix: str,
+    defaults: Mapping[str, RateLimitSettings],
+) -> dict[str, RateLimitSettings]:
+    """The other kinds' endpoint limits in a rate_limit table (``events = { steady = 100 }``
+    or ``[rate_limit.events]``), each over ``defaults``."""
+    found: dict[str, RateLimitSettings] = {}
+    for name in PUBLISHED_KIND_LIMITS:
+        sub, sub_prefix = r.table(limits_table, name, prefix), f"{prefix}{name}."
+        r.known(sub, knob_keys((RateLimitSettings, "")), sub_prefix)
+        found[name] = read_knobs(r, sub, sub_prefix, defaults[name])
+    return found
 
 
 def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
@@ -501,18 +526,18 @@ def _parse(path: Path) -> tuple[ServiceSettings | None, list[Problem]]:
     settings = read_knobs(r, *service, settings, "service")
     settings = read_knobs(r, *reports, settings, "reports")
     default_limits = read_knobs(r, *limits, RateLimitSettings())
-    kind_limits: dict[str, RateLimitSettings] = {}
-    for name, published in PUBLISHED_KIND_LIMITS.items():  # [rate_limit.events], ...
-        sub, sub_prefix = r.table(limits[0], name, "rate_limit."), f"rate_limit.{name}."
-        r.known(sub, knob_keys((RateLimitSettings, "")), sub_prefix)
-        kind_limits[name] = read_knobs(r, sub, sub_prefix, published)
+    kind_limits = _kind_limits(r, limits[0], "rate_limit.", PUBLISHED_KIND_LIMITS)
     api_settings = read_knobs(
         r, *api, ApiSettings(rate_limit=default_limits, kind_rate_limits=kind_limits)
     )
     api_settings = replace(api_settings, retry=read_knobs(r, *api, RetrySettings(), "api"))
     notify_settings = replace(read_knobs(r, *notify, NotifySettings()), smtp=_smtp(r, data, base))
     company_defaults = CompanySettings(
-        name="", key_source=SecretSource(), rate_limit=default_limits, digest=notify_settings.digest
+        name="",
+        key_source=SecretSource(),
+        rate_limit=default_limits,
+        kind_rate_limits=kind_limits,
+        digest=notify_settings.digest,
     )
     companies: dict[str, CompanySettings] = {}
     for name, company_table in r.table(data, "companies", "").items():

@@ -359,14 +359,19 @@ steady = 15
 steady = 100
 [companies.acme]
 api_key_env = "A"
+[companies.beta]
+api_key_env = "B"
+rate_limit = { profiles = { steady = 30 } }
 """
     )
     loaded = load_service_settings(settings)
+    beta = loaded.pipeline_settings(loaded.companies["beta"]).api.kind_rate_limits
+    assert (beta["profiles"].steady, beta["events"].steady) == (30, 100)  # its own; the file's
     api = loaded.pipeline_settings(loaded.companies["acme"]).api
     assert (api.rate_limit.burst, api.rate_limit.steady) == (3, 15)  # custom objects
     events, profiles = api.kind_rate_limits["events"], api.kind_rate_limits["profiles"]
     assert (events.burst, events.steady) == (10, 100)  # set; the burst stays the published
     assert (profiles.burst, profiles.steady) == (10, 150)  # the published limits
     settings.write_text(settings.read_text().replace("steady = 100", "stedy = 100"))
-    result = check_config(settings, A="k")
+    result = check_config(settings, A="k", B="k")
     assert "rate_limit.events.stedy: unknown key; did you mean 'steady'?" in result.stderr
