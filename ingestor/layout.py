@@ -102,16 +102,24 @@ def load_manifest(folder: Directory, data_name: str) -> Manifest | None:
     """The manifest of ``data_name`` in the folder, if one is there (read through the
     folder's descriptor, as config.json is)."""
     name = data_name + MANIFEST_SUFFIX
+    data = _read_small(folder, name, MAX_MANIFEST_BYTES, f"{name} cannot be used")
+    return None if data is None else parse_manifest(data, name)
+
+
+def _read_small(folder: Directory, name: str, limit: int, refused: str) -> bytes | None:
+    """A small file the folder's files are read by (config.json, a manifest), through the
+    folder's descriptor (never a link, never a FIFO: see ``dropfile``); None if there is
+    none. A file that cannot be used raises LayoutError starting with ``refused``."""
     try:
         folder.lstat(name)
     except FileNotFoundError:
         return None
     try:
-        handle = folder.open_file(name, MAX_MANIFEST_BYTES)
+        handle = folder.open_file(name, limit)
     except LayoutError as exc:
-        raise LayoutError(f"{name} cannot be used: {exc}") from None
+        raise LayoutError(f"{refused}: {exc}") from None
     with handle:
-        return parse_manifest(handle.read_all(MAX_MANIFEST_BYTES), name)
+        return handle.read_all(limit)
 
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -354,23 +362,16 @@ def _delimiter(config: dict[str, Any]) -> str:
 def load_folder_config(folder: Directory, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:
     """Read and validate the folder's config.json through its descriptor (never a link,
     never a FIFO: see ``dropfile``)."""
-    try:
-        folder.lstat(CONFIG_NAME)
-    except FileNotFoundError:
+    refused = f"{CONFIG_NAME} in {folder.path.name}/ cannot be used"
+    data = _read_small(folder, CONFIG_NAME, MAX_CONFIG_BYTES, refused)
+    if data is None:
         wanted = (
             'one holding {} (or {"list_id": "…"} to add the profiles to a list)'
             if kind.target_key == "list_id"
             else f"one naming the {kind.target_key}"
         )
-        raise LayoutError(
-            f"{CONFIG_NAME} is missing in {folder.path.name}/; add {wanted}"
-        ) from None
-    try:
-        config = folder.open_file(CONFIG_NAME, MAX_CONFIG_BYTES)
-    except LayoutError as exc:
-        raise LayoutError(f"{CONFIG_NAME} in {folder.path.name}/ cannot be used: {exc}") from None
-    with config:
-        return parse_folder_config(config.read_all(MAX_CONFIG_BYTES), kind)
+        raise LayoutError(f"{CONFIG_NAME} is missing in {folder.path.name}/; add {wanted}")
+    return parse_folder_config(data, kind)
 
 
 def read_folder_config(path: Path, kind: ImportKind = CUSTOM_OBJECTS) -> FolderConfig:

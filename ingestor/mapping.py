@@ -65,13 +65,9 @@ def profile_row(record: Record) -> bytes | str:
     ``location`` object) as the location, and every other column a custom property."""
     row: dict[str, Any] = orjson.loads(record.json)
     attributes: dict[str, Any] = {}
-    for key in (*PROFILE_IDENTIFIERS, *PROFILE_ATTRIBUTES):
-        value = row.pop(key, None)
-        if value is None or value == "":
-            continue
-        if not isinstance(value, str | int) or isinstance(value, bool):
-            return f"{key} must be text, got {_shown(value)}"
-        attributes[key] = str(value)
+    problem = _take_texts(row, (*PROFILE_IDENTIFIERS, *PROFILE_ATTRIBUTES), attributes)
+    if problem:
+        return problem
     if not any(key in attributes for key in PROFILE_IDENTIFIERS):
         return "no profile identifier: the row needs an email, phone_number or external_id"
     location = row.pop("location", None)
@@ -92,12 +88,9 @@ def profile_row(record: Record) -> bytes | str:
             return f"location.{field} must be text, got {_shown(value)}"
     if location:
         attributes["location"] = location
-    properties = row.pop("properties", None)
-    if properties is None:
-        properties = {}
-    elif not isinstance(properties, dict):
-        return f"properties must be a JSON object, got {_shown(properties)}"
-    properties.update(row)  # every other column is a custom property
+    properties = _properties(row)
+    if isinstance(properties, str):
+        return properties
     if properties:
         attributes["properties"] = properties
     return orjson.dumps({"type": "profile", "attributes": attributes})
@@ -136,13 +129,9 @@ class EventRows:
     def __call__(self, record: Record) -> bytes | str:
         row: dict[str, Any] = orjson.loads(record.json)
         profile: dict[str, Any] = {}
-        for key in IDENTIFIERS:
-            value = row.pop(key, None)
-            if value is None or value == "":
-                continue
-            if not isinstance(value, str | int) or isinstance(value, bool):
-                return f"{key} must be text, got {_shown(value)}"
-            profile[key] = str(value)
+        problem = _take_texts(row, IDENTIFIERS, profile)
+        if problem:
+            return problem
         profile_id = row.pop("profile_id", None)
         if profile_id is not None and not isinstance(profile_id, str):
             return f"profile_id must be text, got {_shown(profile_id)}"
@@ -178,12 +167,9 @@ class EventRows:
         elif not isinstance(unique_id, str | int) or isinstance(unique_id, bool):
             return f"unique_id must be text, got {_shown(unique_id)}"
         attributes["unique_id"] = str(unique_id)
-        properties = row.pop("properties", None)
-        if properties is None:
-            properties = {}
-        elif not isinstance(properties, dict):
-            return f"properties must be a JSON object, got {_shown(properties)}"
-        properties.update(row)  # every other column is a property
+        properties = _properties(row)
+        if isinstance(properties, str):
+            return properties
         if len(properties) > MAX_PROPERTIES:
             return f"{len(properties)} properties; the API takes at most {MAX_PROPERTIES}"
         attributes["properties"] = properties
@@ -209,6 +195,31 @@ class EventRows:
                     "single string"
                 )
         return item
+
+
+def _take_texts(row: dict[str, Any], keys: tuple[str, ...], into: dict[str, Any]) -> str:
+    """Move the row's ``keys`` that hold a value into ``into`` as text (an integer, such as
+    an external id, becomes its digits); why one cannot be text ("" if all can)."""
+    for key in keys:
+        value = row.pop(key, None)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            return f"{key} must be text, got {_shown(value)}"
+        into[key] = str(value)
+    return ""
+
+
+def _properties(row: dict[str, Any]) -> dict[str, Any] | str:
+    """The row's ``properties`` object with every other column left in the row joined to
+    it; why not, if ``properties`` is not an object."""
+    properties = row.pop("properties", None)
+    if properties is None:
+        properties = {}
+    elif not isinstance(properties, dict):
+        return f"properties must be a JSON object, got {_shown(properties)}"
+    properties.update(row)
+    return properties
 
 
 def _time(value: object, now: datetime) -> datetime | str:

@@ -47,6 +47,7 @@ class Gunzipped(SeekableView):
     def _start(self) -> None:
         self._inflate = zlib.decompressobj(_GZIP)
         self._members = 0  # members read to their end
+        self._at_member_start = True  # between members: the stream may end here
         self._produced = 0
         self._used = 0  # compressed bytes inflated
         self._failure: ParseError | None = None  # raised once what came before is read
@@ -98,8 +99,6 @@ class Gunzipped(SeekableView):
                 break
         self._produced += len(out)
         return bytes(out)
-
-    _at_member_start = True
 
     def _check(self, produced: int, used: int) -> None:
         limits = self._limits

@@ -281,15 +281,9 @@ class Service:
             approved = ledger.approved_waiting()
         except LedgerError:
             return  # the lanes say so loudly
-        for run in approved:
-            path = Path(run.identity.path)
-            found = discovery.found(str(path))
-            if found is not None and not self._lanes_hold(found):
-                self._route(ledger, [found], discovery)
-
-    def _lanes_hold(self, found: Found) -> bool:
-        lane = self._lanes.get(found.placed.company)
-        return lane is not None and lane.holds(found.path)
+        found = [discovery.found(run.identity.path) for run in approved]
+        # (a lane takes a file it already holds only once: see Lane.submit)
+        self._route(ledger, [f for f in found if f is not None], discovery)
 
     def _publish_live(self, discovery: Discovery) -> None:
         """Keep the lanes' snapshot for `ingestor status` current (written when it changes)."""
