@@ -46,6 +46,11 @@ class Budget:
                 return cls(share=share)
         return 'must be a share such as "5%", a number of rows such as 100, or "none"'
 
+    @property
+    def limited(self) -> bool:
+        """False for ``"none"``: no file is ever over it (so none need be read ahead)."""
+        return self.share is not None or self.count is not None
+
     def exceeded(self, skipped: int, rows: int) -> bool:
         if self.count is not None:
             return skipped > self.count

@@ -19,7 +19,7 @@ import structlog
 
 from ingestor import crashpoints
 from ingestor.batcher import batches
-from ingestor.config import Budget, RateLimitSettings, Settings
+from ingestor.config import PUBLISHED_KIND_LIMITS, Budget, Settings
 from ingestor.dropfile import Directory, DropFile, Unreadable, UnsafeEntry, open_directory
 from ingestor.errors import (
     OVER_BUDGET,
@@ -404,9 +404,9 @@ class Pipeline:
         key = f"{kind.folder}/jobs" if jobs else kind.folder
         limiter = self._kind_limiters.get(key)
         if limiter is None:
-            limits = self._settings.api.kind_rate_limits.get(kind.folder)
-            if limits is None:  # a settings object built without it: the published ones
-                limits = RateLimitSettings(burst=kind.burst, steady=kind.steady)
+            limits = self._settings.api.kind_rate_limits.get(
+                kind.folder, PUBLISHED_KIND_LIMITS[kind.folder]
+            )
             limiter = self._kind_limiters[key] = AccountLimiter(limits)
         return limiter
 
@@ -526,14 +526,14 @@ class Pipeline:
             head = read_head(file.reader(), compressed, limits)
             read_as.update(assumptions(head, fmt, config.delimiter, config.encoding, compressed))
             start = (run.offset, run.line, config.delimiter, config.encoding, compressed)
-            budget = None if run.approved else config.budget or _budget(self._settings)
+            budget = None if run.approved else _budget(config, self._settings)
             if run.offset == 0 and (manifest is not None or budget is not None):
                 # Looked at whole before the first batch: its manifest, its error budget.
                 rows, skipped = _look_ahead(
                     self._items(file, fmt, limits, start, kind, config, run),
                     sender.envelope,
                     kind,
-                    rejects,
+                    rejects if budget is not None else None,  # a manifest needs no rows
                 )
                 if budget is not None and budget.exceeded(skipped, rows):
                     rejects.sync()
@@ -541,8 +541,9 @@ class Pipeline:
                     reason = _over_budget(run, rows, skipped, budget)
                     bound.warning("file_quarantined", reason=reason)
                     return close(run, FileState.QUARANTINED, reason, ignored, seen, OVER_BUDGET)
-                rejects.close()  # its rows are skipped again as they are met
-                rejects = RejectsFile(rejects_path, 0)
+                if budget is not None:  # its rows are skipped again as they are met
+                    rejects.close()
+                    rejects = RejectsFile(rejects_path, 0)
                 if manifest is not None:
                     _check_manifest(manifest, run, rows)
             items = self._items(file, fmt, limits, start, kind, config, run)
@@ -653,26 +654,25 @@ class Pipeline:
         return FileResult(final, report)
 
 
-def _budget(settings: Settings) -> Budget | None:
-    """The settings' default error budget (None: no limit)."""
-    budget = Budget.parse(settings.max_skipped)
-    if isinstance(budget, str) or (budget.share is None and budget.count is None):
-        return None
-    return budget
+def _budget(config: FolderConfig, settings: Settings) -> Budget | None:
+    """The folder's error budget, else the settings' default; None for no limit ("none")."""
+    budget = config.budget if config.budget is not None else Budget.parse(settings.max_skipped)
+    return budget if isinstance(budget, Budget) and budget.limited else None
 
 
 def _look_ahead(
     items: Iterable[LineRun | Record | Reject],
     envelope: Envelope,
     kind: ImportKind,
-    rejects: RejectsFile,
+    rejects: RejectsFile | None,
 ) -> tuple[int, int]:
     """Read the whole file as sending would, sending nothing: its rows, and how many would be
-    skipped (each written to ``rejects``)."""
+    skipped (each written to ``rejects``, if given)."""
     rows = skipped = 0
     for item in batches(items, envelope, kind.limits):
         if type(item) is Reject:
-            rejects.write(item)
+            if rejects is not None:
+                rejects.write(item)
             skipped += 1
         else:
             rows += len(item.records)  # type: ignore[union-attr]

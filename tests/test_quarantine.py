@@ -5,6 +5,7 @@ its budget, quarantined with nothing sent; approved (by the uploader's `x.csv.ap
 from __future__ import annotations
 
 import email
+import gzip
 import json
 import os
 import shutil
@@ -206,3 +207,18 @@ def test_an_approve_file_put_over_openssh_sftp_releases_it(
         assert upload.returncode == 0, upload.stderr
         run = svc.run_for("orders.csv")
     assert run.state is FileState.DONE and run.counts.sent == 100
+
+
+def test_a_folder_whose_budget_is_none_is_not_read_ahead(sim: Simulator, tmp_path: Path) -> None:
+    """ "none" in config.json turns the read-ahead off, as the setting does: a truncated
+    gzip then sends the batches before the damage (read ahead, it would send none)."""
+    folder = make_folder(tmp_path / "drop")
+    (folder / "config.json").write_text(
+        json.dumps({"data_source_id": DS_ID, "max_skipped": "none"})
+    )
+    rows = b"".join(b'{"id": %d, "n": "%d"}\n' % (i, i * 7919 % 10007) for i in range(20_000))
+    packed = gzip.compress(rows)
+    (folder / "pets.jsonl.gz").write_bytes(packed[: len(packed) * 3 // 4])
+    run = ingest_folder_once(folder, api_key(), settings_for(sim, tmp_path / "s")).files[0].run
+    assert run.state is FileState.REJECTED and "ends early" in run.reason
+    assert 0 < run.counts.sent == len(sim.records("acme"))
