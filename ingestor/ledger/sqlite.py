@@ -104,6 +104,8 @@ def _m7_import_jobs(db: sqlite3.Connection) -> None:
 def _m8_approved(db: sqlite3.Connection) -> None:
     # A quarantined run someone approved: it is sent as if it had been within its budget.
     db.execute("ALTER TABLE file_runs ADD COLUMN approved INTEGER NOT NULL DEFAULT 0")
+    # The service asks for approved quarantined runs every second: never a table scan.
+    db.execute("CREATE INDEX file_runs_approved ON file_runs (id) WHERE approved=1")
 
 
 MIGRATIONS = (
