@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import httpx
-
 from ingestor.config import ApiKey, ApiSettings, Settings
 from ingestor.dropfile import walk
 from ingestor.errors import ConfigError, LayoutError
@@ -46,7 +44,6 @@ def ingest_folder_once(
     company: str | None = None,
     progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
-    transport: httpx.BaseTransport | None = None,
     limiter: AccountLimiter | None = None,
 ) -> FolderResult:
     """``ingestor ingest``: process one import folder once, resuming any interrupted file.
@@ -56,7 +53,7 @@ def ingest_folder_once(
     folder = locate_import_folder(path, company)
     ledger = open_ledger(settings.state_dir)
     try:
-        with KlaviyoClient(settings.api, key, transport) as client:
+        with KlaviyoClient(settings.api, key) as client:
             limiter = limiter or AccountLimiter(settings.api.rate_limit)
             # The caller shows the outcome; a service on this state dir must not e-mail it.
             pipeline = Pipeline(settings, ledger, client, limiter, stop, progress, emails=False)

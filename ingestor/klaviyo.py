@@ -7,15 +7,12 @@ in the Authorization header; no message, log line or repr built here contains it
 from __future__ import annotations
 
 import re
-import ssl
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
 import orjson
 
 from ingestor import __version__
@@ -30,92 +27,10 @@ from ingestor.errors import (
     Rejected,
     Transient,
 )
+from ingestor.http import ConnectionFailed, Connections, Origin, Reply
 
 JSON_API = "application/vnd.api+json"
 _RECORD_POINTER = re.compile(r"/data/attributes/[a-z-]+/data/(\d+)")
-
-
-class SharedTransport:
-    """The HTTP connections of every account of a service: one TLS context loaded once,
-    and a small connection pool per account.
-
-    A transport of its own (with its own TLS context) costs an account ~25 ms of CPU and
-    ~1 MB to load the CA bundle; 500 accounts paid that at start and again at each key
-    rotation. One pool shared by all accounts cost more: httpcore's pool walks every
-    connection it holds, checking each idle socket, on each request and each response,
-    so at 500 accounts a request's pool bookkeeping grew 500-fold and the whole worker
-    queued on the pool's lock. So each account gets its own pool (each sends one request
-    at a time), built on the one TLS context. ``shutdown()`` closes them all."""
-
-    def __init__(self, transport: httpx.BaseTransport | None = None) -> None:
-        """``transport``: one to use for every account instead (tests, the simulator)."""
-        self._given = transport
-        self._tls: ssl.SSLContext | None = None
-        self._pools: dict[str, httpx.HTTPTransport] = {}
-        self._lock = threading.Lock()
-
-    def for_account(self, account: str) -> httpx.BaseTransport:
-        """The account's transport (made on first use); closing it leaves it open."""
-        with self._lock:
-            if self._given is not None:
-                return _Borrowed(self._given)
-            pool = self._pools.get(account)
-            if pool is None:
-                if self._tls is None:
-                    self._tls = httpx.create_ssl_context()
-                pool = self._pools[account] = httpx.HTTPTransport(
-                    verify=self._tls,
-                    # One request at a time per account; a spare for a retry racing a
-                    # connection the server is closing.
-                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=2),
-                )
-            return _Borrowed(pool)
-
-    def shutdown(self) -> None:
-        with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            pool.close()
-        if self._given is not None:
-            self._given.close()
-
-
-class _Borrowed(httpx.BaseTransport):
-    """A client's view of a pool it does not own: its close() leaves the pool open."""
-
-    def __init__(self, transport: httpx.BaseTransport) -> None:
-        self._transport = transport
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._transport.handle_request(request)
-
-    def close(self) -> None:
-        """A client is done with it; the service is not."""
-
-
-class _NoCookies(httpx.Cookies):
-    """A jar that takes nothing: see ``_Stateless``."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        """Ignored."""
-
-
-class _Stateless(httpx.Client):
-    """A client that keeps no cookies. The API is stateless; a cookie a load balancer sets
-    would tie an account's requests to one backend, and reading one built a urllib
-    request per response (7-13% of the worker's CPU at 500 companies)."""
-
-    def __init__(self, **options: Any) -> None:
-        self._no_cookies = _NoCookies()
-        super().__init__(**options)
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._no_cookies
-
-    @cookies.setter
-    def cookies(self, cookies: object) -> None:
-        """Ignored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,36 +41,35 @@ class Answer:
 
 
 class KlaviyoClient:
-    """A connection-reusing client for one account."""
+    """One account's client: its key, its connection (see ``ingestor.http``)."""
 
     def __init__(
         self,
         settings: ApiSettings,
         key: ApiKey,
-        transport: httpx.BaseTransport | None = None,
+        connections: Connections | None = None,
         on_status: Callable[[int], None] | None = None,
     ) -> None:
-        """``on_status`` hears every request's HTTP status (0: no answer), for metrics."""
+        """``connections``: the service's, whose TLS context every account shares (a client
+        of its own loads one only if the URL is https). ``on_status`` hears every request's
+        HTTP status (0: no answer), for metrics."""
         self._on_status = on_status
-        self._http = _Stateless(
-            base_url=settings.base_url,
-            headers={
-                "Authorization": f"Klaviyo-API-Key {key.value}",
-                "revision": settings.revision,
-                "accept": JSON_API,
-                "content-type": JSON_API,
-                "user-agent": f"ingestor/{__version__}",
-            },
-            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-            transport=transport,
-            follow_redirects=False,
+        self._connection = (connections or Connections()).connect(
+            settings.base_url, settings.connect_timeout, settings.read_timeout
         )
+        self._headers = {
+            "Authorization": f"Klaviyo-API-Key {key.value}",
+            "revision": settings.revision,
+            "accept": JSON_API,
+            "content-type": JSON_API,
+            "user-agent": f"ingestor/{__version__}",
+        }
 
     def __repr__(self) -> str:
-        return f"KlaviyoClient(base_url={str(self._http.base_url)!r})"
+        return f"KlaviyoClient(base_url={str(self._connection.origin)!r})"
 
     def close(self) -> None:
-        self._http.close()
+        self._connection.close()
 
     def __enter__(self) -> KlaviyoClient:
         return self
@@ -165,13 +79,12 @@ class KlaviyoClient:
 
     def post_bulk(self, endpoint: str, body: bytes) -> Answer:
         """POST a prebuilt bulk body; any 2xx is success (the spec says 204, the guide 202)."""
-        return self._request("POST", endpoint, content=body)
+        reply = self._send("POST", endpoint, body)
+        return Answer(reply.status, reply.headers, reply.body)
 
     def get_data_source(self, data_source_id: str) -> dict[str, Any]:
         """GET /api/data-sources/{id}; NotFound if the account has no such data source."""
-        response = self._send("GET", f"/api/data-sources/{data_source_id}")
-        result: dict[str, Any] = orjson.loads(response.content)
-        return result
+        return self._get_json(f"/api/data-sources/{data_source_id}")
 
     def get_import_job(self, endpoint: str, job_id: str) -> dict[str, Any]:
         """GET a bulk import job (``endpoint``/{id}): its JSON:API document."""
@@ -183,36 +96,28 @@ class KlaviyoClient:
         return self._get_json(f"{endpoint}/{job_id}/import-errors?{page}")
 
     def _get_json(self, path: str) -> dict[str, Any]:
-        result: dict[str, Any] = orjson.loads(self._send("GET", path).content)
+        result: dict[str, Any] = orjson.loads(self._send("GET", path).body)
         return result
 
-    def _request(self, method: str, path: str, content: bytes | None = None) -> Answer:
-        response = self._send(method, path, content)
-        headers = {k.lower(): v for k, v in response.headers.items()}
-        return Answer(response.status_code, headers, response.content)
-
-    def _send(self, method: str, path: str, content: bytes | None = None) -> httpx.Response:
+    def _send(self, method: str, path: str, body: bytes | None = None) -> Reply:
         try:
-            response = self._http.request(method, path, content=content)
-        except httpx.TimeoutException as exc:
+            reply = self._connection.request(method, path, self._headers, body)
+        except ConnectionFailed as exc:
             self._heard(0)
-            raise Transient(f"{method} {path}: timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            self._heard(0)
-            raise Transient(f"{method} {path}: connection failed ({type(exc).__name__})") from None
-        self._heard(response.status_code)
-        if 200 <= response.status_code < 300:
-            return response
-        raise classify(method, path, response)
+            raise Transient(str(exc)) from None
+        self._heard(reply.status)
+        if 200 <= reply.status < 300:
+            return reply
+        raise classify(method, path, reply, self._connection.origin)
 
     def _heard(self, status: int) -> None:
         if self._on_status is not None:
             self._on_status(status)
 
 
-def classify(method: str, path: str, response: httpx.Response) -> ApiError:
+def classify(method: str, path: str, response: Reply, origin: Origin) -> ApiError:
     """Turn a non-2xx answer into the ApiError that says what to do about it."""
-    status = response.status_code
+    status = response.status
     detail, index = _error_detail(response)
     where = f"{method} {path} -> {status}"
     headers = response.headers
@@ -229,7 +134,7 @@ def classify(method: str, path: str, response: httpx.Response) -> ApiError:
         if not _is_json_api_error(response):
             return ApiUnreachable(
                 f"{where} without a JSON:API error body, so not from Klaviyo's API: check "
-                f"api.base_url ({response.request.url.scheme}://{response.request.url.host}) "
+                f"api.base_url ({origin.scheme}://{origin.host}) "
                 "and any proxy in between",
                 status,
                 detail[:200],
@@ -242,19 +147,19 @@ def classify(method: str, path: str, response: httpx.Response) -> ApiError:
     return Rejected(f"{where}: {detail or 'request refused'}", status, detail, index)
 
 
-def _is_json_api_error(response: httpx.Response) -> bool:
+def _is_json_api_error(response: Reply) -> bool:
     """Whether the body is a JSON:API error document, as Klaviyo's API sends."""
     try:
-        errors = orjson.loads(response.content).get("errors")
+        errors = orjson.loads(response.body).get("errors")
     except (orjson.JSONDecodeError, AttributeError):
         return False
     return isinstance(errors, list) and bool(errors) and isinstance(errors[0], dict)
 
 
-def _error_detail(response: httpx.Response) -> tuple[str, int | None]:
+def _error_detail(response: Reply) -> tuple[str, int | None]:
     """The JSON:API error's detail and, if it points at one record, that record's index."""
     try:
-        errors = orjson.loads(response.content).get("errors") or []
+        errors = orjson.loads(response.body).get("errors") or []
         first = errors[0]
         detail = str(first.get("detail") or first.get("title") or "")
         pointer = str((first.get("source") or {}).get("pointer") or "")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from ingestor.http import Connection, Connections
 from ingestor.ledger import LEDGER_NAME, FileState, SqliteLedger
 from ingestor.simulator import Simulator
 from ingestor.worker.retention import DAY, SweepResult, sweep
@@ -328,23 +329,35 @@ def test_a_long_retry_after_is_capped_and_the_company_shows_as_throttled(
     assert run.state is FileState.DONE and 2.5 <= run.counts.throttled_seconds < 10
 
 
-def test_companies_share_one_tls_context_and_have_a_pool_each(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_companies_share_one_tls_context_and_have_a_connection_each(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Loading the CA bundle costs ~25 ms and ~1 MB: once per company made 500 companies
-    cost seconds and hundreds of MB, so the service loads it once. A pool shared by all
-    companies made each request walk every company's connections, so each has its own."""
+    cost seconds and hundreds of MB, so the service loads it once, and only for https. A
+    pool shared by all companies made each request walk every company's connections, so
+    each has its own connection, kept open from one request to the next."""
     contexts: list[object] = []
     real_context = httpx.create_ssl_context
     monkeypatch.setattr(
         httpx, "create_ssl_context", lambda *a, **k: contexts.append(1) or real_context(*a, **k)
     )
-    pools: list[httpx.HTTPTransport] = []
-    original = httpx.HTTPTransport.__init__
+    connections = Connections()
+    plain = connections.connect("http://127.0.0.1:9", 1.0, 1.0)
+    assert contexts == []  # plain http loads no CA bundle
+    acme = connections.connect("https://a.klaviyo.com", 1.0, 1.0)
+    beta = connections.connect("https://a.klaviyo.com", 1.0, 1.0)
+    assert len(contexts) == 1 and acme is not beta
+    for connection in (plain, acme, beta):
+        connection.close()
+
+
+def test_each_company_keeps_one_connection_open_across_files(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    made: list[Connection] = []
+    original = Connection.__init__
 
     def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        pools.append(self)
+        made.append(self)
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(httpx.HTTPTransport, "__init__", counting)
+    monkeypatch.setattr(Connection, "__init__", counting)
     with two_companies() as sim:
         drop = tmp_path / "drop"
         drop.mkdir()
@@ -355,12 +368,13 @@ def test_companies_share_one_tls_context_and_have_a_pool_each(tmp_path: Path, mo
             sim,
             companies={"acme": "ACME_KEY", "beta": "BETA_KEY"},
         )
+        folders = {company: make_folder(drop, company=company) for company in ("acme", "beta")}
         with running_service(settings) as svc:
-            for company in ("acme", "beta"):
-                (make_folder(drop, company=company) / f"{company}.jsonl").write_bytes(jsonl(0, 5))
-            done = {svc.next_run().identity.company for _ in range(2)}
-            held = [len(pool._pool.connections) for pool in pools]
-        assert done == {"acme", "beta"}
-        assert len(sim.records("acme")) == len(sim.records("beta")) == 5
-    assert len(contexts) == 1
-    assert len(pools) == 2 and held == [1, 1]  # a connection each, in a pool each
+            for round in range(3):
+                for company, folder in folders.items():
+                    (folder / f"{company}{round}.jsonl").write_bytes(jsonl(round * 5, 5))
+                done = {svc.next_run().identity.company for _ in range(2)}
+                assert done == {"acme", "beta"}
+            opened = sorted(connection.opened for connection in made)
+        assert len(sim.records("acme")) == len(sim.records("beta")) == 15
+    assert opened == [1, 1]  # one client each, one connection each, for 3 files and 6 calls

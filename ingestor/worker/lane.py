@@ -25,9 +25,10 @@ from ingestor.errors import (
     Interrupted,
     LedgerError,
 )
+from ingestor.http import Connections
 from ingestor.identity import KnownHashes
 from ingestor.kinds import KINDS, ImportKind
-from ingestor.klaviyo import KlaviyoClient, SharedTransport
+from ingestor.klaviyo import KlaviyoClient
 from ingestor.layout import ImportFolder
 from ingestor.ledger import FileRun, FileState, Ledger
 from ingestor.pipeline import FileResult, FolderResult, Pipeline
@@ -114,7 +115,7 @@ class Lane:
         *,
         metrics: Metrics | None = None,
         environ: Mapping[str, str],
-        transport: SharedTransport | None = None,
+        connections: Connections | None = None,
         on_finished: FinishedFn | None = None,
         known_hashes: KnownHashes | None = None,
         on_changed: ChangedFn | None = None,
@@ -129,7 +130,7 @@ class Lane:
         self._ledger_factory = ledger_factory
         self._metrics = metrics
         self._environ = environ
-        self._transport = transport
+        self._connections = connections
         self._on_finished = on_finished
         self._limiter = AccountLimiter(company.rate_limit)
         self._queue: deque[Queued] = deque()
@@ -352,7 +353,7 @@ class Lane:
         return KlaviyoClient(
             self._service.pipeline_settings(self._company).api,
             key,
-            self._transport.for_account(self.name) if self._transport else None,
+            self._connections,
             on_status,
         )
 

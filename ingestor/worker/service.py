@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
-import httpx
 import structlog
 from watchdog.events import FileMovedEvent, FileSystemEvent
 
@@ -34,8 +33,8 @@ from ingestor.discovery import (
     stat_of,
 )
 from ingestor.errors import ConfigError, LedgerError, StateUnwritable
+from ingestor.http import Connections
 from ingestor.identity import KnownHashes, same_version
-from ingestor.klaviyo import SharedTransport
 from ingestor.layout import APPROVE_SUFFIX, CONFIG_NAME, MANIFEST_SUFFIX
 from ingestor.ledger import FileState, Ledger, Ledgers, open_ledgers
 from ingestor.service_config import ServiceSettings, load_service_settings
@@ -81,7 +80,6 @@ class Service:
         settings_path: Path,
         *,
         environ: Mapping[str, str],
-        transport: httpx.BaseTransport | None = None,
         polling: bool = False,
         install_signals: bool = True,
         on_finished: FinishedFn | None = None,
@@ -90,7 +88,6 @@ class Service:
         self._settings_path = settings_path
         self.settings = load_service_settings(settings_path)
         self._environ = environ
-        self._transport = transport
         self._polling = polling
         self._install_signals = install_signals
         # SimpleQueue, not Queue: signal handlers put into it from the main thread, possibly
@@ -140,7 +137,7 @@ class Service:
         settings = self.settings
         self._ledgers = open_ledgers(settings.state_dir)
         ledger = self._open_ledger()
-        self._pool = SharedTransport(self._transport)  # every lane's connections
+        self._connections = Connections()  # what every lane's connection shares
         if settings.metrics_port:
             self._metrics = Metrics()
             self._metrics.serve(settings.metrics_host, settings.metrics_port)
@@ -189,7 +186,6 @@ class Service:
                     log.error("lane_did_not_stop", company=lane.name)
             observer.join(timeout=5)
             announcer.stop()
-            self._pool.shutdown()
             with contextlib.suppress(OSError):  # it would describe a service no longer there
                 (settings.state_dir / LIVE_NAME).unlink(missing_ok=True)
             ledger.close()
@@ -427,7 +423,7 @@ class Service:
             self._open_ledger,
             metrics=self._metrics,
             environ=self._environ,
-            transport=self._pool,
+            connections=self._connections,
             on_finished=self._file_finished,
             known_hashes=self._known_hashes,
             on_changed=lambda path: self._inbox.put(_Settle(path)),
