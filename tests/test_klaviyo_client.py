@@ -63,7 +63,7 @@ def server(answer: Callable[[str], Answer]) -> Iterator[tuple[int, Seen]]:
             if close:  # as a server whose keep-alive timeout ran out: no "Connection: close"
                 self.close_connection = True
 
-        do_GET = do_POST = do_CONNECT = _answer
+        do_GET = do_POST = do_CONNECT = _answer  # noqa: N815 (http.server names them)
 
     class Server(http.server.ThreadingHTTPServer):
         def shutdown_request(self, request: object) -> None:
@@ -90,9 +90,9 @@ def client(port: int, **timeouts: float) -> KlaviyoClient:
 
 def test_a_json_api_404_means_the_data_source_does_not_exist() -> None:
     body = b'{"errors": [{"status": 404, "code": "not_found", "detail": "no such data source"}]}'
-    with server(lambda _: fixed(404, body, "application/vnd.api+json")) as (port, _):
-        with client(port) as api, pytest.raises(NotFound):
-            api.get_data_source(DS)
+    answer = fixed(404, body, "application/vnd.api+json")
+    with server(lambda _: answer) as (port, _), client(port) as api, pytest.raises(NotFound):
+        api.get_data_source(DS)
 
 
 @pytest.mark.parametrize(
@@ -108,9 +108,12 @@ def test_a_404_that_is_not_from_the_api_is_the_operators_problem(
 ) -> None:
     """Before: a wrong base_url or a proxy's 404 was reported to the company as 'data source
     … does not exist; correct data_source_id'."""
-    with server(lambda _: fixed(404, body, content_type)) as (port, _):
-        with client(port) as api, pytest.raises(ApiUnreachable) as caught:
-            api.get_data_source(DS)
+    with (
+        server(lambda _: fixed(404, body, content_type)) as (port, _),
+        client(port) as api,
+        pytest.raises(ApiUnreachable) as caught,
+    ):
+        api.get_data_source(DS)
     assert "check api.base_url (http://127.0.0.1)" in str(caught.value)
 
 
@@ -119,18 +122,16 @@ def test_a_cookie_the_api_sets_is_neither_kept_nor_sent_back() -> None:
     to one backend, and reading it built a urllib request per response (7-13% of the
     worker's CPU at 500 companies, issue #14)."""
     cookie = {"set-cookie": "AWSALB=sticky; Path=/; Domain=127.0.0.1"}
-    with server(lambda _: (204, b"", cookie, False)) as (port, seen):
-        with client(port) as api:
-            api.post_bulk(BULK, b"{}")
-            api.post_bulk(BULK, b"{}")
+    with server(lambda _: (204, b"", cookie, False)) as (port, seen), client(port) as api:
+        api.post_bulk(BULK, b"{}")
+        api.post_bulk(BULK, b"{}")
     assert [h.get("cookie") for h in seen.headers] == [None, None]
 
 
 def test_an_accounts_requests_share_one_connection_and_carry_its_headers() -> None:
-    with server(lambda _: fixed(204)) as (port, seen):
-        with client(port) as api:
-            for _ in range(5):
-                api.post_bulk(BULK, b'{"data": []}')
+    with server(lambda _: fixed(204)) as (port, seen), client(port) as api:
+        for _ in range(5):
+            api.post_bulk(BULK, b'{"data": []}')
     assert len(set(seen.connections)) == 1
     assert seen.lines == [f"POST {BULK} HTTP/1.1"] * 5
     first = seen.headers[0]
@@ -144,12 +145,11 @@ def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> None:
     Sending the next request on it would lose the request (the answer never comes, and the
     batch would be retried after a back-off, counted as maybe sent twice). The client
     notices the close before it sends."""
-    with server(lambda _: (204, b"", {}, True)) as (port, seen):
-        with client(port) as api:
-            for _ in range(3):
-                seen.closed.clear()
-                api.post_bulk(BULK, b"{}")  # raised Transient on the closed connection
-                assert seen.closed.wait(5)  # idle, and closed by the server
+    with server(lambda _: (204, b"", {}, True)) as (port, seen), client(port) as api:
+        for _ in range(3):
+            seen.closed.clear()
+            api.post_bulk(BULK, b"{}")  # raised Transient on the closed connection
+            assert seen.closed.wait(5)  # idle, and closed by the server
     assert len(set(seen.connections)) == 3
 
 
