@@ -52,7 +52,7 @@ def run_ours(path: Path) -> int:
     from ingestor.batcher import batches
     from ingestor.kinds import CUSTOM_OBJECTS
     from ingestor.parsers import ParseLimits, parse_file
-    from ingestor.records import Batch
+    from ingestor.records import Batch, jsons_of
 
     envelope = CUSTOM_OBJECTS.envelope(ENVELOPE_ID)
     fmt = "csv" if path.suffix == ".csv" else "jsonl"
@@ -60,7 +60,7 @@ def run_ours(path: Path) -> int:
     items = parse_file(path.open("rb"), fmt, ParseLimits())  # the parser closes it
     for item in batches(items, envelope, CUSTOM_OBJECTS.limits):
         if type(item) is Batch and item.records:
-            body = envelope.body([r.json for r in item.records])
+            body = envelope.body(jsons_of(item.records))  # as the sender builds it
             count += len(item.records) if body else 0
     return count
 
