@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from ingestor.errors import ParseError
 from ingestor.parsers import ParseLimits, parse_csv
 from ingestor.parsers import csv as csv_module
-from ingestor.records import Record, Reject
+from ingestor.records import LineRun, Record, Reject
 
 LIMITS = ParseLimits(max_record_bytes=4096, max_line_bytes=8192)
 
@@ -180,7 +182,8 @@ def test_a_crlf_inside_quotes_is_data_and_reaches_the_api_exactly(ending: bytes)
 
 csv_piece = st.sampled_from(
     [b"a", b"1", b",", b'"', b'""', b"\n", b"\r\n", b"\r", b"\xff", b"\xc3\xa9", b"[1]",
-     b'"{""k"": 2}"', b" [", b"{", b",,\n", b"\n\n", b"z" * 70, b'"a\r\nb"']
+     b'"{""k"": 2}"', b" [", b"{", b",,\n", b"\n\n", b"z" * 70, b'"a\r\nb"', b"\x0b", b"\\",
+     b"\x00", b"\t", b"%s", b'"[1, {""a"": ""\\u00e9""}]"']
 )  # fmt: skip
 
 
@@ -205,10 +208,54 @@ def test_block_and_chunk_sizes_never_change_what_comes_out_and_any_checkpoint_re
         patch.setattr(csv_module, "BLOCK_BYTES", block)
         patch.setattr(csv_module, "CHUNK_ROWS", chunk)
         assert run() == whole
+        # The chunk path against the row-at-a-time path it falls back to: the same items.
+        patch.setattr(csv_module._Rows, "_chunk", _row_by_row_only)
+        assert run() == whole
         if whole:
             index = data_.draw(st.integers(0, len(whole) - 1))
             checkpoint = whole[index]
             assert run(checkpoint.end_offset, checkpoint.end_line) == whole[index + 1 :]
+
+
+def _row_by_row_only(
+    self: csv_module._Rows, rows: list[list[str]], before: int, last: int
+) -> Iterator[Record | Reject | LineRun]:
+    return self._row_by_row(before + 1, last)
+
+
+def _expected(header: list[str], row: list[str]) -> dict[str, object]:
+    """What a row means: each non-empty cell by its column, a JSON object or array nested."""
+    record: dict[str, object] = {}
+    for name, cell in zip(header, row, strict=False):
+        if cell:
+            record[name] = cell
+            if cell.lstrip()[:1] in ("{", "["):
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    value = orjson.loads(cell)
+                    if isinstance(value, dict | list):
+                        record[name] = value
+    return record
+
+
+cell_text = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["", "", '["a", "b"]', '{"k": [1, 2.5, null]}', " [1]", "[1", '"q"', "\\"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    header=st.lists(st.text(min_size=1, max_size=4), min_size=1, max_size=4, unique=True),
+    cells=st.lists(st.lists(cell_text, min_size=1, max_size=4), min_size=1, max_size=6),
+)
+def test_every_row_serialises_to_the_json_object_it_means(
+    header: list[str], cells: list[list[str]]
+) -> None:
+    """Whichever way a chunk is written (as one string with its cells placed between the
+    keys, or as dicts when a cell is empty), each row is valid JSON and means its cells."""
+    rows = [row[: len(header)] for row in cells]
+    jsons = csv_module._serialize(header, rows)
+    assert [orjson.loads(json) for json in jsons] == [_expected(header, row) for row in rows]
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,8 @@ too wide or have no values) leave that path one row at a time, in file order.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from itertools import accumulate, chain, compress, islice, repeat, zip_longest
 from operator import add, contains
 from typing import Any, BinaryIO
@@ -43,9 +44,11 @@ BLOCK_BYTES = 32 * KIB  # as for JSONL: memory per busy company, at no cost in s
 # per-record reason; one over it is a malformed row. Either way memory stays bounded.
 FIELD_LIMIT = 1024 * KIB
 csv.field_size_limit(FIELD_LIMIT)
-# Rows converted together. Kept small on purpose: a chunk's live objects must stay under the
-# garbage collector's young-generation threshold (700), or every collection walks them all.
-CHUNK_ROWS = 64
+# Rows read and converted together. Each chunk costs the batcher a step, so fewer is faster
+# (in-process, 1,000,000 rows: 64 -> 256 saved about a sixth); but the chunk's rows are live
+# containers, and over the garbage collector's young-generation threshold (700) every
+# collection walks them all (1,024 rows: 1,777 collections a million rows; 256: none).
+CHUNK_ROWS = 256
 TOO_LONG, BAD_UTF8 = "too long", "bad UTF-8"
 BAD_UTF8_WINDOWS = "bad UTF-8, good Windows-1252"  # what an undeclared Excel export gives
 # A line that is not UTF-8, by what its reason adds.
@@ -67,6 +70,9 @@ class _Feed:
         self._ends = [offset]  # _ends[k]: offset after line _before + k
         self._before = 0
         self.bad: dict[int, str] = {}
+        # The blocks not yet consumed whole, as (number of their first line, their lines):
+        # what ``replay`` hands a second reader.
+        self._kept: deque[tuple[int, list[str]]] = deque()
 
     def lines(self) -> Iterator[str]:
         return chain.from_iterable(self._blocks())
@@ -74,8 +80,25 @@ class _Feed:
     def end(self, line: int) -> int:
         return self._ends[line - self._before]
 
+    def ends(self, first: int, last: int) -> list[int]:
+        """``[end(first), ..., end(last)]``, as one slice."""
+        return self._ends[first - self._before : last - self._before + 1]
+
+    def replay(self, first: int, last: int) -> list[str]:
+        """Lines ``first`` to ``last`` again, as the reader was handed them."""
+        lines: list[str] = []
+        for start, text in self._kept:
+            if start > last:
+                break
+            if start + len(text) > first:
+                lines += text[max(first - start, 0) : last - start + 1]
+        return lines
+
     def forget(self, line: int) -> None:
         """Lines up to ``line`` are consumed; drop their offsets once there are many."""
+        kept = self._kept
+        while kept and kept[0][0] + len(kept[0][1]) <= line + 1:
+            kept.popleft()
         if line - self._before > 4096:
             del self._ends[: line - self._before]
             self._before = line
@@ -111,24 +134,39 @@ class _Feed:
                 if len(tail) == max_line and not tail.endswith(b"\n"):
                     skipped = skip_long_line(self.handle, max_line)
             lines = None if skipped else self._quick(data)
-            raw, text = lines if lines is not None else self._careful(data, taken)
-            ends.extend(islice(accumulate(map(len, raw), initial=ends[-1]), 1, None))
+            sizes, text = lines if lines is not None else self._careful(data, taken)
+            ends.extend(islice(accumulate(sizes, initial=ends[-1]), 1, None))
             ends[-1] += skipped
+            self._kept.append((taken + 1, text))
             taken += len(text)
             yield text
 
-    def _quick(self, data: bytes) -> tuple[list[bytes], list[str]] | None:
+    def _quick(self, data: bytes) -> tuple[list[int], list[str]] | None:
         """The common case, in C: no line too long, valid UTF-8, and every CR part of a
-        CRLF (so splitlines splits at LF alone). None if any of that does not hold."""
-        raw = data.splitlines(keepends=True)
-        if max(map(len, raw)) >= self.max_line or data.count(b"\r") != data.count(b"\r\n"):
+        CRLF. Returns each line's size in bytes and its text, or None if any of that does
+        not hold. ASCII text (most) is decoded once and split as text; splitting text also
+        splits at a few other controls (VT, FF, FS, GS, RS), so the line count must match."""
+        carriage_returns = data.count(b"\r")
+        if carriage_returns and carriage_returns != data.count(b"\r\n"):
             return None
-        try:
-            return raw, list(map(bytes.decode, raw))
-        except UnicodeDecodeError:
+        if data.isascii():
+            text = data.decode("ascii")
+            lines = text.splitlines(keepends=True)
+            if len(lines) != data.count(b"\n") + (not data.endswith(b"\n")):
+                return None
+            sizes = list(map(len, lines))
+        else:
+            raw = data.splitlines(keepends=True)
+            sizes = list(map(len, raw))
+            try:
+                lines = list(map(bytes.decode, raw))
+            except UnicodeDecodeError:
+                return None
+        if max(sizes) >= self.max_line:
             return None
+        return sizes, lines
 
-    def _careful(self, data: bytes, taken: int) -> tuple[list[bytes], list[str]]:
+    def _careful(self, data: bytes, taken: int) -> tuple[list[int], list[str]]:
         """Split at LF only, a line at a time, noting lines too long or not UTF-8."""
         parts = data.split(b"\n")
         raw = [part + b"\n" for part in parts[:-1]]
@@ -145,50 +183,95 @@ class _Feed:
             except UnicodeDecodeError:
                 self.bad[number] = BAD_UTF8_WINDOWS if windows_hint(line) else BAD_UTF8
                 text.append(line.decode("utf-8", "replace"))
-        return raw, text
+        return list(map(len, raw)), text
 
 
-def _cell_value(cell: str) -> Any:
-    """A JSON object/array in a cell becomes nested data; anything else stays the string."""
+def _nested(cell: str) -> str | None:
+    """The cell itself if it is a JSON object or array (it goes to the API as written, as a
+    JSONL line does), else None."""
     if cell[:1] in ("{", "[") or cell.lstrip()[:1] in ("{", "["):
         try:
             value = orjson.loads(cell)
         except orjson.JSONDecodeError:
-            return cell
+            return None
         if type(value) is dict or type(value) is list:
-            return value
-    return cell
+            return cell
+    return None
 
 
 _NESTED = repeat((dict, list))  # endless, so one instance serves every map() below
+# A column with no quote, backslash or unprintable character (a control character is one)
+# needs no escaping: each cell is its own JSON text between quotes. Nothing that reaches the
+# wire holds a raw NUL (orjson escapes it in a string and refuses it elsewhere), so a NUL
+# can end each record of a chunk.
+_END = "\x00"
 
 
-def _column_values(column: tuple[str, ...]) -> list[Any]:
-    """A column's values. A column of JSON cells converts in one C-level pass; a mixed one
-    falls back to a cell at a time."""
+def _all_nested(column: tuple[str, ...]) -> bool:
+    """Whether every cell of a column is a JSON object or array (one C-level pass)."""
     try:
-        values = list(map(orjson.loads, column))
-        if all(map(isinstance, values, _NESTED)):
-            return values
+        return all(map(isinstance, map(orjson.loads, column), _NESTED))
     except orjson.JSONDecodeError:
-        pass
-    return list(map(_cell_value, column))
+        return False
+
+
+def _json_texts(column: tuple[str, ...]) -> Sequence[str]:
+    """Each cell's JSON text: the cell as written if it is an object or array, else the cell
+    as a JSON string."""
+    if _all_nested(column):
+        return column
+    return [
+        nested if (nested := _nested(cell)) is not None else orjson.dumps(cell).decode()
+        for cell in column
+    ]
+
+
+def _fragments(column: tuple[str, ...]) -> list[Any]:
+    """The column's values for a dict: an object or array as written (a Fragment, embedded
+    as it is), any other cell as its string."""
+    if _all_nested(column):
+        return list(map(orjson.Fragment, column))
+    return [
+        orjson.Fragment(nested) if (nested := _nested(cell)) is not None else cell
+        for cell in column
+    ]
 
 
 def _serialize(header: list[str], rows: list[list[str]]) -> list[bytes]:
     """Each row as a JSON object (``b"{}"`` for a row of empty cells). Rows are non-blank and
-    no wider than the header."""
+    no wider than the header.
+
+    A chunk without an empty cell (most are) is written as one string, its cells placed
+    between the keys column by column, in C; otherwise each row is a dict for orjson, the
+    empty cells left out. A cell can hold JSON only if its column has a brace or bracket."""
     columns: list[Any] = list(zip_longest(*rows, fillvalue=""))
-    for index, column in enumerate(columns):
-        joined = "".join(column)
-        if "{" in joined or "[" in joined:  # only then can a cell hold JSON
-            columns[index] = _column_values(column)
-    values = zip(*columns, strict=True)  # every column is as long as the chunk
-    if any(map(contains, columns, repeat(""))):  # drop empty cells (and the padding)
+    if any(map(contains, columns, repeat(""))):
+        for index, column in enumerate(columns):
+            joined = "".join(column)
+            if "{" in joined or "[" in joined:
+                columns[index] = _fragments(column)
+        values = zip(*columns, strict=True)  # every column is as long as the chunk
         records = map(dict, map(compress, map(zip, repeat(header), values), rows))
-    else:
-        records = map(dict, map(zip, repeat(header), values))
-    return list(map(orjson.dumps, records))
+        return list(map(orjson.dumps, records))
+    parts: list[Any] = []
+    glue = "{"
+    for name, column in zip(header, columns, strict=False):
+        key = glue + orjson.dumps(name).decode() + ":"
+        joined = "".join(column)
+        if "{" in joined or "[" in joined:
+            parts += (repeat(key), _json_texts(column))
+            glue = ","
+        elif '"' in joined or "\\" in joined or not joined.isprintable():
+            parts += (repeat(key), map(bytes.decode, map(orjson.dumps, column)))
+            glue = ","
+        else:
+            parts += (repeat(key + '"'), column)
+            glue = '",'
+    parts.append(repeat(glue[:-1] + "}" + _END))
+    text = "".join(chain.from_iterable(zip(*parts, strict=False)))  # the keys repeat forever
+    jsons = text.encode().split(_END.encode())
+    jsons.pop()  # after the last record's end
+    return jsons
 
 
 def _likeliest(name: str, delimiter: str) -> str:
@@ -312,28 +395,72 @@ class _Rows:
         self.lasts: list[int] = []  # the line each of them ends on
 
     def items(self) -> Iterator[LineRun | Record | Reject]:
-        feed, rows, lasts, width = self.feed, self.rows, self.lasts, len(self.header)
+        """A chunk of rows at a time from the reader, in C. A chunk of good rows of one line
+        each (the common case) becomes a LineRun as it is; any other chunk (a blank, bad,
+        too wide or multi-line row, a malformed line) has its lines read again, a row at a
+        time, by ``_row_by_row``."""
+        feed, width = self.feed, len(self.header)
         bad = feed.bad
         reader = csv.reader(feed.lines(), strict=True, delimiter=self.delimiter)
         while True:
+            before = reader.line_num
+            try:
+                chunk = list(islice(reader, CHUNK_ROWS))
+            except csv.Error:  # the rows before it in the chunk are lost: read them again
+                yield from self._row_by_row(before + 1, reader.line_num)
+                continue
+            if not chunk:
+                return
+            last = reader.line_num
+            if (
+                last - before == len(chunk)
+                and all(chunk)
+                and max(map(len, chunk)) <= width
+                and not (bad and next(iter(bad)) <= last)
+            ):
+                yield from self._chunk(chunk, before, last)
+            else:
+                yield from self._row_by_row(before + 1, last)
+
+    def _chunk(
+        self, rows: list[list[str]], before: int, last: int
+    ) -> list[LineRun | Record | Reject]:
+        """Good rows of one line each, lines ``before + 1`` to ``last``."""
+        jsons = _serialize(self.header, rows)
+        if b"{}" in jsons:  # a row of empty cells: one at a time, to keep file order
+            self.rows += rows
+            self.lasts += range(before + 1, last + 1)
+            return self._flush()
+        base = self.start_line
+        lines = list(range(base + before + 1, base + last + 1))
+        run = LineRun(jsons, lines, lines, self.feed.ends(before + 1, last))
+        self._done(last)
+        return [run]
+
+    def _row_by_row(self, first: int, last: int) -> Iterator[LineRun | Record | Reject]:
+        """Lines ``first`` to ``last`` (whole rows) read again by a reader of their own, a
+        row at a time: each row's last line is known, and a malformed one is skipped."""
+        feed, rows, lasts, width = self.feed, self.rows, self.lasts, len(self.header)
+        bad = feed.bad
+        reader = csv.reader(feed.replay(first, last), strict=True, delimiter=self.delimiter)
+        before = first - 1
+        while True:
             try:
                 for row in reader:
-                    last = reader.line_num
-                    if (bad and next(iter(bad)) <= last) or len(row) > width or not row:
+                    end = before + reader.line_num
+                    if (bad and next(iter(bad)) <= end) or len(row) > width or not row:
                         yield from self._flush()
-                        yield from self._odd_row(row, last, width)
+                        yield from self._odd_row(row, end, width)
                         continue
                     rows.append(row)
-                    lasts.append(last)
-                    if len(rows) == CHUNK_ROWS:
-                        yield from self._flush()
+                    lasts.append(end)
                 yield from self._flush()
                 return
             except csv.Error as exc:  # the reader resumes at the next line
                 yield from self._flush()
-                last = reader.line_num
-                feed.problem(last)
-                yield self._reject(f"malformed CSV: {exc}", last)
+                end = before + reader.line_num
+                feed.problem(end)
+                yield self._reject(f"malformed CSV: {exc}", end)
 
     def _flush(self) -> list[LineRun | Record | Reject]:
         """The waiting rows as one LineRun (or, if any has no values, as Records and
