@@ -6,7 +6,8 @@
 Each input is parsed as JSONL and, behind a fixed header, as CSV, then batched as ingestion
 does. A crash is any exception other than ParseError (CSV header problems), a record that is
 not a JSON object, a line reported twice, a JSONL line neither sent nor skipped, or CSV output
-that changes with the parser's block and chunk sizes (taken from the input's first bytes).
+that changes with the parser's block and chunk sizes (taken from the input's first bytes)
+or between its chunk path and its row-at-a-time path.
 """
 
 from __future__ import annotations
@@ -62,6 +63,17 @@ def test_one_input(data: bytes) -> None:
     finally:
         csv_module.BLOCK_BYTES, csv_module.CHUNK_ROWS = sizes
     assert small == whole, "the block or chunk size changed the CSV output"
+    chunk_path = csv_module._Rows._chunk
+    csv_module._Rows._chunk = _row_by_row  # type: ignore[method-assign,assignment]
+    try:
+        slow = sent_or_skipped(parse_csv, csv_data, LIMITS)
+    finally:
+        csv_module._Rows._chunk = chunk_path  # type: ignore[method-assign]
+    assert slow == whole, "the CSV chunk path differs from row by row"
+
+
+def _row_by_row(self: csv_module._Rows, rows: object, before: int, last: int) -> object:
+    return self._row_by_row(before + 1, last)
 
 
 if __name__ == "__main__":
