@@ -1,7 +1,7 @@
 """Hundreds of accounts on one worker, against a simulator that is not the bottleneck.
 
     python bench/fleet_bench.py [--companies 500] [--shards 2] [--requests 130]
-                                [--clock-factor 1] [--validate-every 20]
+                                [--clock-factor 1] [--validate-every 20] [--max-skipped none]
 
 The simulator runs as ``--shards`` processes sharing one port (SO_REUSEPORT: the kernel
 spreads the worker's connections over them), each knowing every account, keeping no
@@ -12,8 +12,10 @@ faster; the worker (``ingestor run``, its own process) is configured with the sa
 
 Every company drops one file of ``--requests`` x 500 records at once. Reported: each
 lane's utilisation (the accepted requests ÷ what the server's sliding window allows, over
-whole steady windows from its first request; min and median), the worker's CPU seconds per
-1,000 records, its threads and RSS, the shards' CPU, and how many requests each shard saw.
+whole steady windows from its first request; min and median), the time from each file's
+completion (its rename) to its first bulk request (p50, p95, max), the worker's CPU seconds
+per 1,000 records, its threads and RSS, the shards' CPU, and how many requests each shard
+saw.
 A shard enforces an account's limits only on the requests that reach it, so the worker's
 own limiter is what keeps each account within its limits; 429s are reported.
 """
@@ -113,6 +115,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=130, help="per company")
     parser.add_argument("--clock-factor", type=float, default=1.0)
     parser.add_argument("--validate-every", type=int, default=20)
+    parser.add_argument(
+        "--max-skipped",
+        default="",
+        help='the service\'s error budget ("none": no file is read whole before it is sent)',
+    )
     parser.add_argument("--shard", nargs=4, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.shard:
@@ -144,6 +151,10 @@ def main() -> None:
         folders = [folder_of(drop, i) for i in range(n)]
         settings = root / "bench.toml"
         write_settings(settings, drop, state, _Url(), n, f)  # type: ignore[arg-type]
+        if args.max_skipped:
+            text = settings.read_text()
+            budget = f"[service]\nmax_skipped = {json.dumps(args.max_skipped)}\n"
+            settings.write_text(text.replace("[service]\n", budget, 1))
         per_file = args.requests * 500
         for folder in folders:
             (folder / ".big.jsonl.part").write_bytes(records(0, per_file))
@@ -152,8 +163,10 @@ def main() -> None:
             wait_ready(notify, 300)
             cpu_before, began = cpu_seconds(proc), time.time()
             times_before, switches_before = proc.cpu_times(), context_switches(proc.pid)
+            closed = []  # when each company's file was complete (renamed into place)
             for folder in folders:
                 os.rename(folder / ".big.jsonl.part", folder / "big.jsonl")
+                closed.append(time.time())
             expected = n * per_file
             peak_rss = 0
             while True:  # the ledger says when every file is done
@@ -189,6 +202,10 @@ def main() -> None:
     for _, _, status, _ in logs:
         statuses[status] = statuses.get(status, 0) + 1
     stored = sum(count for _, _, status, count in logs if status < 300)
+    first: dict[str, float] = {}
+    for at, account, _, _ in logs:
+        first[account] = min(at, first.get(account, at))
+    latencies = sorted(first[f"c{i:02d}"] - closed[i] for i in range(n))
     utilisations = []
     for i in range(n):
         stamps = sorted(at for at, account, status, _ in logs if account == f"c{i:02d}"
@@ -206,6 +223,10 @@ def main() -> None:
     print(
         f"utilisation min {min(utilisations):.1%}, median {statistics.median(utilisations):.1%}"
         f"; {stored:,} of {expected:,} records in {wall:.1f} s"
+    )
+    print(
+        f"close -> first request: p50 {statistics.median(latencies) * 1e3:.0f} ms, "
+        f"p95 {latencies[int(0.95 * (n - 1))] * 1e3:.0f} ms, max {latencies[-1] * 1e3:.0f} ms"
     )
     print(
         f"worker: {cpu:.1f} CPU-s = {cpu / stored * 1e6:.2f} ms per 1,000 records; "

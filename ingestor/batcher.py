@@ -40,11 +40,7 @@ def batches(
     body_size = fixed_size - 1  # each record adds itself and a comma; the first needs none
     item_overhead = len(envelope.item_prefix) + len(envelope.item_suffix)
     step = item_overhead + 1
-    max_body, max_records, max_record = (
-        limits.max_body_bytes,
-        limits.max_records,
-        limits.max_record_bytes,
-    )
+    max_body, max_records = limits.max_body_bytes, limits.max_records
     end_offset = end_line = 0  # where the last item before the pending records ended
     record_last = False  # the newest item is a pending record (the batch ends with it)
     rejects_since_batch = 0
@@ -55,7 +51,7 @@ def batches(
             return Batch(held, held[-1].end_offset, held[-1].end_line, body_size)
         return Batch(held, end_offset, end_line, body_size)
 
-    for item in _within_limits(items, fixed_size + item_overhead, max_body, max_record):
+    for item in within_limits(items, envelope, limits):
         kind = type(item)
         if kind is Reject:
             yield item  # type: ignore[misc]
@@ -130,11 +126,14 @@ def batches(
         yield Batch((), end_offset, end_line, 0)
 
 
-def _within_limits(
-    items: Iterable[LineRun | Record | Reject], fixed: int, max_body: int, max_record: int
+def within_limits(
+    items: Iterable[LineRun | Record | Reject], envelope: Envelope, limits: BatchLimits
 ) -> Iterator[LineRun | Record | Reject]:
     """The items, with each record too large to send replaced by its Reject (a LineRun
-    holding one is taken apart, which is rare: the parser caps lines near the limit)."""
+    holding one is taken apart, which is rare: the parser caps lines near the limit). The
+    only records ``batches`` skips; what is left is packing."""
+    fixed = envelope.fixed_size + len(envelope.item_prefix) + len(envelope.item_suffix)
+    max_body, max_record = limits.max_body_bytes, limits.max_record_bytes
     for item in items:
         kind = type(item)
         if kind is Reject:

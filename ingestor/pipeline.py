@@ -18,7 +18,7 @@ import orjson
 import structlog
 
 from ingestor import crashpoints
-from ingestor.batcher import batches
+from ingestor.batcher import batches, within_limits
 from ingestor.config import PUBLISHED_KIND_LIMITS, Budget, Settings
 from ingestor.dropfile import Directory, DropFile, Unreadable, UnsafeEntry, open_directory
 from ingestor.errors import (
@@ -667,15 +667,16 @@ def _look_ahead(
     rejects: RejectsFile | None,
 ) -> tuple[int, int]:
     """Read the whole file as sending would, sending nothing: its rows, and how many would be
-    skipped (each written to ``rejects``, if given)."""
+    skipped (each written to ``rejects``, if given). Packing into batches skips nothing, so
+    it is left out: the records' sizes are checked as the batcher checks them."""
     rows = skipped = 0
-    for item in batches(items, envelope, kind.limits):
+    for item in within_limits(items, envelope, kind.limits):
         if type(item) is Reject:
             if rejects is not None:
                 rejects.write(item)
             skipped += 1
         else:
-            rows += len(item.records)  # type: ignore[union-attr]
+            rows += len(item) if type(item) is LineRun else 1
     return rows + skipped, skipped
 
 

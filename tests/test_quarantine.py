@@ -103,6 +103,23 @@ def test_a_file_within_its_budget_is_sent_and_its_rows_skipped_once(
     assert len(rejected) == 10  # the look ahead's rows are not kept twice
 
 
+def test_records_too_large_to_send_count_against_the_budget(sim: Simulator, tmp_path: Path) -> None:
+    """The look ahead checks each record's size as the batcher does (it skips the packing,
+    which skips nothing): a line the parser takes but the API's per-record limit does not
+    is a skipped row before anything is sent."""
+    folder = make_folder(tmp_path / "drop")
+    (folder / "config.json").write_text(json.dumps({"data_source_id": DS_ID, "max_skipped": 2}))
+    big = b'{"id": %d, "blob": "' + b"x" * (600 * 1024) + b'"}\n'
+    lines = [b'{"id": 1}\n'] + [big % i for i in (2, 3, 4)] + [b'{"id": 5}\n']
+    (folder / "big.jsonl").write_bytes(b"".join(lines))
+    run = ingest_folder_once(folder, api_key(), settings_for(sim, tmp_path / "s")).files[0].run
+    assert run.state is FileState.QUARANTINED
+    assert (run.counts.read, run.counts.skipped) == (5, 3) and posts(sim) == 0
+    rejected = [orjson.loads(x) for x in Path(run.rejects_path).read_bytes().splitlines()]
+    assert [r["line"] for r in rejected] == [2, 3, 4]
+    assert all("per-record limit" in r["reason"] for r in rejected)
+
+
 def outbox_subjects(state: Path) -> list[str]:
     return sorted(
         email.message_from_bytes(p.read_bytes(), policy=default)["Subject"]
