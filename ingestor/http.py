@@ -164,13 +164,9 @@ class Connection:
                 if response.will_close:
                     self._drop()
                 return reply
-            except TimeoutError:
-                self._drop()
-                raise ConnectionFailed(f"{method} {path}: timed out", timed_out=True) from None
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
-                why = type(exc).__name__
-                raise ConnectionFailed(f"{method} {path}: connection failed ({why})") from None
+                raise _failed(f"{method} {path}", "connection failed", exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -203,13 +199,9 @@ class Connection:
             conn = http.client.HTTPConnection(host, port, timeout=self._connect_timeout)
         try:
             conn.connect()
-        except TimeoutError:
-            conn.close()
-            raise ConnectionFailed(f"connecting to {origin}: timed out", timed_out=True) from None
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            why = type(exc).__name__
-            raise ConnectionFailed(f"connecting to {origin}: failed ({why})") from None
+            raise _failed(f"connecting to {origin}", "failed", exc) from None
         assert conn.sock is not None
         conn.sock.settimeout(self._read_timeout)  # http.client set TCP_NODELAY
         self._conn = conn
@@ -220,6 +212,14 @@ class Connection:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _failed(what: str, failed: str, exc: Exception) -> ConnectionFailed:
+    """What a failed connection or request raises: timed out, or ``failed`` and the cause's
+    type (never its text, which could quote a header)."""
+    if isinstance(exc, TimeoutError):
+        return ConnectionFailed(f"{what}: timed out", timed_out=True)
+    return ConnectionFailed(f"{what}: {failed} ({type(exc).__name__})")
 
 
 def _ended(sock: socket.socket) -> bool:
