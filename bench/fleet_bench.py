@@ -215,6 +215,19 @@ def main() -> None:
             raise SystemExit(f"c{i:02d} sent for under one steady window: raise --requests")
         end = stamps[0] + windows * limits.steady_window
         utilisations.append(sum(1 for t in stamps if t < end) / (windows * limits.steady))
+    # The same, over the one steady window that starts once every lane has sent: what the
+    # lanes do when none is starting any more (a lane that ended before it is left out).
+    settled_at = max(first.values())
+    settled_end = settled_at + limits.steady_window
+    accepted: dict[str, list[float]] = {}
+    for at, account, status, _ in logs:
+        if status < 300:
+            accepted.setdefault(account, []).append(at)
+    settled = [
+        sum(1 for at in stamps if settled_at <= at < settled_end) / limits.steady
+        for stamps in accepted.values()
+        if max(stamps) >= settled_end
+    ]
     print(
         f"{n} companies, {args.shards} simulator shards, steady limit "
         f"{limits.requests_per_second:g} req/s each (guide x{f:g}); 1 body in "
@@ -224,6 +237,12 @@ def main() -> None:
         f"utilisation min {min(utilisations):.1%}, median {statistics.median(utilisations):.1%}"
         f"; {stored:,} of {expected:,} records in {wall:.1f} s"
     )
+    if settled:
+        print(
+            f"once every lane had started ({settled_at - began:.1f} s in): utilisation "
+            f"min {min(settled):.1%}, median {statistics.median(settled):.1%} over the "
+            f"{len(settled)} lanes still sending a window later"
+        )
     print(
         f"close -> first request: p50 {statistics.median(latencies) * 1e3:.0f} ms, "
         f"p95 {latencies[int(0.95 * (n - 1))] * 1e3:.0f} ms, max {latencies[-1] * 1e3:.0f} ms"
