@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,16 @@ class _FailsEveryTime(Exception):
 
 
 log = structlog.get_logger("ingestor.sender")
+
+
+_last_request = 0.0  # monotonic time of the last request any sender of this process made
+SENDING_WINDOW = 0.25  # seconds after a request during which a lane counts as sending
+
+
+def others_sending() -> bool:
+    """Whether any lane of this process made a request in the last ``SENDING_WINDOW``: CPU
+    work that can wait (the error budget's look ahead) then yields to them."""
+    return time.monotonic() - _last_request < SENDING_WINDOW
 
 
 def backoff_delay(attempt: int, policy: RetrySettings, rng: random.Random) -> float:
@@ -232,6 +243,8 @@ class Sender:
             if self._stop.is_set():
                 raise Interrupted("stop requested; unacknowledged work is resent on resume")
             tally.requests += 1
+            global _last_request
+            _last_request = time.monotonic()  # one float, written whole: no lock needed
             try:
                 result = request()
             except RateLimited as exc:

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ingestor"
 # Lowest first. A component is a top-level module or subpackage of ingestor.
 LAYERS: list[set[str]] = [
     {"errors", "kinds", "records", "crashpoints", "toml_reader", "logs"},
-    {"config", "dropfile", "http"},
+    {"config", "dropfile", "http", "turns"},
     {"layout", "parsers", "mapping", "batcher", "ledger", "ratelimit", "klaviyo"},
     {"identity", "reports", "sender", "discovery", "simulator", "validation"},
     {"notify", "sftp", "pipeline"},
