@@ -34,10 +34,6 @@ class ConnectionFailed(Exception):
     """No answer: the connection could not be made, broke, or timed out. The message names
     the cause, never a header."""
 
-    def __init__(self, message: str, timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.timed_out = timed_out
-
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -140,20 +136,25 @@ class Connection:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._proxy = _proxy_for(origin)
+        # A plain-HTTP proxy takes the absolute URL and its credentials on every request; a
+        # tunnel (https) takes them once, in its CONNECT.
+        self._target = origin.prefix
+        self._proxy_headers: dict[str, str] = {}
+        if self._proxy is not None and origin.scheme == "http":
+            self._target = f"{origin}{origin.prefix}"
+            if self._proxy.authorization:
+                self._proxy_headers = {"Proxy-Authorization": self._proxy.authorization}
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
         self.opened = 0  # connections made, for tests and benchmarks
 
     def request(self, method: str, path: str, headers: dict[str, str], body: bytes | None) -> Reply:
-        target = self.origin.prefix + path
+        if self._proxy_headers:
+            headers = {**headers, **self._proxy_headers}
         with self._lock:
             conn = self._ready()
-            if self._proxy is not None and self.origin.scheme == "http":
-                target = f"{self.origin}{target}"  # a plain-HTTP proxy takes the absolute URL
-                if self._proxy.authorization:
-                    headers = {**headers, "Proxy-Authorization": self._proxy.authorization}
             try:
-                conn.request(method, target, body, headers)
+                conn.request(method, self._target + path, body, headers)
                 response = conn.getresponse()
                 data = response.read(_MAX_BODY + 1)
                 if len(data) > _MAX_BODY:
@@ -176,12 +177,9 @@ class Connection:
         """The open connection, if the server has not ended it while it was idle; else a new
         one (a request sent on a closed connection would fail, or be lost)."""
         conn = self._conn
-        if conn is not None and conn.sock is not None and _ended(conn.sock):
-            self._drop()
-            conn = None
-        if conn is None or conn.sock is None:
-            conn = self._open()
-        return conn
+        if conn is not None and conn.sock is not None and not _ended(conn.sock):
+            return conn
+        return self._open()  # closing the old one first
 
     def _open(self) -> http.client.HTTPConnection:
         self._drop()
@@ -218,7 +216,7 @@ def _failed(what: str, failed: str, exc: Exception) -> ConnectionFailed:
     """What a failed connection or request raises: timed out, or ``failed`` and the cause's
     type (never its text, which could quote a header)."""
     if isinstance(exc, TimeoutError):
-        return ConnectionFailed(f"{what}: timed out", timed_out=True)
+        return ConnectionFailed(f"{what}: timed out")
     return ConnectionFailed(f"{what}: {failed} ({type(exc).__name__})")
 
 
