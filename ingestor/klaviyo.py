@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -31,13 +30,6 @@ from ingestor.http import ConnectionFailed, Connections, Origin, Reply
 
 JSON_API = "application/vnd.api+json"
 _RECORD_POINTER = re.compile(r"/data/attributes/[a-z-]+/data/(\d+)")
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes = b""  # e.g. the job a profile import created
 
 
 class KlaviyoClient:
@@ -77,10 +69,10 @@ class KlaviyoClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def post_bulk(self, endpoint: str, body: bytes) -> Answer:
-        """POST a prebuilt bulk body; any 2xx is success (the spec says 204, the guide 202)."""
-        reply = self._send("POST", endpoint, body)
-        return Answer(reply.status, reply.headers, reply.body)
+    def post_bulk(self, endpoint: str, body: bytes) -> Reply:
+        """POST a prebuilt bulk body; any 2xx is success (the spec says 204, the guide 202).
+        The reply's body is the import job a profile import created (others answer empty)."""
+        return self._send("POST", endpoint, body)
 
     def get_data_source(self, data_source_id: str) -> dict[str, Any]:
         """GET /api/data-sources/{id}; NotFound if the account has no such data source."""

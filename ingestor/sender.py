@@ -39,8 +39,9 @@ from ingestor.errors import (
     SystemicRejection,
     Transient,
 )
+from ingestor.http import Reply
 from ingestor.kinds import Envelope
-from ingestor.klaviyo import Answer, KlaviyoClient
+from ingestor.klaviyo import KlaviyoClient
 from ingestor.ratelimit import AccountLimiter
 from ingestor.records import Record, Reject, SendOutcome, jsons_of
 
@@ -282,7 +283,7 @@ class Sender:
                     tally.count(exc.status)
                 self._limiter.completed()
                 raise
-            if isinstance(result, Answer):  # the bulk endpoint's answer
+            if isinstance(result, Reply):  # the bulk endpoint's answer
                 self._limiter.completed(result.headers)
             else:  # a lookup: it does not count towards the bulk endpoint's limit
                 self._limiter.completed(bulk=False)
