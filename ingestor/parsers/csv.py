@@ -245,23 +245,22 @@ def _serialize(header: list[str], rows: list[list[str]]) -> list[bytes]:
     between the keys column by column, in C; otherwise each row is a dict for orjson, the
     empty cells left out. A cell can hold JSON only if its column has a brace or bracket."""
     columns: list[Any] = list(zip_longest(*rows, fillvalue=""))
+    joined = list(map("".join, columns))  # a column's cells as one text, to search at once
+    nesting = ["{" in text or "[" in text for text in joined]
     if any(map(contains, columns, repeat(""))):
-        for index, column in enumerate(columns):
-            joined = "".join(column)
-            if "{" in joined or "[" in joined:
-                columns[index] = _fragments(column)
+        for index in compress(range(len(columns)), nesting):
+            columns[index] = _fragments(columns[index])
         values = zip(*columns, strict=True)  # every column is as long as the chunk
         records = map(dict, map(compress, map(zip, repeat(header), values), rows))
         return list(map(orjson.dumps, records))
     parts: list[Any] = []
     glue = "{"
-    for name, column in zip(header, columns, strict=False):
+    for name, column, text, nests in zip(header, columns, joined, nesting, strict=False):
         key = glue + orjson.dumps(name).decode() + ":"
-        joined = "".join(column)
-        if "{" in joined or "[" in joined:
+        if nests:
             parts += (repeat(key), _json_texts(column))
             glue = ","
-        elif '"' in joined or "\\" in joined or not joined.isprintable():
+        elif '"' in text or "\\" in text or not text.isprintable():
             parts += (repeat(key), map(bytes.decode, map(orjson.dumps, column)))
             glue = ","
         else:
