@@ -38,7 +38,7 @@ def batches(
     run: LineRun | None = None  # ...or, once a LineRun has joined the batch, all as lists
     fixed_size = envelope.fixed_size
     body_size = fixed_size - 1  # each record adds itself and a comma; the first needs none
-    item_overhead = len(envelope.item_prefix) + len(envelope.item_suffix)
+    item_overhead = envelope.item_overhead
     step = item_overhead + 1
     max_body, max_records = limits.max_body_bytes, limits.max_records
     end_offset = end_line = 0  # where the last item before the pending records ended
@@ -132,7 +132,7 @@ def within_limits(
     """The items, with each record too large to send replaced by its Reject (a LineRun
     holding one is taken apart, which is rare: the parser caps lines near the limit). The
     only records ``batches`` skips; what is left is packing."""
-    fixed = envelope.fixed_size + len(envelope.item_prefix) + len(envelope.item_suffix)
+    fixed = envelope.fixed_size + envelope.item_overhead
     max_body, max_record = limits.max_body_bytes, limits.max_record_bytes
     for item in items:
         kind = type(item)

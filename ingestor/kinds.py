@@ -44,7 +44,12 @@ class Envelope:
     suffix: bytes
 
     def item_size(self, record_json: bytes) -> int:
-        return len(self.item_prefix) + len(record_json) + len(self.item_suffix)
+        return len(record_json) + self.item_overhead
+
+    @property
+    def item_overhead(self) -> int:
+        """What each record adds to a body besides its own bytes (not counting its comma)."""
+        return len(self.item_prefix) + len(self.item_suffix)
 
     @property
     def fixed_size(self) -> int:
