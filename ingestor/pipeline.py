@@ -684,10 +684,8 @@ def _look_ahead(
     turns at it, and yield to the lanes sending (``READ_AHEAD``)."""
     rows = skipped = 0
     turn_ends, rest_at = ROWS_A_TURN, ROWS_A_REST
-    READ_AHEAD.acquire(stop)
-    held = True  # a stop while waiting to go on ends the turn without one to give back
-    worked_since = time.perf_counter()
-    try:
+    with READ_AHEAD.turn(stop) as turn:
+        worked_since = time.perf_counter()
         for item in within_limits(items, envelope, kind.limits):
             if type(item) is Reject:
                 if rejects is not None:
@@ -700,13 +698,8 @@ def _look_ahead(
                     _rest(stop, time.perf_counter() - worked_since)
                 worked_since, rest_at = time.perf_counter(), rows + skipped + ROWS_A_REST
             if rows + skipped >= turn_ends:
-                held = False
-                READ_AHEAD.pass_turn(stop)
-                held = True
+                turn.pass_on()
                 turn_ends = rows + skipped + ROWS_A_TURN
-    finally:
-        if held:
-            READ_AHEAD.release()
     return rows + skipped, skipped
 
 

@@ -236,6 +236,7 @@ class Sender:
         succeeds or fails for good (any other ApiError propagates). With ``poison_after``,
         that many transient failures in a row make it probe the API; if the API answers and
         the call fails once more, _FailsEveryTime is raised instead of retrying forever."""
+        global _last_request  # when any sender last made a request: see others_sending
         tally = tally if tally is not None else _Tally()
         attempt = 0
         probed = False
@@ -244,7 +245,6 @@ class Sender:
             if self._stop.is_set():
                 raise Interrupted("stop requested; unacknowledged work is resent on resume")
             tally.requests += 1
-            global _last_request
             _last_request = time.monotonic()  # one float, written whole: no lock needed
             try:
                 result = request()

@@ -55,6 +55,10 @@ class Turns:
             self._waiting.popleft().release()
         self._wait(me, stop)
 
+    def turn(self, stop: threading.Event) -> Turn:
+        """A turn for a ``with`` block (waited for on entry, ended on exit)."""
+        return Turn(self, stop)
+
     @property
     def waiting(self) -> int:
         with self._lock:
@@ -70,3 +74,26 @@ class Turns:
                 # Handed a slot as the stop came: pass it on, then leave.
                 self.release()
                 raise Interrupted("stop requested while waiting for a turn")
+
+
+class Turn:
+    """One holder's turn. A stop while it waits to go on after ``pass_on`` leaves it holding
+    nothing, so the exit gives back only what it holds."""
+
+    def __init__(self, turns: Turns, stop: threading.Event) -> None:
+        self._turns, self._stop, self._held = turns, stop, False
+
+    def __enter__(self) -> Turn:
+        self._turns.acquire(self._stop)
+        self._held = True
+        return self
+
+    def pass_on(self) -> None:
+        """Let the first waiter go before going on (``Turns.pass_turn``)."""
+        self._held = False
+        self._turns.pass_turn(self._stop)
+        self._held = True
+
+    def __exit__(self, *_: object) -> None:
+        if self._held:
+            self._turns.release()

@@ -159,3 +159,36 @@ def test_the_look_ahead_rests_as_long_as_it_works_only_while_other_lanes_send(
         assert len(rests) >= 5 and all(0 <= rest < 1 for rest in rests)
     else:
         assert rests == []
+
+
+def test_a_stop_while_passing_a_turn_gives_back_no_slot_it_does_not_hold() -> None:
+    """The holder lets a waiter go, then is stopped while it waits to go on: it holds no
+    slot, so leaving its turn must not free one (the slots would then grow past one)."""
+    turns, stop, order = Turns(1), threading.Event(), []
+    caught: list[BaseException] = []
+    entered = threading.Event()
+
+    def holder() -> None:
+        try:
+            with turns.turn(stop) as turn:
+                entered.set()
+                until(lambda: turns.waiting == 1)
+                turn.pass_on()
+        except Interrupted as exc:
+            caught.append(exc)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    assert entered.wait(10)  # the holder has the only slot
+    waiter = Taker(turns, "waiter", order)
+    waiter.start()
+    until(lambda: order == ["waiter"])  # the holder passed its turn and waits behind it
+    stop.set()
+    first.join(10)
+    assert len(caught) == 1
+    waiter.done.set()
+    waiter.join(10)
+    turns.acquire(NEVER)  # the one slot is back...
+    with pytest.raises(Interrupted):
+        turns.acquire(stop)  # ...and only one: a second waits, and the stop ends the wait
+    turns.release()
