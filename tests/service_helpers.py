@@ -63,6 +63,19 @@ SMTP_PASSWORD = "smtp-secret-Pa55"
 ENVIRON = {"ACME_KEY": KEY, "BETA_KEY": BETA_KEY, "SMTP_PASSWORD": SMTP_PASSWORD}
 
 
+def ingest_command(
+    folder: Path, sim: Simulator, state: Path, *options: str
+) -> tuple[list[str], dict[str, str]]:
+    """`ingestor ingest` of one folder, as its own process, against ``sim``; and the
+    environment that gives it the key (in KLAVIYO_KEY)."""
+    command = [
+        sys.executable, "-m", "ingestor.cli", "ingest", str(folder),
+        "--api-key-env", "KLAVIYO_KEY", "--base-url", sim.url, "--state-dir", str(state),
+        *options,
+    ]  # fmt: skip
+    return command, {**os.environ, "KLAVIYO_KEY": KEY}
+
+
 def start_process(
     settings: Path, log: Path, env: dict[str, str] | None = None, stderr: Path | None = None
 ) -> subprocess.Popen[bytes]:

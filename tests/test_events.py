@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from ingestor.parsers import ParseLimits, parse_file
 from ingestor.records import Record, Reject
 from ingestor.simulator import Simulator
 from tests.conftest import FAST_LIMITS, KEY, api_key, make_folder, settings_for
-from tests.service_helpers import running_service, write_settings
+from tests.service_helpers import ingest_command, running_service, write_settings
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 EVENTS_PATH = "/api/event-bulk-create-jobs"
@@ -214,11 +213,7 @@ def test_a_batch_sent_again_after_a_kill_creates_no_duplicate_event(tmp_path: Pa
             for i in range(3500):
                 f.write(f"c{i % 50}@x.io,2024-05-01T10:00:00Z,{i}\n")
         state = tmp_path / "state"
-        command = [
-            sys.executable, "-m", "ingestor.cli", "ingest", str(folder),
-            "--api-key-env", "KLAVIYO_KEY", "--base-url", sim.url, "--state-dir", str(state),
-        ]  # fmt: skip
-        env = {**os.environ, "KLAVIYO_KEY": KEY}
+        command, env = ingest_command(folder, sim, state)
         killed = subprocess.run(
             command, env={**env, crashpoints.ENV: "batch.acknowledged:2"}, capture_output=True
         )

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from ingestor.parsers import views as views_module
 from ingestor.parsers.compressed import Gunzipped, GzipLimits
 from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, FAST_LIMITS, KEY, api_key, make_folder, settings_for
-from tests.service_helpers import openssh, running_service, sftp_service_settings
+from tests.service_helpers import ingest_command, openssh, running_service, sftp_service_settings
 
 
 @settings(max_examples=150, deadline=None)
@@ -105,12 +104,9 @@ def test_a_killed_ingest_resumes_inside_the_gzip_stream_losing_nothing(tmp_path:
         folder = make_folder(tmp_path / "drop")
         records = b"".join(b'{"id": %d, "pad": "%s"}\n' % (i, b"p" * 40) for i in range(12_000))
         (folder / "pets.jsonl.gz").write_bytes(gzip.compress(records))
-        command = [
-            sys.executable, "-m", "ingestor.cli", "ingest", str(folder),
-            "--api-key-env", "KLAVIYO_KEY", "--base-url", sim.url,
-            "--state-dir", str(tmp_path / "state"), "--burst", "100", "--steady", "6000",
-        ]  # fmt: skip
-        env = {**os.environ, "KLAVIYO_KEY": KEY}
+        command, env = ingest_command(
+            folder, sim, tmp_path / "state", "--burst", "100", "--steady", "6000"
+        )
         killed = subprocess.run(
             command, env={**env, crashpoints.ENV: "batch.parsed:9"}, capture_output=True
         )

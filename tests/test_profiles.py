@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from ingestor.parsers import ParseLimits, parse_file
 from ingestor.records import Record, Reject
 from ingestor.simulator import Simulator
 from tests.conftest import FAST_LIMITS, KEY, api_key, settings_for
+from tests.service_helpers import ingest_command
 
 JOBS = "/api/profile-bulk-import-jobs"
 
@@ -178,11 +177,7 @@ def test_a_job_still_running_when_the_worker_stops_is_followed_after_restart(
         folder = profiles_folder(tmp_path / "drop")
         (folder / "c.csv").write_text("email\na@x.io\nnot-an-email\nb@x.io\n")
         state = tmp_path / "state"
-        command = [
-            sys.executable, "-m", "ingestor.cli", "ingest", str(folder),
-            "--api-key-env", "KLAVIYO_KEY", "--base-url", sim.url, "--state-dir", str(state),
-        ]  # fmt: skip
-        env = {**os.environ, "KLAVIYO_KEY": KEY}
+        command, env = ingest_command(folder, sim, state)
         worker = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
         assert sim.wait_for_requests(lambda rs: any(r.path.startswith(JOBS + "/") for r in rs), 30)
         worker.send_signal(stop)  # while it waits for the job
@@ -213,12 +208,7 @@ def test_a_batch_sent_again_after_a_kill_does_not_refuse_its_rows_twice(tmp_path
         folder = profiles_folder(tmp_path / "drop")
         (folder / "c.csv").write_text("email\na@x.io\nnot-an-email\nb@x.io\n")
         state = tmp_path / "state"
-        command = [
-            sys.executable, "-m", "ingestor.cli", "ingest", str(folder),
-            "--api-key-env", "KLAVIYO_KEY", "--base-url", sim.url, "--state-dir", str(state),
-            "--job-poll-interval", "0.05",
-        ]  # fmt: skip
-        env = {**os.environ, "KLAVIYO_KEY": KEY}
+        command, env = ingest_command(folder, sim, state, "--job-poll-interval", "0.05")
         killed = subprocess.run(
             command, env={**env, crashpoints.ENV: "batch.acknowledged:1"}, capture_output=True
         )

@@ -27,6 +27,7 @@ from ingestor.simulator import Simulator
 from tests.conftest import DS_ID, FAST_LIMITS, KEY, api_key, make_folder, settings_for
 from tests.service_helpers import (
     ENVIRON,
+    ingest_command,
     openssh,
     running_service,
     sftp_service_settings,
@@ -183,12 +184,7 @@ def test_a_kill_while_an_approved_file_is_sent_loses_nothing(tmp_path: Path) -> 
         folder = make_folder(tmp_path / "drop")
         (folder / "orders.csv").write_bytes(messy(4000, 3000))
         state = tmp_path / "state"
-        command = [
-            sys.executable, "-m", "ingestor.cli", "ingest", str(folder),
-            "--api-key-env", "KLAVIYO_KEY", "--base-url", sim.url, "--state-dir", str(state),
-            "--burst", "100", "--steady", "6000",
-        ]  # fmt: skip
-        env = {**os.environ, "KLAVIYO_KEY": KEY}
+        command, env = ingest_command(folder, sim, state, "--burst", "100", "--steady", "6000")
         held = subprocess.run(command, env=env, capture_output=True, timeout=60)
         assert held.returncode == 1  # quarantined: not processed
         (folder / "orders.csv.approve").write_text("")
