@@ -86,6 +86,12 @@ class _Answer(Exception):
         self.records = records  # stored by this request (for the request log)
 
 
+def _invalid(detail: str, pointer: str = "") -> _Answer:
+    """A 400 "Invalid input." with ``detail`` (and the JSON pointer it is about, if any), as
+    the API answers a request body it refuses."""
+    return _Answer(400, _error(400, "invalid", "Invalid input.", detail, pointer))
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -514,25 +520,13 @@ class Simulator:
         attributes = document["data"]["attributes"]["data-source-records"] or {"data": []}
         items = attributes["data"]
         if len(items) > limits.max_records:
-            raise _Answer(
-                400,
-                _error(
-                    400,
-                    "invalid",
-                    "Invalid input.",
-                    f"{len(items)} records; at most {limits.max_records} per request",
-                    RECORDS_POINTER,
-                ),
+            raise _invalid(
+                f"{len(items)} records; at most {limits.max_records} per request", RECORDS_POINTER
             )
         ds_ref = (document["data"].get("relationships") or {}).get("data-source") or {}
         ds_id = (ds_ref.get("data") or {}).get("id")
         if not ds_id:
-            raise _Answer(
-                400,
-                _error(
-                    400, "invalid", "Invalid input.", "a data source identifier was not provided"
-                ),
-            )
+            raise _invalid("a data source identifier was not provided")
         if ds_id not in account.data_sources:
             raise _Answer(
                 404, _error(404, "not_found", "Not found", f"data source {ds_id} does not exist")
@@ -561,23 +555,13 @@ class Simulator:
         )
         items = document["data"]["attributes"]["events-bulk-create"]["data"]
         if sum(len(item["attributes"]["events"]["data"]) for item in items) > limits.max_records:
-            raise _Answer(
-                400,
-                _error(
-                    400,
-                    "invalid",
-                    "Invalid input.",
-                    f"at most {limits.max_records} events per request",
-                    EVENTS_POINTER,
-                ),
-            )
+            raise _invalid(f"at most {limits.max_records} events per request", EVENTS_POINTER)
         kept: dict[tuple[str, str, str], dict[str, Any]] = {}
         for index, item in enumerate(items):
             pointer = f"{EVENTS_POINTER}/{index}"
             detail = _event_problem(item) or (faults.refuse(item) if faults.refuse else None)
             if detail:
-                shown = pointer if faults.refuse_with_pointer else ""
-                raise _Answer(400, _error(400, "invalid", "Invalid input.", detail, shown))
+                raise _invalid(detail, pointer if faults.refuse_with_pointer else "")
             profile = item["attributes"]["profile"]["data"]
             who = profile.get("id") or next(
                 f"{key}:{profile['attributes'][key]}"
@@ -589,15 +573,9 @@ class Simulator:
                 metric = attributes["metric"]["data"]["attributes"]["name"]
                 key = (who, metric, str(attributes.get("unique_id") or attributes.get("time")))
                 if key in kept:
-                    raise _Answer(
-                        400,
-                        _error(
-                            400,
-                            "invalid",
-                            "Invalid input.",
-                            f"unique_id {key[2]!r} is repeated for the same profile and metric",
-                            pointer,
-                        ),
+                    raise _invalid(
+                        f"unique_id {key[2]!r} is repeated for the same profile and metric",
+                        pointer,
                     )
                 kept[key] = {"profile": profile["attributes"], "metric": metric, **attributes}
         if faults.drop_when is not None and any(map(faults.drop_when, items)):
@@ -630,13 +608,7 @@ class Simulator:
         )
         items = document["data"]["attributes"]["profiles"]["data"]
         if len(items) > limits.max_records:
-            raise _Answer(
-                400,
-                _error(
-                    400, "invalid", "Invalid input.",
-                    f"at most {limits.max_records} profiles per request", PROFILES_POINTER,
-                ),
-            )  # fmt: skip
+            raise _invalid(f"at most {limits.max_records} profiles per request", PROFILES_POINTER)
         self._refuse_any(items, PROFILES_POINTER, limits.max_record_bytes, "profile")
         if faults.drop_when is not None and any(map(faults.drop_when, items)):
             raise _Answer(-1)
@@ -742,8 +714,7 @@ class Simulator:
                 else None
             )
             if detail:
-                shown = f"{pointer}/{index}" if faults.refuse_with_pointer else ""
-                raise _Answer(400, _error(400, "invalid", "Invalid input.", detail, shown))
+                raise _invalid(detail, f"{pointer}/{index}" if faults.refuse_with_pointer else "")
 
     def _parse_and_validate(
         self, body: bytes, operation: str, validate: bool = True
@@ -757,7 +728,7 @@ class Simulator:
             pointer, message = problem
             with self.state.lock:
                 self.state.schema_failures.append(f"{operation} {pointer}: {message}")
-            raise _Answer(400, _error(400, "invalid", "Invalid input.", message, pointer))
+            raise _invalid(message, pointer)
         result: dict[str, Any] = document
         return result
 
