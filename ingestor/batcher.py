@@ -10,7 +10,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate
-from operator import add
 
 from ingestor.kinds import BatchLimits, Envelope
 from ingestor.records import Batch, LineRun, Record, Reject
@@ -64,20 +63,20 @@ def batches(
             continue
         if kind is LineRun:
             block: LineRun = item  # type: ignore[assignment]
-            # totals[i]: what the block's first i records add to a body (each its bytes,
-            # its envelope and a comma), in C: no Python step per record.
             count = len(block.jsons)
-            totals = list(
-                map(
-                    add,
-                    accumulate(map(len, block.jsons), initial=0),
-                    range(0, step * (count + 1), step),
-                )
-            )
+            running = block.running_sizes
+            if running is None:  # in C: no Python step per record
+                running = list(accumulate(map(len, block.jsons), initial=0))
+
+            def total(i: int, running: list[int] = running) -> int:
+                """What the block's first i records add to a body: each its bytes, its
+                envelope and a comma."""
+                return running[i] + step * i
+
             start = 0
             while start < count:
                 held = len(run) if run is not None else len(pending)
-                size = totals[start + 1] - totals[start]
+                size = running[start + 1] - running[start] + step
                 if held == max_records or (held and body_size + size > max_body):
                     full = batch()
                     yield full
@@ -85,21 +84,21 @@ def batches(
                     pending, run, body_size = [], None, fixed_size - 1
                     rejects_since_batch = 0
                     continue
-                room = max_body - body_size + totals[start]
-                fits = bisect_right(totals, room, lo=start + 1) - 1 - start
-                take = min(max(fits, 1), max_records - held, count - start)
-                piece = block[start : start + take]  # fresh lists: the batch may grow them
+                room = max_body - body_size + total(start)
+                last = min(count, start + max_records - held)  # as many as the count allows
+                if total(last) > room:  # ...or as fit, found by bisection
+                    last = max(
+                        bisect_right(range(last + 1), room, start + 1, key=total) - 1, start + 1
+                    )
+                piece = block[start:last]  # fresh lists: the batch may grow them
                 if run is None and not pending:
                     run = piece
                 else:
                     if run is None:
                         run, pending = LineRun.of(pending), []
-                    run.jsons += piece.jsons
-                    run.lines += piece.lines
-                    run.end_lines += piece.end_lines
-                    run.ends += piece.ends
-                body_size += totals[start + take] - totals[start]
-                start += take
+                    run.extend(piece)
+                body_size += total(last) - total(start)
+                start = last
                 record_last = True
             continue
         record: Record = item  # type: ignore[assignment]
@@ -112,10 +111,7 @@ def batches(
             pending, run, body_size = [], None, fixed_size - 1
             rejects_since_batch = 0
         if run is not None:
-            run.jsons.append(record.json)
-            run.lines.append(record.line)
-            run.end_lines.append(record.end_line)
-            run.ends.append(record.end_offset)
+            run.append(record)
         else:
             pending.append(record)
         body_size += item_size + 1
@@ -140,8 +136,10 @@ def within_limits(
             yield item
             continue
         if kind is LineRun:
-            longest = max(map(len, item.jsons))  # type: ignore[union-attr]
-            if longest <= max_record and fixed + longest <= max_body:
+            bound = item.size_bound  # type: ignore[union-attr]
+            if bound is None or bound > max_record or fixed + bound > max_body:
+                bound = max(map(len, item.jsons))  # type: ignore[union-attr]
+            if bound <= max_record and fixed + bound <= max_body:
                 yield item
                 continue
             records: Iterable[Record] = item  # type: ignore[assignment]

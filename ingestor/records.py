@@ -95,14 +95,29 @@ class LineRun(Sequence[Record]):
     """Records held as parallel lists rather than one object each: a block of JSONL lines
     that all passed (the parser's fast path), and the records of a batch built from such
     blocks. A ``Record`` is made only when one is asked for (a refused record, a bisected
-    body); the body is built from ``jsons`` directly. Slicing gives a LineRun."""
+    body); the body is built from ``jsons`` directly. Slicing gives a LineRun.
 
-    __slots__ = ("end_lines", "ends", "jsons", "lines")
+    Line numbers may be a ``range`` (a block of one-line records) rather than a list.
+
+    A parser may also hand over what it knew for free, so that the batcher need not pass
+    over every record again: ``running_sizes`` (``running_sizes[i]`` is the bytes of
+    ``jsons[:i]``, one value more than there are records) and ``size_bound`` (no json is
+    longer; a bound, not necessarily met). Both describe the LineRun as made: a slice or a
+    batch has neither."""
+
+    __slots__ = ("end_lines", "ends", "jsons", "lines", "running_sizes", "size_bound")
 
     def __init__(
-        self, jsons: list[bytes], lines: list[int], end_lines: list[int], ends: list[int]
+        self,
+        jsons: list[bytes],
+        lines: Sequence[int],
+        end_lines: Sequence[int],
+        ends: list[int],
+        running_sizes: list[int] | None = None,
+        size_bound: int | None = None,
     ) -> None:
         self.jsons, self.lines, self.end_lines, self.ends = jsons, lines, end_lines, ends
+        self.running_sizes, self.size_bound = running_sizes, size_bound
 
     @classmethod
     def of(cls, records: Iterable[Record]) -> LineRun:
@@ -133,6 +148,29 @@ class LineRun(Sequence[Record]):
     def __iter__(self) -> Iterator[Record]:
         return map(Record, self.lines, self.end_lines, self.ends, self.jsons)
 
+    def extend(self, other: LineRun) -> None:
+        """Add ``other``'s records after these (a batch growing by a piece of a block).
+        The lists grow in place: extend only a LineRun whose lists are its own (a slice)."""
+        self._unshare()
+        self.jsons += other.jsons
+        self.lines = _joined(self.lines, other.lines)
+        self.end_lines = _joined(self.end_lines, other.end_lines)
+        self.ends += other.ends
+        self.running_sizes = self.size_bound = None
+
+    def append(self, record: Record) -> None:
+        """Add one record after these (in place, as ``extend``)."""
+        self._unshare()
+        self.jsons.append(record.json)
+        self.lines = _joined(self.lines, (record.line,))
+        self.end_lines = _joined(self.end_lines, (record.end_line,))
+        self.ends.append(record.end_offset)
+        self.running_sizes = self.size_bound = None
+
+    def _unshare(self) -> None:
+        if self.end_lines is self.lines and type(self.lines) is list:
+            self.end_lines = list(self.lines)  # grown one after the other, not twice
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence):
             return NotImplemented
@@ -142,6 +180,22 @@ class LineRun(Sequence[Record]):
 
     def __repr__(self) -> str:
         return f"LineRun({len(self)} records, lines {self.lines[:1]}..{self.lines[-1:]})"
+
+
+def _joined(numbers: Sequence[int], more: Sequence[int]) -> Sequence[int]:
+    """``numbers`` followed by ``more``: a range while both are ranges that meet (blocks of
+    one-line records, one after another), else a list (``numbers`` itself if it is one)."""
+    if (
+        type(numbers) is range
+        and type(more) is range
+        and numbers.step == more.step == 1
+        and numbers.stop == more.start
+    ):
+        return range(numbers.start, more.stop)
+    if type(numbers) is list:
+        numbers += more
+        return numbers
+    return [*numbers, *more]
 
 
 def jsons_of(records: Sequence[Record]) -> list[bytes]:

@@ -6,7 +6,7 @@ import orjson
 
 from ingestor.batcher import batches
 from ingestor.kinds import CUSTOM_OBJECTS, BatchLimits
-from ingestor.records import Batch, Record, Reject
+from ingestor.records import Batch, LineRun, Record, Reject
 from ingestor.simulator.schema import first_error, request_validator
 
 ENVELOPE = CUSTOM_OBJECTS.envelope("01KTMWCZ8ZMNZS0HG5HQNX0H6E")
@@ -58,3 +58,21 @@ def test_oversize_record_is_rejected_and_checkpoints_cover_rejects() -> None:
     assert isinstance(first, Batch) and isinstance(last, Batch)
     assert [r.line for r in first.records] == [1, 4] and first.end_offset == 40
     assert [r.line for r in last.records] == [5] and last.end_offset == 50
+
+
+def test_a_line_run_grows_its_line_numbers_as_a_range_while_they_meet() -> None:
+    run = LineRun([b"{}", b"{}"], range(1, 3), range(1, 3), [3, 6])
+    run.extend(LineRun([b"{}"], range(3, 4), range(3, 4), [9]))
+    assert run.lines == range(1, 4) and run.end_lines == range(1, 4)
+    run.extend(LineRun([b"{}"], range(7, 8), range(7, 8), [20]))  # lines 4-6 were skipped
+    run.append(Record(8, 9, 30, b"{}"))  # a CSV row over two lines
+    assert run.lines == [1, 2, 3, 7, 8] and run.end_lines == [1, 2, 3, 7, 9]
+    assert [r.end_offset for r in run] == [3, 6, 9, 20, 30]
+
+
+def test_a_line_run_whose_lines_and_end_lines_are_one_list_grows_each_once() -> None:
+    numbers = [1, 2]
+    run = LineRun([b"{}", b"{}"], numbers, numbers, [3, 6])
+    run.append(Record(3, 3, 9, b"{}"))
+    run.extend(LineRun([b"{}"], [4], [5], [12]))
+    assert run.lines == [1, 2, 3, 4] and run.end_lines == [1, 2, 3, 5]

@@ -431,7 +431,7 @@ class _Rows:
             self.lasts += range(before + 1, last + 1)
             return self._flush()
         base = self.start_line
-        lines = list(range(base + before + 1, base + last + 1))
+        lines = range(base + before + 1, base + last + 1)
         run = LineRun(jsons, lines, lines, self.feed.ends(before + 1, last))
         self._done(last)
         return [run]

@@ -10,7 +10,7 @@ import operator
 import re
 from collections import deque
 from collections.abc import Generator, Iterator
-from itertools import accumulate
+from itertools import accumulate, islice
 from typing import BinaryIO
 
 import orjson
@@ -105,11 +105,13 @@ def parse_jsonl_blocks(
                     lines = None
             if lines is not None:
                 count, newline = len(lines), 2 if body.endswith(b"\r\n") else 1
-                numbers = list(range(line_no + 1, line_no + count + 1))
+                numbers = range(line_no + 1, line_no + count + 1)
+                running = list(accumulate(map(len, lines), initial=0))
                 steps = range(offset + newline, offset + newline * count + 1, newline)
-                ends = list(map(operator.add, accumulate(map(len, lines)), steps))
+                ends = list(map(operator.add, islice(running, 1, None), steps))
                 offset, line_no = offset + cut, line_no + count
-                yield LineRun(lines, numbers, numbers, ends)
+                # No line is longer than the block: for the batcher, a bound for free.
+                yield LineRun(lines, numbers, numbers, ends, running, len(body))
                 continue
             # Line by line, up to the block's last newline (or through one line, however
             # long, when the block holds none), then blocks again from where it stopped.
@@ -144,7 +146,8 @@ def _plain_lines(body: bytes, file_start: bool, max_line: int) -> list[bytes] | 
             return None
     except IndexError:
         return None
-    if max(map(len, lines)) + separator > max_line:
+    # A block no longer than a line may be holds no line that is too long.
+    if len(body) > max_line and max(map(len, lines)) + separator > max_line:
         return None
     return lines
 
