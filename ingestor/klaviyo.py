@@ -110,7 +110,8 @@ class KlaviyoClient:
 def classify(method: str, path: str, response: Reply, origin: Origin) -> ApiError:
     """Turn a non-2xx answer into the ApiError that says what to do about it."""
     status = response.status
-    detail, index = _error_detail(response)
+    errors = _json_api_errors(response)  # the body, loaded once
+    detail, index = _error_detail(response, errors)
     where = f"{method} {path} -> {status}"
     headers = response.headers
     if status == 429:
@@ -123,7 +124,7 @@ def classify(method: str, path: str, response: Reply, origin: Origin) -> ApiErro
             detail,
         )
     if status == 404:
-        if not _is_json_api_error(response):
+        if errors is None:
             return ApiUnreachable(
                 f"{where} without a JSON:API error body, so not from Klaviyo's API: check "
                 f"api.base_url ({origin.scheme}://{origin.host}) "
@@ -139,23 +140,26 @@ def classify(method: str, path: str, response: Reply, origin: Origin) -> ApiErro
     return Rejected(f"{where}: {detail or 'request refused'}", status, detail, index)
 
 
-def _is_json_api_error(response: Reply) -> bool:
-    """Whether the body is a JSON:API error document, as Klaviyo's API sends."""
+def _json_api_errors(response: Reply) -> list[dict[str, Any]] | None:
+    """The body's errors if it is a JSON:API error document, as Klaviyo's API sends."""
     try:
         errors = orjson.loads(response.body).get("errors")
     except (orjson.JSONDecodeError, AttributeError):
-        return False
-    return isinstance(errors, list) and bool(errors) and isinstance(errors[0], dict)
+        return None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        return errors
+    return None
 
 
-def _error_detail(response: Reply) -> tuple[str, int | None]:
+def _error_detail(response: Reply, errors: list[dict[str, Any]] | None) -> tuple[str, int | None]:
     """The JSON:API error's detail and, if it points at one record, that record's index."""
+    if errors is None:
+        return response.text[:300].strip(), None
+    first = errors[0]
     try:
-        errors = orjson.loads(response.body).get("errors") or []
-        first = errors[0]
         detail = str(first.get("detail") or first.get("title") or "")
         pointer = str((first.get("source") or {}).get("pointer") or "")
-    except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
+    except AttributeError:  # a "source" that is not an object
         return response.text[:300].strip(), None
     match = _RECORD_POINTER.match(pointer)
     return detail[:1000], int(match.group(1)) if match else None

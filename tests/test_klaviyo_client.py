@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import itertools
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ingestor.config import ApiKey, ApiSettings
-from ingestor.errors import ApiUnreachable, NotFound, Transient
+from ingestor.errors import ApiUnreachable, NotFound, Rejected, Transient
 from ingestor.klaviyo import KlaviyoClient
 
 DS = "01KTMWCZ8ZMNZS0HG5HQNX0H6E"
@@ -39,9 +40,16 @@ Answer = tuple[int, bytes, dict[str, str], bool]
 @contextmanager
 def server(answer: Callable[[str], Answer]) -> Iterator[tuple[int, Seen]]:
     seen = Seen()
+    serials = itertools.count(1)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the API
+
+        def setup(self) -> None:
+            super().setup()
+            # One handler a connection. Not id(self.connection): a closed socket's id is
+            # soon another's, which made two of three connections look like one.
+            self.serial = next(serials)
 
         def log_message(self, *_: object) -> None:
             pass
@@ -51,7 +59,7 @@ def server(answer: Callable[[str], Answer]) -> Iterator[tuple[int, Seen]]:
             self.rfile.read(length)
             seen.lines.append(self.requestline)
             seen.headers.append({k.lower(): v for k, v in self.headers.items()})
-            seen.connections.append(id(self.connection))
+            seen.connections.append(self.serial)
             status, body, headers, close = answer(self.path)
             self.send_response(status)
             for name, value in headers.items():
@@ -115,6 +123,22 @@ def test_a_404_that_is_not_from_the_api_is_the_operators_problem(
     ):
         api.get_data_source(DS)
     assert "check api.base_url (http://127.0.0.1)" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"errors": {"detail": "bad"}}', b'{"errors": ["bad"]}', b'{"errors": []}', b"[1]"],
+)
+def test_a_400_with_an_error_body_of_another_shape_is_refused_with_its_text(body: bytes) -> None:
+    """Before: an ``errors`` object (a proxy's, not the API's) raised KeyError out of the
+    client instead of an ApiError."""
+    with (
+        server(lambda _: fixed(400, body)) as (port, _),
+        client(port) as api,
+        pytest.raises(Rejected) as caught,
+    ):
+        api.post_bulk(BULK, b"{}")
+    assert caught.value.detail == body.decode()
 
 
 def test_a_cookie_the_api_sets_is_neither_kept_nor_sent_back() -> None:
