@@ -49,6 +49,9 @@ csv.field_size_limit(FIELD_LIMIT)
 # containers, and over the garbage collector's young-generation threshold (700) every
 # collection walks them all (1,024 rows: 1,777 collections a million rows; 256: none).
 CHUNK_ROWS = 256
+# The bytes JSON must escape in a string besides quote and backslash (UTF-8 never uses them
+# inside a multi-byte character), less the line endings, which end rows, not cells.
+_CONTROLS = bytes(set(range(0x20)) - set(b"\r\n"))
 TOO_LONG, BAD_UTF8 = "too long", "bad UTF-8"
 BAD_UTF8_WINDOWS = "bad UTF-8, good Windows-1252"  # what an undeclared Excel export gives
 # A line that is not UTF-8, by what its reason adds.
@@ -73,6 +76,9 @@ class _Feed:
         # The blocks not yet consumed whole, as (number of their first line, their lines):
         # what ``replay`` hands a second reader.
         self._kept: deque[tuple[int, list[str]]] = deque()
+        # The last line of the latest block that may hold a control character in a cell:
+        # rows after it need no search for one.
+        self.controls_to = 0
 
     def lines(self) -> Iterator[str]:
         return chain.from_iterable(self._blocks())
@@ -135,6 +141,8 @@ class _Feed:
                     skipped = skip_long_line(self.handle, max_line)
             lines = None if skipped else self._quick(data)
             sizes, text = lines if lines is not None else self._careful(data, taken)
+            if lines is None or len(data.translate(None, _CONTROLS)) != len(data):
+                self.controls_to = taken + len(text)
             ends.extend(islice(accumulate(sizes, initial=ends[-1]), 1, None))
             ends[-1] += skipped
             self._kept.append((taken + 1, text))
@@ -237,9 +245,9 @@ def _fragments(column: tuple[str, ...]) -> list[Any]:
     ]
 
 
-def _serialize(header: list[str], rows: list[list[str]]) -> list[bytes]:
+def _serialize(header: list[str], rows: list[list[str]], controls: bool = True) -> list[bytes]:
     """Each row as a JSON object (``b"{}"`` for a row of empty cells). Rows are non-blank and
-    no wider than the header.
+    no wider than the header; ``controls=False`` says no cell holds a control character.
 
     A chunk without an empty cell (most are) is written as one string, its cells placed
     between the keys column by column, in C; otherwise each row is a dict for orjson, the
@@ -260,7 +268,7 @@ def _serialize(header: list[str], rows: list[list[str]]) -> list[bytes]:
         if nests:
             parts += (repeat(key), _json_texts(column))
             glue = ","
-        elif '"' in text or "\\" in text or not text.isprintable():
+        elif '"' in text or "\\" in text or (controls and not text.isprintable()):
             parts += (repeat(key), map(bytes.decode, map(orjson.dumps, column)))
             glue = ","
         else:
@@ -425,7 +433,7 @@ class _Rows:
         self, rows: list[list[str]], before: int, last: int
     ) -> list[LineRun | Record | Reject]:
         """Good rows of one line each, lines ``before + 1`` to ``last``."""
-        jsons = _serialize(self.header, rows)
+        jsons = _serialize(self.header, rows, controls=before < self.feed.controls_to)
         if b"{}" in jsons:  # a row of empty cells: one at a time, to keep file order
             self.rows += rows
             self.lasts += range(before + 1, last + 1)
