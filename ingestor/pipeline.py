@@ -524,8 +524,10 @@ class Pipeline:
         checkpoint = run.offset  # the byte offset after the last acknowledged batch
         last_line = run.line
         try:
+            # The head (64 KiB) is not kept: this frame lives as long as the file is sent.
             head = read_head(file.reader(), compressed, limits)
             read_as.update(assumptions(head, fmt, config.delimiter, config.encoding, compressed))
+            del head
             start = (run.offset, run.line, config.delimiter, config.encoding, compressed)
             budget = None if run.approved else _budget(config, self._settings)
             if run.offset == 0 and (manifest is not None or budget is not None):
