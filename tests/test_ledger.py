@@ -3,6 +3,7 @@ writes; the protocol is what a second backend implements."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -197,3 +198,41 @@ def test_a_write_that_fails_in_a_group_fails_alone(tmp_path: Path) -> None:
     with open_existing_ledger(tmp_path) as reader:
         assert [reader.get(run).line for run in runs] == [7, 7, 0, 7]  # type: ignore[union-attr]
     ledgers.close()
+
+
+def _ledger_descriptors(path: Path) -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path.resolve()))
+
+
+def test_the_ledgers_of_one_process_share_a_writer_and_a_reader_connection(
+    tmp_path: Path,
+) -> None:
+    """Each lane's ledger had a connection of its own: about 160 KB each, 78 MB for 500
+    lanes. They now read and write through two, whatever their number."""
+    path = tmp_path / "ledger.sqlite3"
+    ledgers = SqliteLedgers(path)
+    before = _ledger_descriptors(path)
+    lanes = [ledgers() for _ in range(50)]
+    runs = [lane.register(_identity(n)).id for n, lane in enumerate(lanes)]
+
+    read: dict[int, int] = {}
+
+    def read_back(n: int) -> None:
+        lanes[n].checkpoint(runs[n], 10 * n, n, 0, FileCounts(sent=n))
+        read[n] = lanes[n].get(runs[n]).offset  # type: ignore[union-attr]
+
+    threads = [threading.Thread(target=read_back, args=(n,)) for n in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert read == {n: 10 * n for n in range(50)}
+    assert _ledger_descriptors(path) == before == 2
+    assert [run.offset for run in sorted(lanes[0].runs(), key=lambda r: r.id)] == [
+        10 * n for n in range(50)
+    ]
+    for lane in lanes:
+        lane.close()
+    ledgers.close()
+    assert _ledger_descriptors(path) == 0
