@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ingestor.errors import LedgerError
+from ingestor.errors import LedgerError, StateUnwritable
 from ingestor.ledger import FileIdentity, FileState, SqliteLedger, open_existing_ledger
+from ingestor.ledger import sqlite as ledger_sqlite
 from ingestor.ledger.sqlite import MIGRATIONS, SqliteLedgers
 from ingestor.records import FileCounts
 
@@ -236,3 +237,22 @@ def test_the_ledgers_of_one_process_share_a_writer_and_a_reader_connection(
         lane.close()
     ledgers.close()
     assert _ledger_descriptors(path) == 0
+
+
+def test_a_reader_connection_that_cannot_open_says_the_state_dir_is_unwritable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[sqlite3.Connection] = []
+    connect = ledger_sqlite._connect
+
+    def second_fails(path: Path) -> sqlite3.Connection:
+        if opened:
+            raise PermissionError(13, "Permission denied", str(path))
+        opened.append(connect(path))
+        return opened[0]
+
+    monkeypatch.setattr(ledger_sqlite, "_connect", second_fails)
+    with pytest.raises(StateUnwritable):
+        SqliteLedgers(tmp_path / "ledger.sqlite3")
+    with pytest.raises(sqlite3.ProgrammingError):  # the writer's connection was closed
+        opened[0].execute("SELECT 1")

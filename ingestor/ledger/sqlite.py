@@ -399,6 +399,9 @@ class SqliteLedgers:
         except sqlite3.Error as exc:
             self._writer.close()
             raise _ledger_error(f"opening the ledger {path}", exc) from None
+        except OSError as exc:
+            self._writer.close()
+            raise StateUnwritable.from_os_error(path, exc) from None
 
     def __call__(self) -> SqliteLedger:
         return SqliteLedger(self.path, shared=(self._writer, self._reader))
