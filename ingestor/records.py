@@ -179,7 +179,9 @@ class LineRun(Sequence[Record]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"LineRun({len(self)} records, lines {self.lines[:1]}..{self.lines[-1:]})"
+        if not self.lines:
+            return "LineRun(0 records)"
+        return f"LineRun({len(self)} records, lines {self.lines[0]}..{self.end_lines[-1]})"
 
 
 def _joined(numbers: Sequence[int], more: Sequence[int]) -> Sequence[int]:

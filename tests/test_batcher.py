@@ -68,6 +68,7 @@ def test_a_line_run_grows_its_line_numbers_as_a_range_while_they_meet() -> None:
     run.append(Record(8, 9, 30, b"{}"))  # a CSV row over two lines
     assert run.lines == [1, 2, 3, 7, 8] and run.end_lines == [1, 2, 3, 7, 9]
     assert [r.end_offset for r in run] == [3, 6, 9, 20, 30]
+    assert repr(run) == "LineRun(5 records, lines 1..9)"  # was "[1]..[8]", or "range(...)"
 
 
 def test_a_line_run_whose_lines_and_end_lines_are_one_list_grows_each_once() -> None:
