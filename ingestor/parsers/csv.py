@@ -194,17 +194,16 @@ class _Feed:
         return list(map(len, raw)), text
 
 
-def _nested(cell: str) -> str | None:
-    """The cell itself if it is a JSON object or array (it goes to the API as written, as a
-    JSONL line does), else None."""
+def _nested(cell: str) -> bool:
+    """Whether the cell is a JSON object or array (it goes to the API as written, as a
+    JSONL line does)."""
     if cell[:1] in ("{", "[") or cell.lstrip()[:1] in ("{", "["):
         try:
             value = orjson.loads(cell)
         except orjson.JSONDecodeError:
-            return None
-        if type(value) is dict or type(value) is list:
-            return cell
-    return None
+            return False
+        return type(value) is dict or type(value) is list
+    return False
 
 
 _NESTED = repeat((dict, list))  # endless, so one instance serves every map() below
@@ -228,21 +227,7 @@ def _json_texts(column: tuple[str, ...]) -> Sequence[str]:
     as a JSON string."""
     if _all_nested(column):
         return column
-    return [
-        nested if (nested := _nested(cell)) is not None else orjson.dumps(cell).decode()
-        for cell in column
-    ]
-
-
-def _fragments(column: tuple[str, ...]) -> list[Any]:
-    """The column's values for a dict: an object or array as written (a Fragment, embedded
-    as it is), any other cell as its string."""
-    if _all_nested(column):
-        return list(map(orjson.Fragment, column))
-    return [
-        orjson.Fragment(nested) if (nested := _nested(cell)) is not None else cell
-        for cell in column
-    ]
+    return [cell if _nested(cell) else orjson.dumps(cell).decode() for cell in column]
 
 
 def _serialize(header: list[str], rows: list[list[str]], controls: bool = True) -> list[bytes]:
@@ -256,8 +241,8 @@ def _serialize(header: list[str], rows: list[list[str]], controls: bool = True) 
     joined = list(map("".join, columns))  # a column's cells as one text, to search at once
     nesting = ["{" in text or "[" in text for text in joined]
     if any(map(contains, columns, repeat(""))):
-        for index in compress(range(len(columns)), nesting):
-            columns[index] = _fragments(columns[index])
+        for index in compress(range(len(columns)), nesting):  # embedded as they are
+            columns[index] = list(map(orjson.Fragment, _json_texts(columns[index])))
         values = zip(*columns, strict=True)  # every column is as long as the chunk
         records = map(dict, map(compress, map(zip, repeat(header), values), rows))
         return list(map(orjson.dumps, records))
