@@ -684,7 +684,7 @@ def _look_ahead(
     skipped (each written to ``rejects``, if given). Packing into batches skips nothing, so
     it is left out: the records' sizes are checked as the batcher checks them. Files take
     turns at it, and yield to the lanes sending (``READ_AHEAD``)."""
-    rows = skipped = 0
+    seen = skipped = 0
     turn_ends, rest_at = ROWS_A_TURN, ROWS_A_REST
     with READ_AHEAD.turn(stop) as turn:
         worked_since = time.perf_counter()
@@ -693,16 +693,17 @@ def _look_ahead(
                 if rejects is not None:
                     rejects.write(item)
                 skipped += 1
+                seen += 1
             else:
-                rows += len(item) if type(item) is LineRun else 1
-            if rows + skipped >= rest_at:
+                seen += len(item) if type(item) is LineRun else 1
+            if seen >= rest_at:
                 if others_sending():
                     _rest(stop, time.perf_counter() - worked_since)
-                worked_since, rest_at = time.perf_counter(), rows + skipped + ROWS_A_REST
-            if rows + skipped >= turn_ends:
+                worked_since, rest_at = time.perf_counter(), seen + ROWS_A_REST
+            if seen >= turn_ends:
                 turn.pass_on()
-                turn_ends = rows + skipped + ROWS_A_TURN
-    return rows + skipped, skipped
+                turn_ends = seen + ROWS_A_TURN
+    return seen, skipped
 
 
 def _rest(stop: threading.Event, seconds: float) -> None:
