@@ -31,9 +31,7 @@ class Turns:
             if self._free and not self._waiting:
                 self._free -= 1
                 return
-            me = threading.Lock()
-            me.acquire()
-            self._waiting.append(me)
+            me = self._queued()
         self._wait(me, stop)
 
     def release(self) -> None:
@@ -49,9 +47,7 @@ class Turns:
         with self._lock:
             if not self._waiting:
                 return
-            me = threading.Lock()
-            me.acquire()
-            self._waiting.append(me)
+            me = self._queued()
             self._waiting.popleft().release()
         self._wait(me, stop)
 
@@ -63,6 +59,14 @@ class Turns:
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiting)
+
+    def _queued(self) -> threading.Lock:
+        """A held lock at the back of the queue, released when its waiter's turn comes
+        (called with ``_lock`` held)."""
+        me = threading.Lock()
+        me.acquire()
+        self._waiting.append(me)
+        return me
 
     def _wait(self, me: threading.Lock, stop: threading.Event) -> None:
         while not me.acquire(timeout=0.25):
