@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 _MAX_BODY = 64 << 20  # an answer larger than this is not the API's
+_DEFAULT_PORT = {"http": 80, "https": 443}
 
 
 class ConnectionFailed(Exception):
@@ -60,14 +61,13 @@ class Origin:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port or _DEFAULT_PORT[parts.scheme]
         return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
 
     @property
     def authority(self) -> str:
-        default = 443 if self.scheme == "https" else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
+        return host if self.port == _DEFAULT_PORT[self.scheme] else f"{host}:{self.port}"
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.authority}"
