@@ -206,10 +206,13 @@ def main() -> None:
     for at, account, _, _ in logs:
         first[account] = min(at, first.get(account, at))
     latencies = sorted(first[f"c{i:02d}"] - closed[i] for i in range(n))
+    accepted: dict[str, list[float]] = {}  # each account's accepted requests, in time order
+    for at, account, status, _ in sorted(logs):
+        if status < 300:
+            accepted.setdefault(account, []).append(at)
     utilisations = []
     for i in range(n):
-        stamps = sorted(at for at, account, status, _ in logs if account == f"c{i:02d}"
-                        and status < 300 and at >= began)  # fmt: skip
+        stamps = [at for at in accepted.get(f"c{i:02d}", []) if at >= began]
         windows = int((stamps[-1] - stamps[0]) // limits.steady_window) if stamps else 0
         if not windows:
             raise SystemExit(f"c{i:02d} sent for under one steady window: raise --requests")
@@ -219,10 +222,6 @@ def main() -> None:
     # lanes do when none is starting any more (a lane that ended before it is left out).
     settled_at = max(first.values())
     settled_end = settled_at + limits.steady_window
-    accepted: dict[str, list[float]] = {}
-    for at, account, status, _ in logs:
-        if status < 300:
-            accepted.setdefault(account, []).append(at)
     settled = [
         sum(1 for at in stamps if settled_at <= at < settled_end) / limits.steady
         for stamps in accepted.values()
