@@ -26,6 +26,7 @@ with atheris.instrument_imports():
     from tests.parser_accounting import (
         check_accounting,
         jsonl_lines_expected,
+        row_by_row_only,
         sent_or_skipped,
         starts_as_utf16,
     )
@@ -64,16 +65,12 @@ def test_one_input(data: bytes) -> None:
         csv_module.BLOCK_BYTES, csv_module.CHUNK_ROWS = sizes
     assert small == whole, "the block or chunk size changed the CSV output"
     chunk_path = csv_module._Rows._chunk
-    csv_module._Rows._chunk = _row_by_row  # type: ignore[method-assign,assignment]
+    csv_module._Rows._chunk = row_by_row_only  # type: ignore[method-assign]
     try:
         slow = sent_or_skipped(parse_csv, csv_data, LIMITS)
     finally:
         csv_module._Rows._chunk = chunk_path  # type: ignore[method-assign]
     assert slow == whole, "the CSV chunk path differs from row by row"
-
-
-def _row_by_row(self: csv_module._Rows, rows: object, before: int, last: int) -> object:
-    return self._row_by_row(before + 1, last)
 
 
 if __name__ == "__main__":

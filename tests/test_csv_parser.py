@@ -6,7 +6,6 @@ import contextlib
 import csv
 import io
 import re
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -16,7 +15,8 @@ from hypothesis import strategies as st
 from ingestor.errors import ParseError
 from ingestor.parsers import ParseLimits, parse_csv
 from ingestor.parsers import csv as csv_module
-from ingestor.records import LineRun, Record, Reject
+from ingestor.records import Record, Reject
+from tests.parser_accounting import row_by_row_only
 
 LIMITS = ParseLimits(max_record_bytes=4096, max_line_bytes=8192)
 
@@ -209,18 +209,12 @@ def test_block_and_chunk_sizes_never_change_what_comes_out_and_any_checkpoint_re
         patch.setattr(csv_module, "CHUNK_ROWS", chunk)
         assert run() == whole
         # The chunk path against the row-at-a-time path it falls back to: the same items.
-        patch.setattr(csv_module._Rows, "_chunk", _row_by_row_only)
+        patch.setattr(csv_module._Rows, "_chunk", row_by_row_only)
         assert run() == whole
         if whole:
             index = data_.draw(st.integers(0, len(whole) - 1))
             checkpoint = whole[index]
             assert run(checkpoint.end_offset, checkpoint.end_line) == whole[index + 1 :]
-
-
-def _row_by_row_only(
-    self: csv_module._Rows, rows: list[list[str]], before: int, last: int
-) -> Iterator[Record | Reject | LineRun]:
-    return self._row_by_row(before + 1, last)
 
 
 def _expected(header: list[str], row: list[str]) -> dict[str, object]:
